@@ -1,0 +1,82 @@
+"""pairmine: mine semantic positive pairs from image datasets, offline, for self-supervised learning.
+
+The stages are library functions; the ``pairmine`` CLI is a thin layer over them::
+
+    import pairmine
+    pairmine.embed("images/", "emb/", encoder="cifar-resnet:resnet20.th")
+    pairmine.match("emb/", "pairs/", min_score=0.97, max_score=0.99)
+    pairmine.export("pairs/", "spps/", fmt="webdataset")
+
+Heavy libraries (torch, faiss) are imported inside the stages, so importing pairmine is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pairmine.artefacts import Embeddings, Pairs, open_embeddings, open_pairs
+from pairmine.errors import (
+    CheckpointError,
+    ConfigError,
+    EncoderError,
+    InputError,
+    PairmineError,
+    SourceError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+# stage entry points, imported on first use so `import pairmine` stays light
+_LAZY = {
+    "embed": ("pairmine.embed", "embed"),
+    "EmbedResult": ("pairmine.embed", "EmbedResult"),
+    "load_encoder": ("pairmine.encoders", "load_encoder"),
+    "list_encoders": ("pairmine.encoders", "list_encoders"),
+    "open_source": ("pairmine.sources", "open_source"),
+    "match": ("pairmine.match", "match"),
+    "MatchResult": ("pairmine.match", "MatchResult"),
+    "export": ("pairmine.export", "export"),
+    "verify": ("pairmine.export", "verify"),
+}
+
+if TYPE_CHECKING:
+    from pairmine.embed import EmbedResult, embed
+    from pairmine.encoders import list_encoders, load_encoder
+    from pairmine.export import export, verify
+    from pairmine.match import MatchResult, match
+    from pairmine.sources import open_source
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'pairmine' has no attribute {name!r}")
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "EmbedResult",
+    "EncoderError",
+    "Embeddings",
+    "InputError",
+    "MatchResult",
+    "PairmineError",
+    "Pairs",
+    "SourceError",
+    "StoreError",
+    "__version__",
+    "embed",
+    "export",
+    "list_encoders",
+    "load_encoder",
+    "match",
+    "open_embeddings",
+    "open_pairs",
+    "open_source",
+    "verify",
+]

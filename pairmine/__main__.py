@@ -1,0 +1,3 @@
+from pairmine.cli import main
+
+main()

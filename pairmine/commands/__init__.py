@@ -1,0 +1,1 @@
+"""One module per CLI command. Each defines ``command``: options → library call → summary."""

@@ -1,0 +1,192 @@
+"""The encoder contract and registry.
+
+``--encoder SPEC`` is ``NAME:ARGS`` (e.g. ``moco:ckpt.pth.tar``, ``torchvision:resnet50:w.pth``).
+A loader turns ARGS plus options into an :class:`Encoder`: a module that maps a normalised
+float batch ``(N, 3, crop, crop)`` to features ``(N, dim)`` (not yet L2-normalised), and the
+preprocessing it expects. Checkpoints always load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairmine.errors import CheckpointError, EncoderError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Evaluation transform: resize the short side to ``resize``, centre-crop ``crop``,
+    scale to [0, 1], normalise by ``mean``/``std``. The data loader does the resize and crop
+    on uint8 images; the normalisation runs batched on the device."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def imagenet(cls) -> Preprocess:
+        return cls(resize=256, crop=224)
+
+    @classmethod
+    def cifar(cls, mean: tuple[float, float, float] = IMAGENET_MEAN,
+              std: tuple[float, float, float] = IMAGENET_STD) -> Preprocess:
+        return cls(resize=32, crop=32, mean=mean, std=std)
+
+
+@dataclass
+class Encoder:
+    """A ready-to-run encoder. ``model(x)`` with x ``(N, 3, crop, crop)`` normalised floats
+    returns ``(N, dim)`` features."""
+
+    spec: str
+    model: nn.Module
+    dim: int
+    preprocess: Preprocess
+    arch: str
+    features: str  # "head", "backbone" or "logits"/"model" for plain models
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "arch": self.arch, "features": self.features,
+                "dim": self.dim, "preprocess": {"resize": self.preprocess.resize,
+                                               "crop": self.preprocess.crop,
+                                               "mean": list(self.preprocess.mean),
+                                               "std": list(self.preprocess.std)},
+                **self.info}
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    arch: str | None = None  # architecture override (e.g. resnet18 for a MoCo checkpoint)
+    features: str | None = None  # "head" | "backbone"; None = the loader's default
+
+
+@dataclass(frozen=True)
+class EncoderKind:
+    name: str
+    load: Callable[[str, EncoderOptions], Encoder]  # (ARGS, options) -> Encoder
+    usage: str  # e.g. "moco:PATH"
+    help: str
+
+
+ENCODERS: dict[str, EncoderKind] = {}
+
+
+def register_encoder(kind: EncoderKind) -> EncoderKind:
+    ENCODERS[kind.name] = kind
+    return kind
+
+
+def _load_builtin() -> None:
+    from pairmine.encoders import checkpoints, cifar_resnet, plain  # noqa: F401
+
+
+def list_encoders() -> list[EncoderKind]:
+    _load_builtin()
+    return [ENCODERS[k] for k in sorted(ENCODERS)]
+
+
+def load_encoder(spec: str, *, arch: str | None = None, features: str | None = None) -> Encoder:
+    """Build the encoder a SPEC names, with its weights, in eval mode on the CPU."""
+    _load_builtin()
+    name, sep, args = spec.partition(":")
+    if name not in ENCODERS:
+        raise EncoderError(f"unknown encoder {name!r} in spec {spec!r}",
+                           f"choose one of: {', '.join(sorted(ENCODERS))} "
+                           "(see `pairmine encoders`)")
+    if not sep or not args:
+        raise EncoderError(f"encoder spec {spec!r} is incomplete",
+                           f"expected {ENCODERS[name].usage}")
+    if features is not None and features not in ("head", "backbone"):
+        raise EncoderError(f"unknown --features {features!r}", "choose head or backbone")
+    encoder = ENCODERS[name].load(args, EncoderOptions(arch=arch, features=features))
+    encoder.model.eval()
+    return encoder
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint helpers shared by the loaders
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors for missing or foreign files."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist", "check the path")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a directory", "give the checkpoint file")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
+            AttributeError, ImportError, KeyError, IndexError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{p} is not a loadable PyTorch checkpoint: {first[:200]}",
+                              "give a file saved with torch.save (weights only)") from None
+
+
+def find_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: the object itself, or under a usual key."""
+    import torch
+
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(
+                    isinstance(v, torch.Tensor) for v in inner.values()):
+                return dict(inner)
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+    raise CheckpointError(f"{path} holds no state dict (a mapping of names to tensors)",
+                          "give a checkpoint saved from a model's state_dict()")
+
+
+def select_prefix(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...],
+                  path: str | Path) -> dict[str, torch.Tensor]:
+    """Keep the keys under the first prefix present (e.g. ``module.encoder_q.``), stripped."""
+    for prefix in prefixes:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    sample = ", ".join(list(state)[:5])
+    raise CheckpointError(f"{path}: no keys start with {' or '.join(map(repr, prefixes))}",
+                          f"is this the right encoder kind? its first keys are: {sample}")
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor],
+                      path: str | Path, *, ignore: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model``; a mismatch lists the missing and unexpected keys."""
+    state = {k: v for k, v in state.items()
+             if not k.endswith("num_batches_tracked") and not k.startswith(ignore)}
+    own = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    missing = sorted(own - set(state))
+    unexpected = sorted(set(state) - own)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit {type(model).__name__}: missing keys "
+            f"[{_short(missing)}], unexpected keys [{_short(unexpected)}]",
+            "check --arch / the encoder kind")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}: "
+                              f"{'; '.join(lines[:3]) or exc}", "check --arch") from None
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f", … ({len(keys) - n} more)" if len(keys) > n else "")
