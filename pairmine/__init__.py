@@ -1,4 +1,4 @@
-"""pairmine: mine semantic positive pairs from image datasets, offline, for self-supervised learning.
+"""pairmine: mine semantic positive pairs from image datasets, offline, for SSL training.
 
 The stages are library functions; the ``pairmine`` CLI is a thin layer over them::
 
@@ -27,10 +27,13 @@ from pairmine.errors import (
 
 __version__ = "0.1.0"
 
+# The stage modules share their function's name (pairmine/embed.py defines embed): importing
+# the functions here, eagerly, makes `pairmine.embed` the function for good. Stage modules
+# import torch/faiss only inside functions, so this stays cheap.
+from pairmine.embed import EmbedResult, embed  # noqa: E402
+
 # stage entry points, imported on first use so `import pairmine` stays light
 _LAZY = {
-    "embed": ("pairmine.embed", "embed"),
-    "EmbedResult": ("pairmine.embed", "EmbedResult"),
     "load_encoder": ("pairmine.encoders", "load_encoder"),
     "list_encoders": ("pairmine.encoders", "list_encoders"),
     "open_source": ("pairmine.sources", "open_source"),
@@ -41,7 +44,6 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from pairmine.embed import EmbedResult, embed
     from pairmine.encoders import list_encoders, load_encoder
     from pairmine.export import export, verify
     from pairmine.match import MatchResult, match
@@ -61,8 +63,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "EmbedResult",
-    "EncoderError",
     "Embeddings",
+    "EncoderError",
     "InputError",
     "MatchResult",
     "PairmineError",

@@ -266,7 +266,7 @@ def open_embeddings(path: str | os.PathLike[str], *, mmap: bool = True) -> Embed
     return Embeddings(path=store, manifest=manifest, vectors=vectors, meta=meta)
 
 
-def META_SCHEMA() -> pa.Schema:  # noqa: N802 - a constant, built lazily to keep pyarrow lazy
+def META_SCHEMA() -> pa.Schema:
     """Schema of ``meta/meta-NNNNN.parquet``.
 
     ``source`` is the absolute path of the file that holds the image (an image file, a tar
@@ -285,14 +285,14 @@ def META_SCHEMA() -> pa.Schema:  # noqa: N802 - a constant, built lazily to keep
     ])
 
 
-def ERRORS_SCHEMA() -> pa.Schema:  # noqa: N802
+def ERRORS_SCHEMA() -> pa.Schema:
     import pyarrow as pa
 
     return pa.schema([("key", pa.string()), ("source", pa.string()),
                       ("member", pa.string()), ("error", pa.string())])
 
 
-def PAIRS_SCHEMA() -> pa.Schema:  # noqa: N802
+def PAIRS_SCHEMA() -> pa.Schema:
     """Schema of ``pairs/pairs-NNNNN.parquet``: unordered pairs stored once with ``a < b``."""
     import pyarrow as pa
 

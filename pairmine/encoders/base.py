@@ -89,7 +89,16 @@ def register_encoder(kind: EncoderKind) -> EncoderKind:
 
 
 def _load_builtin() -> None:
-    from pairmine.encoders import checkpoints, cifar_resnet, plain  # noqa: F401
+    # Each module registers one kind on import; none of them imports torch at module level.
+    from pairmine.encoders import (  # noqa: F401
+        cifar_resnet,
+        moco,
+        simsiam,
+        timm_models,
+        torchscript,
+        tvmodels,
+        vicreg,
+    )
 
 
 def list_encoders() -> list[EncoderKind]:
@@ -137,6 +146,31 @@ def load_checkpoint(path: str | Path) -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{p} is not a loadable PyTorch checkpoint: {first[:200]}",
                               "give a file saved with torch.save (weights only)") from None
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file: ``.safetensors``, or a ``torch.save`` checkpoint
+    (bare, or under a usual key), with a DataParallel ``module.`` prefix removed."""
+    p = Path(path)
+    if p.suffix == ".safetensors" and p.is_file():
+        import importlib
+
+        try:  # an optional dependency (timm brings it); imported by name: it has no stubs
+            safetensors = importlib.import_module("safetensors")
+            safetensors_torch = importlib.import_module("safetensors.torch")
+        except ImportError:
+            raise CheckpointError(f"{p} is a safetensors file but safetensors is not "
+                                  "installed", "pip install safetensors") from None
+        try:
+            state = dict(safetensors_torch.load_file(str(p), device="cpu"))
+        except (safetensors.SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{p} is not a loadable safetensors file: {exc}",
+                                  "give a file saved with safetensors.torch.save_file") from None
+    else:
+        state = find_state_dict(load_checkpoint(p), p)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def find_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:

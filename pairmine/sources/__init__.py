@@ -1,5 +1,14 @@
 """Image sources: where ``embed`` reads images from. A registry of kinds, one contract."""
 
-from pairmine.sources.base import SOURCES, ImageSource, open_source, register_source
+from pairmine.sources.base import (
+    SOURCES,
+    ImageSource,
+    RefReader,
+    SourceKind,
+    open_source,
+    ref_reader,
+    register_source,
+)
 
-__all__ = ["SOURCES", "ImageSource", "open_source", "register_source"]
+__all__ = ["SOURCES", "ImageSource", "RefReader", "SourceKind", "open_source", "ref_reader",
+           "register_source"]

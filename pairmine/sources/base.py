@@ -9,7 +9,7 @@ bytes. Sources must pickle (they travel to DataLoader workers): open file handle
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,11 +20,34 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-def REFS_SCHEMA() -> pa.Schema:  # noqa: N802
+def REFS_SCHEMA() -> pa.Schema:
     import pyarrow as pa
 
     return pa.schema([("key", pa.string()), ("source", pa.string()),
                       ("member", pa.string()), ("label", pa.int64())])
+
+
+def refs_table(key: Sequence[str], source: Sequence[str], member: Sequence[str] | None,
+               label: Sequence[int | None] | None) -> pa.Table:
+    """A refs table in REFS_SCHEMA; ``None`` for ``member``/``label`` means all null."""
+    import pyarrow as pa
+
+    n = len(key)
+    return pa.table({
+        "key": pa.array(key, pa.string()),
+        "source": pa.array(source, pa.string()),
+        "member": pa.nulls(n, pa.string()) if member is None else pa.array(member, pa.string()),
+        "label": pa.nulls(n, pa.int64()) if label is None else pa.array(label, pa.int64()),
+    }, schema=REFS_SCHEMA())
+
+
+def no_images(where: str, hint: str | None = None) -> SourceError:
+    """The one error for a source that holds nothing to embed."""
+    return SourceError(f"no images found in {where}", hint)
+
+
+# (source, member) -> (original bytes, ext): fetches one image again from its meta columns
+RefReader = Callable[[str, "str | None"], "tuple[bytes, str]"]
 
 
 class ImageSource(ABC):
@@ -53,6 +76,69 @@ class ImageSource(ABC):
         """Label index → class name, where the source knows it."""
         return None
 
+    def __len__(self) -> int:
+        return int(self.refs().num_rows)
+
+
+# File extensions read as images (folder sources pick files by them; lowercase, no dot).
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff",
+                        "ppm", "pgm", "pbm"})
+
+# leading bytes → extension, for files whose name carries none (file lists may hold such)
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+    (b"P6", "ppm"), (b"P5", "pgm"), (b"P4", "pbm"),
+)
+
+
+def sniff_ext(head: bytes) -> str:
+    """The extension an image format's leading bytes say (``bin`` when they say none)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for magic, ext in _MAGIC:
+        if head.startswith(magic):
+            return ext
+    return "bin"
+
+
+def file_ext(path: str, head: bytes | None = None) -> str:
+    """Lower-case extension of ``path`` (``jpeg`` stays ``jpeg``); sniffed from the leading
+    bytes (read from ``path`` when not given) when the name has no image extension."""
+    ext = Path(path).suffix[1:].lower()
+    if ext in IMAGE_EXTS:
+        return ext
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            return ext or "bin"
+    sniffed = sniff_ext(head)
+    return sniffed if sniffed != "bin" or not ext else ext
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of one plain image file; a file that vanished is a SourceError naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise SourceError(f"image file {path} no longer exists",
+                          "was the source moved or deleted after embedding?") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read image file {path}: {exc.strerror or exc}") from None
+
+
+def plain_file_reader() -> RefReader:
+    """The ref reader of sources whose images are plain files (``source`` = the file)."""
+
+    def read(source: str, member: str | None) -> tuple[bytes, str]:
+        data = read_file(source)
+        return data, file_ext(source, data[:16])
+
+    return read
+
 
 @dataclass(frozen=True)
 class SourceKind:
@@ -60,6 +146,10 @@ class SourceKind:
     detect: Callable[[str], bool]  # does this spec look like this kind?
     open: Callable[[str, bool], ImageSource]  # (spec, labels) -> source
     help: str
+    # a factory of readers that fetch one image again from its stored (source, member) pair,
+    # returning (original bytes, ext); readers may cache (tar indexes, arrays) between calls.
+    # Later stages (export, show) use it through `ref_reader(kind)`.
+    ref_reader: Callable[[], RefReader]
 
 
 SOURCES: dict[str, SourceKind] = {}
@@ -75,6 +165,14 @@ def _load_builtin() -> None:
     from pairmine.sources import arrays, filelist, folder, wds  # noqa: F401
 
 
+def ref_reader(kind: str) -> RefReader:
+    """A reader of images by their (source, member) meta columns, for a store of ``kind``."""
+    _load_builtin()
+    if kind not in SOURCES:
+        raise SourceError(f"unknown source kind {kind!r} recorded in the store")
+    return SOURCES[kind].ref_reader()
+
+
 def open_source(spec: str | Path, *, labels: bool = True, kind: str | None = None) -> ImageSource:
     """Open an image source. ``kind`` forces one registered kind; else it is detected."""
     _load_builtin()
@@ -84,7 +182,8 @@ def open_source(spec: str | Path, *, labels: bool = True, kind: str | None = Non
             raise SourceError(f"unknown source kind {kind!r}",
                               f"choose one of: {', '.join(sorted(SOURCES))}")
         return SOURCES[kind].open(spec, labels)
-    if "{" not in spec and not Path(spec).exists():
+    # brace patterns and "::"-joined shard lists name several paths: their kind checks them
+    if "{" not in spec and "::" not in spec and not Path(spec).exists():
         raise SourceError(f"source {spec} does not exist", "check the path")
     for candidate in SOURCES.values():
         if candidate.detect(spec):

@@ -1,0 +1,105 @@
+"""`pairmine eval-pairs`: options → pairmine.quality.eval_pairs → tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+
+
+def _ks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, "
+                                 "e.g. 1,5,10") from None
+    if not ks or any(k < 1 for k in ks):
+        raise click.BadParameter("give integers >= 1, e.g. 1,5,10")
+    return ks
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2%}"
+
+
+@click.command("eval-pairs")
+@click.argument("pairs", type=click.Path(path_type=Path))
+@click.option("--labels", "labels", type=click.Path(path_type=Path), default=None,
+              metavar="FILE", help="A .csv or .parquet with columns key,label "
+              "[default: the labels in the embeddings metadata].")
+@click.option("--k", "ks", default="1,5,10", show_default=True, callback=_ks,
+              help="Neighbour baselines: each image's k nearest neighbours.")
+@click.option("--grid-floor", type=float, default=None,
+              help="Lowest bound of the precision–yield grid [default: the band's min - 0.05].")
+@click.option("--grid-step", type=click.FloatRange(min=0.0, min_open=True), default=0.01,
+              show_default=True, help="Spacing of the grid's lower bounds.")
+@click.option("--no-grid", is_flag=True, help="Skip the precision–yield grid (one search).")
+@click.option("--engine", type=click.Choice(["auto", "torch", "faiss"]), default="auto",
+              show_default=True, help="Band-search engine for the grid.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--out", "out_json", type=click.Path(path_type=Path), default=None,
+              metavar="JSON", help="Also write every figure as JSON.")
+@known_errors
+def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: float | None,
+            grid_step: float, no_grid: bool, engine: str, device: str,
+            out_json: Path | None) -> None:
+    """Pair accuracy of the pairs store PAIRS, next to nearest-neighbour baselines.
+
+    Accuracy = share of pairs whose two images have the same label, counted three ways:
+    unordered pairs, ordered pairs as the paper's Algorithm 1 counts them, and averaged per
+    anchor. The baselines and the grid use the same embeddings and the same images.
+    """
+    from rich.table import Table
+
+    from pairmine.quality.accuracy import eval_pairs
+    from pairmine.quality.bands import BAND_HEADERS, format_row
+
+    with progress_bar() as progress:
+        report = eval_pairs(pairs, labels=labels, ks=ks, grid=not no_grid,
+                            grid_floor=grid_floor, grid_step=grid_step, engine=engine,
+                            device=device, out=out_json, progress=progress)
+    acc = report.accuracy
+    lo, hi = report.band
+    out.print(summary_table(f"pair accuracy of {report.pairs_path}  band [{lo:g}, {hi:g}]", [
+        ("pairs (unordered)", acc.pairs),
+        ("labelled pairs", acc.labelled),
+        ("accuracy, unordered pairs", _pct(acc.unordered)),
+        ("accuracy, ordered (Algorithm 1)", f"{_pct(acc.ordered)} of {acc.ordered_pairs:,}"),
+        ("accuracy, mean per anchor", f"{_pct(acc.per_anchor)} over "
+                                      f"{acc.anchors_with_pairs:,} anchors"),
+        ("chance (Σ p_c²)", _pct(acc.chance)),
+        ("images / anchors", f"{report.n_rows:,} / {report.anchors:,} (against "
+                             f"{report.against})"),
+        ("labels", report.labels),
+    ]))
+    base = Table(title="the band against neighbour baselines (same images)",
+                 title_justify="left")
+    for name in ("positives", "per image", "accuracy"):
+        base.add_column(name, justify="right" if name != "positives" else "left")
+    base.add_row(f"band [{lo:g}, {hi:g}]", f"{acc.per_image:.3f}", _pct(acc.ordered))
+    for nb in report.baselines:
+        base.add_row("nearest neighbour (NNCLR)" if nb.k == 1 else f"top-{nb.k} neighbours",
+                     f"{nb.k}", _pct(nb.accuracy))
+    out.print(base)
+    classes = Table(title="per class (ordered pairs by the anchor's label)",
+                    title_justify="left")
+    for name in ("class", "anchors", "share p_c", "ordered pairs", "accuracy"):
+        classes.add_column(name, justify="left" if name == "class" else "right")
+    for c in acc.per_class:
+        classes.add_row(c.name, f"{c.anchors:,}", f"{c.share:.2%}", f"{c.ordered:,}",
+                        _pct(c.accuracy))
+    out.print(classes)
+    if report.bands:
+        grid = Table(title=f"precision–yield over bands [lo, {hi:g}] and [lo, 1]",
+                     title_justify="left")
+        for name in BAND_HEADERS:
+            grid.add_column(name, justify="left" if name == "band" else "right")
+        for row in sorted(report.bands, key=lambda r: (r.hi, r.lo)):
+            style = "bold" if (row.lo, row.hi) == (lo, hi) else None
+            grid.add_row(*format_row(row), style=style)
+        out.print(grid)
+    if out_json is not None:
+        out.print(f"written: {out_json}")

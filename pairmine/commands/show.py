@@ -1,0 +1,55 @@
+"""`pairmine show`: options → pairmine.quality.show → where the report is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pairmine.commands.common import console, known_errors, progress_bar, summary_table
+
+
+@click.command("show")
+@click.argument("pairs", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--per-view", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Pairs in each view (highest, random, lowest, mismatches).")
+@click.option("--page-size", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Pairs per page.")
+@click.option("--thumb", "thumb_px", type=click.IntRange(16, 1024), default=128,
+              show_default=True, help="Thumbnail size in pixels (smaller images pass "
+              "through as their original bytes).")
+@click.option("--inline", is_flag=True, help="Embed thumbnails in index.html as data URIs "
+              "(one file to send around) instead of OUT/thumbs/.")
+@click.option("--labels", "labels", type=click.Path(path_type=Path), default=None,
+              metavar="FILE", help="A .csv or .parquet with columns key,label to mark "
+              "mismatches [default: the labels in the embeddings metadata, if any].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random view.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report at OUT.")
+@known_errors
+def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int,
+            inline: bool, labels: Path | None, seed: int, overwrite: bool) -> None:
+    """Write a static HTML report of the pairs store PAIRS to OUT/index.html.
+
+    Pairs side by side with thumbnails of the original images, scores, keys and labels
+    (mismatches marked); views by score, at random and lowest first; paging; a histogram of
+    scores with the band. No network resources: open it from disk in any browser.
+    """
+    from pairmine.quality.report import show
+
+    with progress_bar() as progress:
+        result = show(pairs, out, per_view=per_view, page_size=page_size, seed=seed,
+                      thumb_px=thumb_px, inline=inline, labels=labels, overwrite=overwrite,
+                      progress=progress)
+    rows: list[tuple[str, object]] = [
+        ("pairs in the store", result.pairs),
+        ("pairs in the report", result.shown),
+        ("images", result.images),
+        ("views", ", ".join(f"{k} {v}" for k, v in result.views.items())),
+    ]
+    if result.mismatches is not None:
+        rows.append(("label mismatches", f"{result.mismatches:,} of {result.labelled:,}"))
+    console.print(summary_table(f"report → {result.index}", rows))
+    if result.missing:
+        console.print(f"[yellow]{len(result.missing)} images could not be read (e.g. "
+                      f"{result.missing[0]}); they show as missing[/]")

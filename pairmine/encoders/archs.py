@@ -1,0 +1,85 @@
+"""ResNet trunks shared by the encoders and the trainer.
+
+``build_backbone(arch)`` returns a torchvision ResNet whose classifier ``fc`` is an
+``Identity``, so ``forward`` gives the pooled features ``(N, feat_dim)``. The parameter
+names stay torchvision's (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...) so official
+ImageNet, MoCo, SimSiam and VICReg checkpoints load without renaming.
+
+The ``-cifar`` variants swap the 7x7 stride-2 stem and the max-pool for a 3x3 stride-1 conv
+and no pooling: on 32 px images the ImageNet stem would shrink the map to 8x8 before the first
+block, and this is the variant MoCo/SePP-ID use for CIFAR.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pairmine.errors import EncoderError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# arch -> (torchvision constructor name, CIFAR stem?)
+_ARCHS: dict[str, tuple[str, bool]] = {
+    "resnet18": ("resnet18", False),
+    "resnet34": ("resnet34", False),
+    "resnet50": ("resnet50", False),
+    "resnet101": ("resnet101", False),
+    "resnet152": ("resnet152", False),
+    "resnet18-cifar": ("resnet18", True),
+    "resnet50-cifar": ("resnet50", True),
+}
+
+BACKBONES: list[str] = list(_ARCHS)
+
+
+def build_backbone(arch: str) -> tuple[nn.Module, int]:
+    """A randomly initialised ResNet trunk and its pooled feature size (512 or 2048)."""
+    from torch import nn
+    from torchvision import models
+
+    if arch not in _ARCHS:
+        raise EncoderError(f"unknown backbone architecture {arch!r}",
+                           f"choose one of: {', '.join(BACKBONES)}")
+    tv_name, cifar = _ARCHS[arch]
+    ctor: Callable[..., models.ResNet] = getattr(models, tv_name)
+    net = ctor(weights=None)
+    feat_dim = net.fc.in_features  # the classifier's input = the pooled width
+    if cifar:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()  # forward: (N, 3, H, W) -> (N, feat_dim) pooled
+    return net, feat_dim
+
+
+# (blocks per stage, bottleneck?) -> torchvision depth name
+_LAYOUTS: dict[tuple[tuple[int, ...], bool], str] = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+}
+
+
+def detect_backbone(state: Mapping[str, Any]) -> str | None:
+    """The entry of BACKBONES whose parameter names and stem fit ``state``, or None.
+
+    Reads the number of blocks per stage (``layerK.i.``), whether blocks are bottlenecks
+    (``conv3``) and the stem kernel (3x3 = CIFAR variant, 7x7 = ImageNet)."""
+    blocks = [0, 0, 0, 0]
+    for key in state:
+        m = re.match(r"layer([1-4])\.(\d+)\.", key)
+        if m:
+            stage = int(m.group(1)) - 1
+            blocks[stage] = max(blocks[stage], int(m.group(2)) + 1)
+    stem = state.get("conv1.weight")
+    if stem is None or not hasattr(stem, "shape") or len(stem.shape) != 4:
+        return None
+    depth = _LAYOUTS.get((tuple(blocks), "layer1.0.conv3.weight" in state))
+    if depth is None:
+        return None
+    name = depth + ("-cifar" if stem.shape[-1] == 3 else "")
+    return name if name in _ARCHS else None

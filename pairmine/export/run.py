@@ -1,0 +1,337 @@
+"""``pairmine.export``: a pairs store (and the originals it points at) into an SPPS export.
+
+Two formats, one registry: ``parquet`` writes ``spps.parquet`` (pairs that point at the
+original files); ``webdataset`` also writes tar shards holding the original encoded bytes,
+ready for any WebDataset trainer. ``combined`` adds every image of the embeddings store as a
+single-image sample: the paper's merged training set (SePP-ID, Fig. 6).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pairmine import artefacts as art
+from pairmine.errors import ConfigError, SourceError, StoreError
+from pairmine.export import layout as lay
+from pairmine.export.fetch import Fetcher, Problem, describe_problems
+from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan, make_plan
+from pairmine.export.shards import RECORD, ShardLimits, ShardRecord, StoppedAt, write_shards
+from pairmine.export.tables import images_table, pairs_table
+from pairmine.progress import NullProgress, Progress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 10_000
+DEFAULT_MAX_SHARD_BYTES = 1 << 30  # WebDataset's advice: shards of a few hundred MB to ~1 GB
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything that determines the bytes of the export (recorded in the manifest)."""
+
+    format: str
+    combined: bool
+    shuffle: bool
+    seed: int
+    shard_size: int
+    max_shard_bytes: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "combined": self.combined, "shuffle": self.shuffle,
+                "seed": self.seed, "shard_size": self.shard_size,
+                "max_shard_bytes": self.max_shard_bytes}
+
+
+@dataclass
+class Written:
+    """What a format writer produced."""
+
+    shards: list[ShardRecord] = field(default_factory=list)
+    resumed_shards: int = 0
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pairs: int = 0
+    images: int = 0
+    skipped: list[Problem] = field(default_factory=list)
+    skipped_pairs: int = 0
+    skipped_images: int = 0
+    bytes: int = 0  # tar bytes written (shards), or source bytes checked (parquet)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    pairs: int
+    images: int
+    samples: int
+    shards: int
+    resumed_shards: int
+    bytes: int
+    seconds: float
+    skipped: list[Problem]
+    skipped_pairs: int
+    skipped_images: int
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    write: Callable[[Path, Plan, Fetcher, ExportOptions, bool, Progress], Written]
+    help: str
+
+
+def export(
+    pairs: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "webdataset",
+    combined: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    skip_missing: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export the pairs of ``pairs`` (a pairs store) to ``out``.
+
+    ``shuffle`` defaults to on for combined shard exports (images and pairs interleaved by
+    ``seed``) and off otherwise. Source images that vanished or changed since embed stop the
+    export with an error listing them; with ``skip_missing`` the samples that use them are
+    left out and listed in the manifest. An interrupted export resumes after its last
+    complete shard when run again with the same options.
+    """
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    options = _options(fmt, combined, shard_size, max_shard_bytes, shuffle, seed)
+    pairs_path, out = Path(pairs), Path(out)
+    plan = make_plan(pairs_path, combined=combined, shuffle=options.shuffle, seed=seed)
+    inputs = {"pairs": art.input_record(pairs_path),
+              "embeddings": art.input_record(plan.embeddings_path)}
+    if out.resolve() in (plan.pairs_path, plan.embeddings_path):
+        raise ConfigError(f"output {out} is an input store", "choose another output path")
+
+    resume = art.prepare_output(out, overwrite=overwrite, fmt=art.EXPORT_FORMAT)
+    _start(out, {**options.as_dict(), "pairs_manifest_sha256":
+                 inputs["pairs"]["manifest_sha256"]}, resume)
+    fetcher = Fetcher(plan.source_kind, plan.images)
+    written = FORMATS[options.format].write(out, plan, fetcher, options, skip_missing, progress)
+    seconds = time.perf_counter() - t0
+
+    samples = written.pairs + written.images
+    manifest = {
+        "format": art.EXPORT_FORMAT,
+        "export_format": options.format,
+        "config": {**options.as_dict(), "skip_missing": skip_missing},
+        "inputs": inputs,
+        "source": plan.source,
+        "class_names": plan.class_names,
+        "counts": {
+            "pairs": written.pairs,
+            "pairs_both_orders": 2 * written.pairs,
+            "images": written.images,
+            "samples": samples,
+            "pairs_in_store": plan.pairs,
+            "images_in_store": len(plan.images),
+            "skipped_pairs": written.skipped_pairs,
+            "skipped_images": written.skipped_images,
+            "bytes": written.bytes if options.format == "webdataset" else 0,
+        },
+        "shards": [s.to_manifest() for s in written.shards],
+        "files": written.files,
+        "skipped": [p.to_json() for p in written.skipped],
+        "timings": {"seconds": round(seconds, 3), "resumed_shards": written.resumed_shards},
+    }
+    art.finish_store(out, manifest)
+    log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
+             out, seconds)
+    return ExportResult(path=out, format=options.format, pairs=written.pairs,
+                        images=written.images, samples=samples, shards=len(written.shards),
+                        resumed_shards=written.resumed_shards, bytes=written.bytes,
+                        seconds=seconds, skipped=written.skipped,
+                        skipped_pairs=written.skipped_pairs,
+                        skipped_images=written.skipped_images)
+
+
+def _options(fmt: str, combined: bool, shard_size: int, max_shard_bytes: int | None,
+             shuffle: bool | None, seed: int) -> ExportOptions:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}",
+                          f"choose one of: {', '.join(sorted(FORMATS))}")
+    if shard_size < 1:
+        raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
+    if max_shard_bytes is not None and max_shard_bytes < 2 * RECORD:
+        raise ConfigError(f"--max-shard-bytes {max_shard_bytes} is too small",
+                          f"give at least {2 * RECORD} bytes (tars grow in 10 KiB records)")
+    shards = fmt == "webdataset"
+    if shuffle and not shards:
+        raise ConfigError("--shuffle orders shard samples; spps.parquet is always ordered by "
+                          "pair id", "drop --shuffle, or use --format webdataset")
+    return ExportOptions(format=fmt, combined=combined,
+                         shuffle=(combined and shards) if shuffle is None else shuffle,
+                         seed=seed, shard_size=shard_size,
+                         max_shard_bytes=max_shard_bytes if shards else None)
+
+
+def _start(out: Path, config: dict[str, Any], resume: bool) -> None:
+    """Record the options of a new run, or check that a resumed run uses the same ones."""
+    path = out / art.PARTIAL_DIR / lay.CONFIG_FILE
+    if resume and path.exists():
+        before = art.read_json(path)
+        if before != config:
+            changed = sorted(k for k in set(before) | set(config)
+                             if before.get(k) != config.get(k))
+            raise StoreError(f"{out} holds an unfinished export made with other options or "
+                             f"inputs (differs in: {', '.join(changed)})",
+                             "re-run with the same options to resume it, or pass --overwrite")
+        log.info("resuming the unfinished export in %s", out)
+        return
+    art.write_json_atomic(path, config)
+
+
+def _stop(out: Path, plan: Plan, fetcher: Fetcher, start: int, progress: Progress) -> SourceError:
+    """Check every image the rest of the plan needs, so the error lists all bad files at once."""
+    import numpy as np
+
+    kinds, refs = plan.kinds[start:], plan.refs[start:]
+    pair_ids = refs[kinds == SAMPLE_PAIR]
+    ids = np.unique(np.concatenate([refs[kinds == SAMPLE_IMAGE], plan.pair_a[pair_ids],
+                                    plan.pair_b[pair_ids]]))
+    progress.start("checking the remaining sources", total=int(ids.shape[0]), unit="images")
+    for i in ids.tolist():
+        fetcher.get(i)
+        progress.advance(1)
+    progress.finish()
+    return _problems_error(out, sorted(fetcher.problems.values(), key=lambda p: p.id))
+
+
+def _problems_error(out: Path, problems: list[Problem]) -> SourceError:
+    listing = out / art.PARTIAL_DIR / lay.PROBLEMS_FILE
+    art.write_json_atomic(listing, [p.to_json() for p in problems])
+    return SourceError(
+        f"{len(problems)} source image(s) changed or vanished since embed: "
+        f"{describe_problems(problems)}",
+        f"restore them, or pass --skip-missing to leave out the samples that use them; full "
+        f"list in {listing}; the export is unfinished (no manifest)")
+
+
+# ---------------------------------------------------------------------------------------------
+# formats
+
+
+def _write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+                      skip_missing: bool, progress: Progress) -> Written:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    limits = ShardLimits(samples=options.shard_size, bytes=options.max_shard_bytes)
+    try:
+        shards, resumed = write_shards(out, plan, fetcher, limits, skip_missing=skip_missing,
+                                       progress=progress)
+    except StoppedAt as stop:
+        raise _stop(out, plan, fetcher, stop.position, progress) from None
+
+    # where every sample landed, from the indexes (this run's and resumed shards alike)
+    pair_ids: list[int] = []
+    pair_at: list[tuple[str, str]] = []
+    image_ids: list[int] = []
+    image_at: list[tuple[str, str]] = []
+    for s in shards:
+        index = pq.read_table(out / lay.shard_index(s.number),
+                              columns=["key", "kind", "pair_id", "a"]).to_pydict()
+        tar = lay.shard_tar(s.number)
+        for key, kind, pid, a in zip(index["key"], index["kind"], index["pair_id"],
+                                     index["a"], strict=True):
+            if kind == lay.KIND_PAIR:
+                pair_ids.append(pid)
+                pair_at.append((tar, key))
+            else:
+                image_ids.append(a)
+                image_at.append((tar, key))
+
+    written = Written(shards=shards, resumed_shards=resumed, pairs=len(pair_ids),
+                      images=len(image_ids), bytes=sum(s.bytes for s in shards))
+    order = np.argsort(np.asarray(pair_ids, dtype=np.int64), kind="stable")
+    table = pairs_table(plan, np.asarray(pair_ids, dtype=np.int64)[order],
+                        [pair_at[i][0] for i in order], [pair_at[i][1] for i in order])
+    written.files[lay.SPPS_FILE] = _write_table(out, lay.SPPS_FILE, table)
+    if options.combined:
+        order = np.argsort(np.asarray(image_ids, dtype=np.int64), kind="stable")
+        table = images_table(plan, np.asarray(image_ids, dtype=np.int64)[order],
+                             [image_at[i][0] for i in order], [image_at[i][1] for i in order])
+        written.files[lay.IMAGES_FILE] = _write_table(out, lay.IMAGES_FILE, table)
+
+    problems: dict[int, Problem] = {}
+    for s in shards:
+        problems.update((p.id, p) for p in s.skipped)
+        written.skipped_pairs += s.skipped_pairs
+        written.skipped_images += s.skipped_images
+    written.skipped = sorted(problems.values(), key=lambda p: p.id)
+    return written
+
+
+def _write_parquet(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+                   skip_missing: bool, progress: Progress) -> Written:
+    """Pairs that point at the original files. Every image they use is read once and its
+    hash checked, so the table never points at a file that changed since embed."""
+    import numpy as np
+
+    n = len(plan.images)
+    ids = np.arange(n) if options.combined else np.unique(np.concatenate([plan.pair_a,
+                                                                          plan.pair_b]))
+    checked = 0
+    progress.start("checking sources", total=int(ids.shape[0]), unit="images")
+    for i in ids.tolist():
+        got = fetcher.get(i)
+        checked += 0 if isinstance(got, Problem) else len(got.data)
+        progress.advance(1)
+    progress.finish()
+    problems = sorted(fetcher.problems.values(), key=lambda p: p.id)
+    if problems and not skip_missing:
+        raise _problems_error(out, problems)
+
+    bad = np.zeros(n, dtype=bool)
+    bad[[p.id for p in problems]] = True
+    keep = np.flatnonzero(~(bad[plan.pair_a] | bad[plan.pair_b]))
+    written = Written(pairs=int(keep.shape[0]), skipped=problems, bytes=checked,
+                      skipped_pairs=plan.pairs - int(keep.shape[0]))
+    none = [None] * int(keep.shape[0])
+    written.files[lay.SPPS_FILE] = _write_table(out, lay.SPPS_FILE,
+                                                pairs_table(plan, keep, none, none))
+    if options.combined:
+        image_ids = np.flatnonzero(~bad)
+        written.images = int(image_ids.shape[0])
+        written.skipped_images = n - written.images
+        none = [None] * written.images
+        written.files[lay.IMAGES_FILE] = _write_table(out, lay.IMAGES_FILE,
+                                                      images_table(plan, image_ids, none, none))
+    return written
+
+
+def _write_table(out: Path, name: str, table: Any) -> dict[str, Any]:
+    art.write_parquet_atomic(out / name, table)
+    return {"rows": table.num_rows, "sha256": art.sha256_file(out / name)}
+
+
+FORMATS: dict[str, ExportFormat] = {
+    "webdataset": ExportFormat(
+        "webdataset", _write_webdataset,
+        "tar shards holding the original bytes (+ spps.parquet and per-shard indexes)"),
+    "parquet": ExportFormat(
+        "parquet", _write_parquet,
+        "spps.parquet only: one row per pair pointing at the original files"),
+}

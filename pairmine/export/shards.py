@@ -1,0 +1,385 @@
+"""Writing WebDataset shards: reader (plan + originals) → mapper (sample) → writer (tar + index).
+
+Each shard is a tar written by WebDataset's TarWriter with fixed header fields, then its
+Parquet index; both land by atomic rename, the index last, so *a shard is complete when its
+index exists*. Shards are written in order and each index records where the plan continues,
+so a resumed export starts after the last complete shard and writes the same bytes an
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from pairmine import artefacts as art
+from pairmine.export import layout as lay
+from pairmine.export.fetch import Fetcher, Original, Problem
+from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan
+from pairmine.progress import Progress
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+RECORD = 20 * lay.BLOCK  # tarfile pads a closed archive to whole 10 KiB records
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    samples: int  # most samples per shard
+    bytes: int | None  # most bytes per tar (a single larger sample gets a shard of its own)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A complete shard, as the manifest lists it."""
+
+    number: int
+    samples: int
+    pairs: int
+    images: int
+    bytes: int
+    sha256: str
+    index_sha256: str
+    next_position: int
+    skipped: list[Problem] = field(default_factory=list)
+    skipped_pairs: int = 0
+    skipped_images: int = 0
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"tar": lay.shard_tar(self.number), "index": lay.shard_index(self.number),
+                "samples": self.samples, "pairs": self.pairs, "images": self.images,
+                "bytes": self.bytes, "sha256": self.sha256, "index_sha256": self.index_sha256}
+
+
+class StoppedAt(Exception):
+    """Raised when an image cannot be used and problems are not to be skipped."""
+
+    def __init__(self, problem: Problem, position: int) -> None:
+        super().__init__(problem.where())
+        self.problem = problem
+        self.position = position
+
+
+def finished_shards(out: Path) -> list[ShardRecord]:
+    """The complete shards of an unfinished export: the run of indexes 0, 1, ... whose tar is
+    there with the recorded size. Anything after the first gap is rewritten."""
+    import pyarrow.parquet as pq
+
+    done: list[ShardRecord] = []
+    number = 0
+    while True:
+        index = out / lay.shard_index(number)
+        tar = out / lay.shard_tar(number)
+        if not index.exists() or not tar.exists():
+            break
+        meta = pq.read_schema(index).metadata or {}
+        try:
+            tar_bytes = int(meta[lay.META_TAR_BYTES])
+            skipped = json.loads(meta[lay.META_SKIPPED])
+            record_next = int(meta[lay.META_NEXT_POSITION])
+            tar_sha = meta[lay.META_TAR_SHA256].decode()
+        except (KeyError, ValueError):
+            break
+        if tar.stat().st_size != tar_bytes:
+            break
+        kinds = pq.read_table(index, columns=["kind"]).column("kind").to_pylist()
+        pairs = sum(1 for k in kinds if k == lay.KIND_PAIR)
+        done.append(ShardRecord(
+            number=number, samples=len(kinds), pairs=pairs, images=len(kinds) - pairs,
+            bytes=tar_bytes, sha256=tar_sha, index_sha256=art.sha256_file(index),
+            next_position=record_next,
+            skipped=[Problem.from_json(p) for p in skipped["problems"]],
+            skipped_pairs=int(skipped["pairs"]), skipped_images=int(skipped["images"])))
+        number += 1
+    return done
+
+
+def write_shards(out: Path, plan: Plan, fetcher: Fetcher, limits: ShardLimits, *,
+                 skip_missing: bool, progress: Progress) -> tuple[list[ShardRecord], int]:
+    """Write (or finish writing) every shard. Returns the shards and how many were resumed."""
+    shards = finished_shards(out)
+    resumed = len(shards)
+    position = shards[-1].next_position if shards else 0
+    if resumed:
+        log.info("resuming after %d complete shard(s), at sample %d of %d", resumed, position,
+                 plan.samples)
+    meter = _Meter(progress)
+    progress.start("export", total=plan.samples - position, unit="samples")
+    while position < plan.samples:
+        record = _write_shard(out, len(shards), position, plan, fetcher, limits,
+                              skip_missing=skip_missing, meter=meter)
+        shards.append(record)
+        position = record.next_position
+    meter.flush()
+    progress.finish()
+    return shards, resumed
+
+
+class _Meter:
+    """Advances the progress bar in batches (a rich update per sample would cost more than
+    the tar write) and reports MB/s of tar written."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._t0 = time.perf_counter()
+        self._bytes = 0
+        self._pending = 0
+        self._last = self._t0
+
+    def add(self, samples: int, nbytes: int) -> None:
+        self._pending += samples
+        self._bytes += nbytes
+        now = time.perf_counter()
+        if now - self._last > 0.2:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        rate = self._bytes / max(now - self._t0, 1e-9) / 1e6
+        self._progress.advance(self._pending, **{"MB/s": rate})
+        self._pending = 0
+        self._last = now
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through: the tar's sha256 comes free."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh: IO[bytes] | None = fh
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        if self._fh is None:
+            return len(data)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self._fh.write(data)
+
+    def detach(self) -> None:
+        """Drop later writes: a tar stream abandoned by an error flushes its buffer when it
+        is garbage-collected, after the file is gone."""
+        self._fh = None
+
+
+def _write_shard(out: Path, number: int, start: int, plan: Plan, fetcher: Fetcher,
+                 limits: ShardLimits, *, skip_missing: bool, meter: _Meter) -> ShardRecord:
+    import webdataset as wds
+
+    rows = _IndexRows()
+    skips = _Skips()
+    tar_path = out / lay.shard_tar(number)
+    with art.atomic_path(tar_path) as tmp, open(tmp, "wb") as fh:
+        sink = _HashingWriter(fh)
+        writer = wds.TarWriter(sink, user=lay.TAR_USER, group=lay.TAR_GROUP,
+                               mode=lay.TAR_MODE, mtime=lay.TAR_MTIME, encoder=False)
+        try:
+            position, offset = _fill(writer, rows, skips, start, plan, fetcher, limits,
+                                     skip_missing=skip_missing, meter=meter)
+            writer.close()
+        finally:
+            sink.detach()
+    if sink.bytes != _closed_size(offset):
+        raise RuntimeError(f"{tar_path.name}: {sink.bytes} bytes written, "
+                           f"{_closed_size(offset)} expected")
+    tar_sha = sink.sha256.hexdigest()
+
+    table = rows.table().replace_schema_metadata({
+        lay.META_NEXT_POSITION: str(position).encode(),
+        lay.META_TAR_SHA256: tar_sha.encode(),
+        lay.META_TAR_BYTES: str(sink.bytes).encode(),
+        lay.META_SKIPPED: json.dumps(skips.to_json(), sort_keys=True).encode(),
+    })
+    index_path = out / lay.shard_index(number)
+    art.write_parquet_atomic(index_path, table)
+    log.debug("shard %s: %d samples, %d bytes", tar_path.name, rows.count, sink.bytes)
+    pairs = sum(1 for k in rows.columns["kind"] if k == lay.KIND_PAIR)
+    return ShardRecord(number=number, samples=rows.count, pairs=pairs,
+                       images=rows.count - pairs, bytes=sink.bytes, sha256=tar_sha,
+                       index_sha256=art.sha256_file(index_path), next_position=position,
+                       skipped=list(skips.problems.values()), skipped_pairs=skips.pairs,
+                       skipped_images=skips.images)
+
+
+@dataclass
+class _Skips:
+    """Samples a shard left out (``skip_missing``) and the images that made it."""
+
+    problems: dict[int, Problem] = field(default_factory=dict)
+    pairs: int = 0
+    images: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"problems": [self.problems[i].to_json() for i in sorted(self.problems)],
+                "pairs": self.pairs, "images": self.images}
+
+
+def _fill(writer: Any, rows: _IndexRows, skips: _Skips, position: int, plan: Plan,
+          fetcher: Fetcher, limits: ShardLimits, *, skip_missing: bool,
+          meter: _Meter) -> tuple[int, int]:
+    """Write samples from ``position`` on until the shard is full. Returns the position after
+    the last sample taken and the tar offset where the members end."""
+    offset = 0
+    while position < plan.samples and rows.count < limits.samples:
+        sample = _make_sample(plan, fetcher, position)
+        if isinstance(sample, list):  # problems with its images
+            if not skip_missing:
+                raise StoppedAt(sample[0], position)
+            skips.problems.update((p.id, p) for p in sample)
+            if plan.kinds[position] == SAMPLE_IMAGE:
+                skips.images += 1
+            else:
+                skips.pairs += 1
+            position += 1
+            continue
+        size = lay.sample_bytes(sample.member_sizes())
+        if limits.bytes is not None and rows.count > 0 and \
+                _closed_size(offset + size) > limits.bytes:
+            break
+        writer.write(sample.members())
+        if writer.tarstream.offset != offset + size:  # the layout assumption broke
+            raise RuntimeError(f"tar layout mismatch at {sample.key}")
+        rows.add(sample, position, offset)
+        offset += size
+        position += 1
+        meter.add(1, size)
+    return position, offset
+
+
+def _closed_size(offset: int) -> int:
+    """Size of a tar whose members end at ``offset`` once closed (end blocks, record pad)."""
+    end = offset + lay.END_OF_ARCHIVE
+    return -(-end // RECORD) * RECORD
+
+
+# ---------------------------------------------------------------------------------------------
+# samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    kind: str
+    pair_id: int | None
+    a: int
+    b: int | None
+    score: float | None
+    key_a: str
+    key_b: str | None
+    label_a: int | None
+    label_b: int | None
+    first: Original  # the anchor, or the image of a single-image sample
+    second: Original | None  # the positive
+    first_name: str  # member suffix, e.g. "anchor.jpg"
+    second_name: str | None
+    json: bytes
+
+    def members(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"__key__": self.key, self.first_name: self.first.data,
+                               lay.JSON: self.json}
+        if self.second is not None and self.second_name is not None:
+            obj[self.second_name] = self.second.data
+        return obj
+
+    def member_sizes(self) -> dict[str, int]:
+        sizes = {self.first_name: len(self.first.data), lay.JSON: len(self.json)}
+        if self.second is not None and self.second_name is not None:
+            sizes[self.second_name] = len(self.second.data)
+        return sizes
+
+
+def sample_json(obj: dict[str, Any]) -> bytes:
+    """Compact, key-sorted JSON: the same sample always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _make_pair(plan: Plan, fetcher: Fetcher, pair_id: int) -> Sample | list[Problem]:
+    a = int(plan.pair_a[pair_id])
+    b = int(plan.pair_b[pair_id])
+    first, second = fetcher.get(a), fetcher.get(b)
+    problems = [x for x in (first, second) if isinstance(x, Problem)]
+    if problems:
+        return problems
+    assert isinstance(first, Original) and isinstance(second, Original)
+    img = plan.images
+    score = float(plan.pair_score[pair_id])
+    payload = {"kind": lay.KIND_PAIR, "pair_id": pair_id, "score": score, "a": a, "b": b,
+               "key_a": img.keys[a], "key_b": img.keys[b], "label_a": img.labels[a],
+               "label_b": img.labels[b]}
+    return Sample(key=lay.pair_key(pair_id), kind=lay.KIND_PAIR, pair_id=pair_id, a=a, b=b,
+                  score=score, key_a=img.keys[a], key_b=img.keys[b], label_a=img.labels[a],
+                  label_b=img.labels[b], first=first, second=second,
+                  first_name=f"{lay.ANCHOR}.{first.ext}",
+                  second_name=f"{lay.POSITIVE}.{second.ext}", json=sample_json(payload))
+
+
+def _make_image(plan: Plan, fetcher: Fetcher, image_id: int) -> Sample | list[Problem]:
+    first = fetcher.get(image_id)
+    if isinstance(first, Problem):
+        return [first]
+    img = plan.images
+    payload = {"kind": lay.KIND_IMAGE, "id": image_id, "key": img.keys[image_id],
+               "label": img.labels[image_id]}
+    return Sample(key=lay.image_key(image_id), kind=lay.KIND_IMAGE, pair_id=None, a=image_id,
+                  b=None, score=None, key_a=img.keys[image_id], key_b=None,
+                  label_a=img.labels[image_id], label_b=None, first=first, second=None,
+                  first_name=f"{lay.IMAGE}.{first.ext}", second_name=None,
+                  json=sample_json(payload))
+
+
+# sample kind (plan code) -> how to make it: a registry, so a new kind is one entry
+MAKERS: dict[int, Callable[[Plan, Fetcher, int], Sample | list[Problem]]] = {
+    SAMPLE_PAIR: _make_pair,
+    SAMPLE_IMAGE: _make_image,
+}
+
+
+def _make_sample(plan: Plan, fetcher: Fetcher, position: int) -> Sample | list[Problem]:
+    return MAKERS[int(plan.kinds[position])](plan, fetcher, int(plan.refs[position]))
+
+
+class _IndexRows:
+    """The index of one shard, built column by column."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {f.name: [] for f in lay.INDEX_SCHEMA()}
+        self.count = 0
+
+    def add(self, sample: Sample, position: int, offset: int) -> None:
+        spans = {s.name.split(".", 1)[1]: s
+                 for s in lay.member_spans(sample.key, offset, sample.member_sizes())}
+        first = spans[sample.first_name]
+        second = spans[sample.second_name] if sample.second_name else None
+        js = spans[lay.JSON]
+        values: dict[str, Any] = {
+            "key": sample.key, "kind": sample.kind, "position": position,
+            "pair_id": sample.pair_id, "a": sample.a, "b": sample.b, "score": sample.score,
+            "key_a": sample.key_a, "key_b": sample.key_b, "label_a": sample.label_a,
+            "label_b": sample.label_b,
+            "offset": offset, "size": lay.sample_bytes(sample.member_sizes()),
+            "name_a": sample.first_name, "offset_a": first.offset, "size_a": first.size,
+            "sha256_a": sample.first.sha256,
+            "name_b": sample.second_name,
+            "offset_b": None if second is None else second.offset,
+            "size_b": None if second is None else second.size,
+            "sha256_b": None if sample.second is None else sample.second.sha256,
+            "offset_json": js.offset, "size_json": js.size,
+            "sha256_json": hashlib.sha256(sample.json).hexdigest(),
+        }
+        for name, column in self.columns.items():
+            column.append(values[name])
+        self.count += 1
+
+    def table(self) -> pa.Table:
+        import pyarrow as pa
+
+        return pa.table(self.columns, schema=lay.INDEX_SCHEMA())

@@ -1,0 +1,325 @@
+"""``pairmine.verify``: re-read a finished export and check it against its manifests.
+
+For shard exports every tar is read once, end to end: its sha256 and size against the
+manifest, its member list (read by Python's tarfile, independently of the index) against the
+index, and every member's bytes against the sha256 in the index, which embed recorded for
+the original image. Where the embeddings store is still there, the index hashes are checked
+against its metadata too. Parquet exports have no bytes of their own: their source images
+are re-read and checked instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairmine import artefacts as art
+from pairmine.errors import StoreError
+from pairmine.export import layout as lay
+from pairmine.export.fetch import Fetcher, Problem
+from pairmine.export.plan import Catalogue
+from pairmine.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 10
+
+
+@dataclass
+class VerifyResult:
+    path: Path
+    format: str
+    shards: int = 0
+    samples: int = 0
+    pairs: int = 0
+    images: int = 0
+    members: int = 0  # tar members whose bytes were hashed
+    sources: int = 0  # source images re-read (parquet exports)
+    bytes: int = 0
+    seconds: float = 0.0
+    embeddings_checked: bool = False  # index hashes also matched the embeddings store's
+    problems: list[str] = field(default_factory=list)
+
+
+def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult:
+    """Check every shard and table of the export at ``out``; raise StoreError on any mismatch."""
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    out = Path(out)
+    manifest = art.read_manifest(out, art.EXPORT_FORMAT)
+    fmt = str(manifest.get("export_format"))
+    if fmt not in VERIFIERS:
+        raise StoreError(f"{out} is an export of unknown format {fmt!r}", "upgrade pairmine")
+    result = VerifyResult(path=out, format=fmt)
+    VERIFIERS[fmt](out, manifest, result, progress)
+    result.seconds = time.perf_counter() - t0
+    if result.problems:
+        listed = "; ".join(result.problems[:MAX_LISTED])
+        more = len(result.problems) - MAX_LISTED
+        raise StoreError(f"export {out} failed verification: {len(result.problems)} "
+                         f"problem(s): {listed}" + (f"; and {more} more" if more > 0 else ""),
+                         "re-run the export with --overwrite")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# webdataset
+
+
+def _verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
+                       progress: Progress) -> None:
+    import pyarrow as pa
+
+    counts = manifest["counts"]
+    meta_sha = _embeddings_hashes(manifest)
+    result.embeddings_checked = meta_sha is not None
+    progress.start("verify", total=int(counts["samples"]), unit="samples")
+    indexes: list[pa.Table] = []
+    for rec in manifest["shards"]:
+        table = _verify_shard(out, rec, meta_sha, result, progress)
+        if table is not None:
+            indexes.append(table)
+    progress.finish()
+    result.shards = len(manifest["shards"])
+    for name in ("samples", "pairs", "images", "bytes"):
+        if int(counts[name]) != getattr(result, name):
+            result.problems.append(f"the manifest counts {counts[name]} {name}, the shards hold "
+                                   f"{getattr(result, name)}")
+    if len(indexes) != len(manifest["shards"]):
+        return
+    index = pa.concat_tables(indexes) if indexes else lay.INDEX_SCHEMA().empty_table()
+    _verify_tables(out, manifest, index, result)
+
+
+def _verify_shard(out: Path, rec: dict[str, Any], meta_sha: list[str] | None,
+                  result: VerifyResult, progress: Progress) -> pa.Table | None:
+    import pyarrow.parquet as pq
+
+    tar, index = out / rec["tar"], out / rec["index"]
+    problems = result.problems
+    for path in (tar, index):
+        if not path.exists():
+            problems.append(f"{path} is missing")
+            return None
+    if art.sha256_file(index) != rec["index_sha256"]:
+        problems.append(f"{rec['index']} does not match the manifest's sha256")
+        return None
+    table = pq.read_table(index)
+    rows = table.to_pylist()
+    if len(rows) != int(rec["samples"]):
+        problems.append(f"{rec['index']} lists {len(rows)} samples, the manifest "
+                        f"{rec['samples']}")
+
+    # 1. the tar's own member list, read by tarfile, against the index
+    expected = [(s.name, s.offset, s.size) for r in rows for s in _spans(r)]
+    try:
+        with tarfile.open(tar, "r:") as tf:
+            found = [(m.name, m.offset_data, m.size) for m in tf.getmembers()]
+    except tarfile.TarError as exc:
+        problems.append(f"{rec['tar']} is not a readable tar: {exc}")
+        return table
+    if found != expected:
+        first = next((i for i, (x, y) in enumerate(zip(found, expected, strict=False))
+                      if x != y), min(len(found), len(expected)))
+        problems.append(f"{rec['tar']}: members differ from the index from member {first} on "
+                        f"({len(found)} in the tar, {len(expected)} in the index)")
+        return table
+
+    # 2. one pass over the bytes: the whole tar's hash and every member's
+    sha = hashlib.sha256()
+    size = 0
+    with open(tar, "rb") as fh:
+        for r in rows:
+            if fh.tell() != r["offset"]:
+                problems.append(f"{rec['tar']}: sample {r['key']} is not where the index "
+                                "says")
+                return table
+            buf = fh.read(r["size"])
+            sha.update(buf)
+            size += len(buf)
+            _check_sample(rec["tar"], r, buf, meta_sha, problems)
+            result.members += 2 if r["name_b"] is None else 3
+            result.samples += 1
+            result.pairs += r["kind"] == lay.KIND_PAIR
+            result.images += r["kind"] == lay.KIND_IMAGE
+            progress.advance(1)
+        rest = fh.read()
+    sha.update(rest)
+    size += len(rest)
+    if rest.count(0) != len(rest):
+        problems.append(f"{rec['tar']}: data after the last indexed sample")
+    if size != int(rec["bytes"]) or sha.hexdigest() != rec["sha256"]:
+        problems.append(f"{rec['tar']} does not match the manifest's size and sha256")
+    result.bytes += size
+    return table
+
+
+def _spans(row: dict[str, Any]) -> list[lay.MemberSpan]:
+    members = {row["name_a"]: row["size_a"], lay.JSON: row["size_json"]}
+    if row["name_b"] is not None:
+        members[row["name_b"]] = row["size_b"]
+    return lay.member_spans(row["key"], row["offset"], members)
+
+
+def _check_sample(tar: str, row: dict[str, Any], buf: bytes, meta_sha: list[str] | None,
+                  problems: list[str]) -> None:
+    base = row["offset"]
+    checks = [("a", row["name_a"]), ("json", lay.JSON)]
+    if row["name_b"] is not None:
+        checks.append(("b", row["name_b"]))
+    for side, name in checks:
+        start = row[f"offset_{side}"] - base
+        data = buf[start:start + row[f"size_{side}"]]
+        if hashlib.sha256(data).hexdigest() != row[f"sha256_{side}"]:
+            problems.append(f"{tar}: {row['key']}.{name} does not match its sha256")
+        if side == "json":
+            _check_json(tar, row, data, problems)
+    if meta_sha is not None:
+        for side in ("a", "b"):
+            image_id = row[side]
+            if image_id is not None and (image_id >= len(meta_sha)
+                                         or meta_sha[image_id] != row[f"sha256_{side}"]):
+                problems.append(f"{tar}: {row['key']} image {image_id} does not match the "
+                                "embeddings store's sha256")
+
+
+def _check_json(tar: str, row: dict[str, Any], data: bytes, problems: list[str]) -> None:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        problems.append(f"{tar}: {row['key']}.json is not JSON")
+        return
+    if row["kind"] == lay.KIND_PAIR:
+        want = {"kind": row["kind"], "pair_id": row["pair_id"], "a": row["a"], "b": row["b"]}
+    else:
+        want = {"kind": row["kind"], "id": row["a"]}
+    if {k: obj.get(k) for k in want} != want:
+        problems.append(f"{tar}: {row['key']}.json does not describe the sample the index "
+                        "lists")
+
+
+def _embeddings_hashes(manifest: dict[str, Any]) -> list[str] | None:
+    """The embeddings store's hashes by id, when the very store the export read is there."""
+    rec = manifest["inputs"]["embeddings"]
+    emb = Path(rec["path"])
+    if not (emb / art.MANIFEST).exists() or art.sha256_file(emb / art.MANIFEST) != \
+            rec["manifest_sha256"]:
+        log.info("embeddings store %s is gone or changed: checking against the indexes only",
+                 emb)
+        return None
+    hashes: list[str] = art.open_embeddings(emb).meta.column("sha256").to_pylist()
+    return hashes
+
+
+def _verify_tables(out: Path, manifest: dict[str, Any], index: pa.Table,
+                   result: VerifyResult) -> None:
+    """spps.parquet and images.parquet against the manifest and the shard indexes."""
+    import pyarrow.compute as pc
+
+    files = manifest["files"]
+    spps = _read_table(out, lay.SPPS_FILE, files, result)
+    pairs = index.filter(pc.equal(index.column("kind"), lay.KIND_PAIR))
+    if spps is not None:
+        landed = sorted(zip(pairs.column("pair_id").to_pylist(),
+                            pairs.column("key").to_pylist(), strict=True))
+        listed = list(zip(spps.column("pair_id").to_pylist(),
+                          spps.column("sample_key").to_pylist(), strict=True))
+        if landed != listed:
+            result.problems.append(f"{lay.SPPS_FILE} does not list the pairs the shards hold")
+    if lay.IMAGES_FILE in files:
+        images = _read_table(out, lay.IMAGES_FILE, files, result)
+        singles = index.filter(pc.equal(index.column("kind"), lay.KIND_IMAGE))
+        if images is not None:
+            landed = sorted(zip(singles.column("a").to_pylist(),
+                                singles.column("key").to_pylist(), strict=True))
+            listed = list(zip(images.column("id").to_pylist(),
+                              images.column("sample_key").to_pylist(), strict=True))
+            if landed != listed:
+                result.problems.append(f"{lay.IMAGES_FILE} does not list the images the "
+                                       "shards hold")
+
+
+def _read_table(out: Path, name: str, files: dict[str, Any],
+                result: VerifyResult) -> pa.Table | None:
+    import pyarrow.parquet as pq
+
+    path = out / name
+    if name not in files:
+        result.problems.append(f"the manifest does not list {name}")
+        return None
+    if not path.exists():
+        result.problems.append(f"{path} is missing")
+        return None
+    if art.sha256_file(path) != files[name]["sha256"]:
+        result.problems.append(f"{name} does not match the manifest's sha256")
+        return None
+    table = pq.read_table(path)
+    if table.num_rows != int(files[name]["rows"]):
+        result.problems.append(f"{name} has {table.num_rows} rows, the manifest says "
+                               f"{files[name]['rows']}")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# parquet
+
+
+def _verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
+                    progress: Progress) -> None:
+    files = manifest["files"]
+    spps = _read_table(out, lay.SPPS_FILE, files, result)
+    images = _read_table(out, lay.IMAGES_FILE, files, result) if lay.IMAGES_FILE in files \
+        else None
+    if spps is None or (lay.IMAGES_FILE in files and images is None):
+        return
+    result.pairs = spps.num_rows
+    result.images = 0 if images is None else images.num_rows
+    result.samples = result.pairs + result.images
+    if result.pairs != int(manifest["counts"]["pairs"]) or \
+            result.images != int(manifest["counts"]["images"]):
+        result.problems.append("the tables do not hold the counts the manifest records")
+
+    # every source image the export points at, once, re-read and hashed
+    refs: dict[int, tuple[str, str, str | None, str]] = {}
+    cols = spps.to_pydict()
+    for side in ("a", "b"):
+        for i, key, src, member, sha in zip(cols[side], cols[f"key_{side}"],
+                                            cols[f"source_{side}"], cols[f"member_{side}"],
+                                            cols[f"sha256_{side}"], strict=True):
+            refs[i] = (key, src, member, sha)
+    if images is not None:
+        icols = images.to_pydict()
+        for i, key, src, member, sha in zip(icols["id"], icols["key"], icols["source"],
+                                            icols["member"], icols["sha256"], strict=True):
+            refs[i] = (key, src, member, sha)
+    ids = sorted(refs)
+    catalogue = Catalogue(keys=[refs[i][0] for i in ids], sources=[refs[i][1] for i in ids],
+                          members=[refs[i][2] for i in ids], labels=[None] * len(ids),
+                          sha256=[refs[i][3] for i in ids])
+    fetcher = Fetcher(str(manifest["source"]["kind"]), catalogue)
+    progress.start("verify sources", total=len(ids), unit="images")
+    for local in range(len(ids)):
+        got = fetcher.get(local)
+        if not isinstance(got, Problem):
+            result.bytes += len(got.data)
+            result.sources += 1
+        progress.advance(1)
+    progress.finish()
+    result.problems.extend(f"{p.where()} ({p.reason}: {p.detail})"
+                           for p in sorted(fetcher.problems.values(), key=lambda p: p.id))
+
+
+VERIFIERS: dict[str, Callable[[Path, dict[str, Any], VerifyResult, Progress], None]] = {
+    "webdataset": _verify_webdataset,
+    "parquet": _verify_parquet,
+}

@@ -1,0 +1,704 @@
+"""The match stage: every pair of different images whose embeddings score in ``[min, max]``.
+
+reader (an embeddings store) → band search, block by block (``pairmine.engines``) → writer (one
+pair shard per block; a block's shard is renamed into place last, so its presence marks the
+block done and an interrupted run resumes where it stopped) → ``manifest.json`` last.
+
+Algorithm 1 of the paper (``sim = E_K @ E_K.T``, keep ``Min <= sim <= Max``) with its K subset
+drawn by a seeded generator. A pair ``{a, b}`` is stored once with ``a < b``; Algorithm 1 lists
+both orders, so the ordered count is twice the unordered one. Images with the same content hash
+are never a pair: they go to ``duplicates.parquet``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairmine.artefacts import (
+    DUPLICATES_FILE,
+    MANIFEST,
+    PAIRS_DIR,
+    PAIRS_FORMAT,
+    PAIRS_SCHEMA,
+    PARTIAL_DIR,
+    Embeddings,
+    finish_store,
+    input_record,
+    open_embeddings,
+    prepare_output,
+    read_json,
+    shard_name,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from pairmine.errors import ConfigError, StoreError
+from pairmine.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+SUBSET_FILE = "subset.parquet"
+AGAINST = ("subset", "all")
+# the histogram "near the band": HIST_WIDTH-wide bins from min - HIST_MARGIN up to 1.0
+HIST_WIDTH = 0.005
+HIST_MARGIN = 0.05
+# Stored vectors are rounded (float16 by default), so two near-identical rows can score a
+# little above 1.0; the widened search reaches this far so that they land in the last bin.
+SCORE_CEILING = 1.0 + 2.0**-8
+MAX_SWEEP_POINTS = 201
+_BLOCKS = "blocks"  # under PARTIAL_DIR: per-block statistics (and shards before --max-per-anchor)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run's plan: every option checked and resolved before anything is written
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Pair counts for every band ``[m, M]`` with ``m < M`` on one grid, from one search."""
+
+    grid: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[float]) -> Sweep:
+        """``"LO:HI:STEP"`` (e.g. ``0.90:1.0:0.01``) or ``(lo, hi, step)``."""
+        parts: Sequence[Any] = spec.split(":") if isinstance(spec, str) else spec
+        try:
+            lo, hi, step = (float(p) for p in parts)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--sweep {spec!r} is not LO:HI:STEP",
+                              "e.g. --sweep 0.90:1.0:0.01") from None
+        if not (-1.0 <= lo < hi <= 1.0) or not step > 0:
+            raise ConfigError(f"--sweep {spec!r} needs -1 <= LO < HI <= 1 and STEP > 0",
+                              "e.g. --sweep 0.90:1.0:0.01")
+        n = round((hi - lo) / step)
+        if n < 1 or abs(lo + n * step - hi) > 1e-9:
+            raise ConfigError(f"--sweep {spec!r}: HI - LO is not a multiple of STEP",
+                              "e.g. --sweep 0.90:1.0:0.01")
+        if n + 1 > MAX_SWEEP_POINTS:
+            raise ConfigError(f"--sweep {spec!r} has {n + 1} grid points "
+                              f"(at most {MAX_SWEEP_POINTS})", "use a coarser STEP")
+        # rounded so that 0.9 + 7 * 0.01 is 0.97, the bound a user types
+        return cls(tuple(round(lo + k * step, 10) for k in range(n + 1)))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    min_score: float
+    max_score: float
+    subset: int | float | None
+    seed: int
+    against: str
+    max_per_anchor: int | None
+    engine: str
+    device: str
+    sweep: Sweep | None
+    histogram: bool
+    block_rows: int | None
+
+    @property
+    def hist_range(self) -> tuple[float, float]:
+        if self.histogram:
+            return max(-1.0, self.min_score - HIST_MARGIN), 1.0
+        return self.min_score, self.max_score
+
+    @property
+    def search_range(self) -> tuple[float, float]:
+        """The one band the engine searches: the pair band, widened to cover the histogram
+        and the sweep; pairs are then filtered to ``[min, max]``."""
+        lo, hi = self.hist_range
+        lo, hi = min(lo, self.min_score), max(hi, self.max_score)
+        if self.sweep is not None:
+            lo, hi = min(lo, self.sweep.grid[0]), max(hi, self.sweep.grid[-1])
+        if self.histogram:
+            hi = max(hi, SCORE_CEILING)
+        return lo, hi
+
+    def hist_edges(self) -> list[float]:
+        lo, hi = self.hist_range
+        n = max(1, math.ceil((hi - lo) / HIST_WIDTH - 1e-9))
+        return [round(lo + k * HIST_WIDTH, 10) for k in range(n)] + [hi]
+
+    def config(self) -> dict[str, Any]:
+        return {"min": self.min_score, "max": self.max_score, "subset": self.subset,
+                "seed": self.seed, "against": self.against,
+                "max_per_anchor": self.max_per_anchor, "engine": self.engine,
+                "device": self.device,
+                "sweep": None if self.sweep is None else list(self.sweep.grid),
+                "histogram": self.histogram, "block_rows": self.block_rows}
+
+
+def _check_band(min_score: float, max_score: float) -> None:
+    for name, v in (("--min", min_score), ("--max", max_score)):
+        if not (isinstance(v, int | float) and -1.0 <= float(v) <= 1.0):
+            raise ConfigError(f"{name} {v} is outside [-1, 1]",
+                              "scores are cosines of unit vectors; e.g. --min 0.97 --max 0.99")
+    if min_score > max_score:
+        raise ConfigError(f"--min {min_score} is greater than --max {max_score}",
+                          "the band is [min, max], both inclusive; e.g. --min 0.97 --max 0.99")
+
+
+def parse_subset(subset: str | int | float | None) -> int | float | None:
+    """``--subset``: a float in (0, 1] is a fraction of the store, an integer >= 1 a count."""
+    if subset is None or (isinstance(subset, int | float) and not isinstance(subset, bool)):
+        value: int | float | None = subset
+    elif isinstance(subset, str):
+        text = subset.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"--subset {subset!r} is neither a fraction nor a count",
+                                  "e.g. --subset 0.1 (10%) or --subset 5000") from None
+    else:
+        raise ConfigError(f"--subset {subset!r} is neither a fraction nor a count",
+                          "e.g. --subset 0.1 (10%) or --subset 5000")
+    if isinstance(value, float) and not (0.0 < value <= 1.0 and math.isfinite(value)):
+        raise ConfigError(f"--subset {subset} is not a fraction in (0, 1]",
+                          "a float is a fraction (0.1 = 10%); an integer is a count")
+    if isinstance(value, int) and value < 1:
+        raise ConfigError(f"--subset {subset} is not a count >= 1",
+                          "a float is a fraction (0.1 = 10%); an integer is a count")
+    return value
+
+
+def _subset_size(subset: int | float | None, n: int) -> int:
+    if subset is None:
+        k = n
+    elif isinstance(subset, float):
+        k = math.floor(subset * n + 0.5)
+    else:
+        k = subset
+        if k > n:
+            raise ConfigError(f"--subset {k} is larger than the store ({n} images)",
+                              f"give a count <= {n} or a fraction in (0, 1]")
+    if k == 0:
+        raise ConfigError(f"the subset is empty (--subset {subset} of {n} images)",
+                          "give a larger fraction or a count >= 1")
+    return k
+
+
+def draw_subset(n: int, subset: int | float | None, seed: int) -> np.ndarray:
+    """The paper's K images: a seeded draw without replacement, sorted ids (int64)."""
+    import numpy as np
+
+    k = _subset_size(subset, n)
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    ids = np.random.default_rng(seed).choice(n, size=k, replace=False)
+    return np.sort(ids).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """What a match run produced; ``manifest`` is the store's full manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    pairs: int  # unordered pairs {a, b}, stored once
+    ordered: int  # Algorithm 1's count: both (a, b) and (b, a)
+    anchors: int
+    anchors_with_pairs: int
+    duplicates: int
+    engine: str
+    seconds: float
+    per_anchor: dict[str, float] = field(default_factory=dict)
+    sweep: dict[str, Any] | None = None
+    resumed: bool = False
+    blocks_skipped: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
+          max_score: float = 0.99, subset: str | int | float | None = None, seed: int = 0,
+          against: str = "subset", max_per_anchor: int | None = None, engine: str = "auto",
+          device: str = "auto", sweep: str | Sequence[float] | None = None,
+          histogram: bool = True, block_rows: int | None = None, overwrite: bool = False,
+          progress: Progress | None = None) -> MatchResult:
+    """Find all pairs of the store ``emb`` scoring in ``[min_score, max_score]``; write ``out``.
+
+    ``subset`` is the paper's K (a fraction or a count, drawn with ``seed``); ``against`` is
+    ``"subset"`` (Algorithm 1: subset x subset) or ``"all"`` (subset anchors x every image).
+    ``max_per_anchor`` keeps each image's K best positives (a pair stays when either end keeps
+    it). ``sweep`` (``"LO:HI:STEP"``) also counts pairs for every band on that grid.
+    ``histogram`` widens the one search to ``[min - 0.05, 1.0]`` to record the scores near the
+    band. An interrupted run resumes from its finished blocks; the result is identical.
+    """
+    from pairmine.engines import engine_info, plan_blocks, resolve_engine
+
+    t0 = time.perf_counter()
+    progress = progress or NullProgress()
+    emb, out = Path(emb), Path(out)
+
+    # --- validate everything before OUT is touched
+    _check_band(min_score, max_score)
+    if against not in AGAINST:
+        raise ConfigError(f"--against {against!r} is not one of {', '.join(AGAINST)}",
+                          "subset: the subset against itself (Algorithm 1); all: every image")
+    if max_per_anchor is not None and (isinstance(max_per_anchor, bool)
+                                       or not isinstance(max_per_anchor, int)
+                                       or max_per_anchor < 1):
+        raise ConfigError(f"--max-per-anchor {max_per_anchor} is not an integer >= 1")
+    if block_rows is not None and block_rows < 1:
+        raise ConfigError(f"--block-rows {block_rows} is not an integer >= 1")
+    plan = _Plan(min_score=float(min_score), max_score=float(max_score),
+                 subset=parse_subset(subset), seed=int(seed), against=against,
+                 max_per_anchor=max_per_anchor, engine=engine, device=device,
+                 sweep=None if sweep is None else Sweep.parse(sweep), histogram=histogram,
+                 block_rows=block_rows)
+    _check_paths(emb, out)
+    store = open_embeddings(emb)
+    n = len(store)
+    if n == 0:
+        raise StoreError(f"embeddings store {emb} holds no images", "embed some images first")
+    _check_store(store)
+    anchors = draw_subset(n, plan.subset, plan.seed)
+    resolved = resolve_engine(engine, device)
+    codes, hash_column = _hash_codes(store)
+    n_blocks = plan_blocks(n, _engine_anchors(anchors, n), block_rows)
+
+    # --- the store: resume only a partial run made with the same options from the same input
+    identity = {"config": plan.config(), "inputs": {"embeddings": input_record(emb)},
+                "engine": resolved_record(resolved), "blocks": n_blocks}
+    resumed = prepare_output(out, overwrite=overwrite, fmt=PAIRS_FORMAT)
+    partial = out / PARTIAL_DIR
+    run_file = partial / "run.json"
+    # run.json is the first file a run writes: without it nothing of a run is there to resume
+    resumed = resumed and run_file.exists()
+    if resumed:
+        if read_json(run_file) != identity:
+            raise StoreError(f"{out} holds an interrupted match run with other options or "
+                             "another input", "rerun with the same options, or pass "
+                             "--overwrite to start again")
+    else:
+        write_json_atomic(run_file, identity)
+    write_parquet_atomic(out / SUBSET_FILE, _id_table(anchors))
+
+    # --- search, block by block
+    t_search = time.perf_counter()
+    block_dir = partial / _BLOCKS
+    shard_dir = block_dir if plan.max_per_anchor is not None else out / PAIRS_DIR
+    stats, skipped = _search(store, anchors, codes, plan, resolved, n_blocks, block_dir,
+                             shard_dir, progress)
+    t_search = time.perf_counter() - t_search
+    shards = [out / PAIRS_DIR / shard_name("pairs", i, ".parquet") for i in range(n_blocks)]
+
+    # --- optional cap per image, over the finished block shards
+    t_cap = time.perf_counter()
+    found = sum(s["band"] for s in stats)
+    if plan.max_per_anchor is not None:
+        blocks = [block_dir / shard_name("pairs", i, ".parquet") for i in range(n_blocks)]
+        _cap_per_image(blocks, shards, n, plan.max_per_anchor, progress)
+    t_cap = time.perf_counter() - t_cap
+
+    # --- duplicates, statistics, manifest
+    t_dup = time.perf_counter()
+    n_dup, n_dup_groups = _write_duplicates(out / DUPLICATES_FILE, store, codes, anchors,
+                                            plan.against, hash_column)
+    t_dup = time.perf_counter() - t_dup
+    degree = _degrees(shards, n)
+    per_anchor = _distribution(degree[anchors])
+    unordered = int(degree.sum()) // 2
+    counts = {"unordered": unordered, "ordered": 2 * unordered,
+              "unordered_before_max_per_anchor": found,
+              "anchors": len(anchors),
+              "anchors_with_pairs": int((degree[anchors] > 0).sum()),
+              "images_with_pairs": int((degree > 0).sum()),
+              "duplicates": n_dup, "duplicate_groups": n_dup_groups}
+    lo, hi = plan.search_range
+    manifest: dict[str, Any] = {
+        "format": PAIRS_FORMAT,
+        "inputs": identity["inputs"],
+        "config": plan.config(),
+        "min": plan.min_score,
+        "max": plan.max_score,
+        "shards": [f"{PAIRS_DIR}/{p.name}" for p in shards],
+        "duplicates": DUPLICATES_FILE,
+        "subset": {"file": SUBSET_FILE, "count": len(anchors), "of": n, "seed": plan.seed,
+                   "requested": plan.subset, "against": plan.against},
+        "engine": {**resolved_record(resolved), **engine_info(resolved)},
+        "search": {"lo": lo, "hi": hi, "blocks": n_blocks, "block_rows": block_rows,
+                   "candidates": sum(s["candidates"] for s in stats),
+                   "pairs_in_range": sum(s["found"] for s in stats),
+                   "hash_column": hash_column},
+        "counts": counts,
+        "per_anchor": per_anchor,
+        "histogram": _histogram_record(plan, stats),
+        "sweep": _sweep_record(plan, stats),
+        "timings": {"search_s": round(t_search, 3),
+                    "search_blocks_s": round(sum(s["seconds"] for s in stats), 3),
+                    "max_per_anchor_s": round(t_cap, 3), "duplicates_s": round(t_dup, 3),
+                    "total_s": round(time.perf_counter() - t0, 3)},
+    }
+    finish_store(out, manifest)
+    log.info("match: %d pairs (%d ordered) from %d anchors in %.1f s", unordered,
+             2 * unordered, len(anchors), time.perf_counter() - t0)
+    return MatchResult(path=out, manifest=read_json(out / MANIFEST), pairs=unordered,
+                       ordered=2 * unordered, anchors=len(anchors),
+                       anchors_with_pairs=counts["anchors_with_pairs"], duplicates=n_dup,
+                       engine=str(manifest["engine"].get("name", resolved)),
+                       seconds=time.perf_counter() - t0, per_anchor=per_anchor,
+                       sweep=manifest["sweep"], resumed=resumed, blocks_skipped=skipped)
+
+
+def resolved_record(resolved: Any) -> dict[str, Any]:
+    """The engine resolve_engine chose, as JSON."""
+    if isinstance(resolved, dict):
+        return dict(resolved)
+    if isinstance(resolved, tuple):
+        return {"name": resolved[0], "device": resolved[1]}
+    return {"name": str(resolved)}
+
+
+def _check_paths(emb: Path, out: Path) -> None:
+    e, o = emb.resolve(), out.resolve()
+    if e == o or e in o.parents or o in e.parents:
+        raise ConfigError(f"output {out} overlaps the embeddings store {emb}",
+                          "write the pairs store to its own directory")
+
+
+def _check_store(store: Embeddings) -> None:
+    import numpy as np
+
+    ids = store.meta.column("id").to_numpy(zero_copy_only=False)
+    if not np.array_equal(ids, np.arange(len(store))):
+        raise StoreError(f"embeddings store {store.path}: meta ids are not the rows 0..N-1",
+                         "the store is damaged; re-run embed with --overwrite")
+    if store.vectors.dtype not in (np.float16, np.float32):
+        raise StoreError(f"embeddings store {store.path} holds {store.vectors.dtype} vectors",
+                         "expected float16 or float32; re-run embed")
+    step = 1 << 16
+    for i in range(0, len(store), step):  # chunked: the matrix may be a memory map
+        if not np.isfinite(store.vectors[i:i + step]).all():
+            raise StoreError(f"embeddings store {store.path} holds NaN or infinite vectors "
+                             f"(rows {i}..{min(i + step, len(store)) - 1})",
+                             "re-run embed; check the encoder's checkpoint")
+
+
+def _engine_anchors(anchors: np.ndarray, n: int) -> np.ndarray | None:
+    # the whole store needs no id list: the engine may take its faster all-rows path
+    return None if len(anchors) == n else anchors
+
+
+def _id_table(ids: np.ndarray) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({"id": pa.array(ids, type=pa.int64())})
+
+
+# ---------------------------------------------------------------------------------------------
+# content hashes: equal hashes are duplicates, never pairs
+
+
+def _hash_codes(store: Embeddings) -> tuple[np.ndarray, str | None]:
+    """One int64 code per row, equal exactly when the content hashes are equal. Rows without
+    a hash get a code of their own, so they are never duplicates."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(store)
+    names = store.meta.column_names
+    column = next((c for c in ("sha256", "md5") if c in names), None)
+    if column is None:
+        log.warning("embeddings store %s has no content hash column: duplicates are not "
+                    "detected", store.path)
+        return np.arange(n, dtype=np.int64), None
+    col = store.meta.column(column)
+    encoded = pc.dictionary_encode(col.combine_chunks() if isinstance(col, pa.ChunkedArray)
+                                   else col)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    valid = encoded.indices.is_valid().to_numpy(zero_copy_only=False)
+    codes = np.where(valid, np.nan_to_num(codes, nan=0).astype(np.int64),
+                     n + np.arange(n, dtype=np.int64))
+    return codes.astype(np.int64), column
+
+
+def _duplicate_groups(codes: np.ndarray, members: np.ndarray) -> Iterator[np.ndarray]:
+    """Sorted ids of each group of ``members`` that share a code, groups of 2 or more."""
+    import numpy as np
+
+    order = np.lexsort((members, codes[members]))
+    ids, cs = members[order], codes[members][order]
+    starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    for s, e in zip(starts, ends, strict=True):
+        if e - s > 1:
+            yield ids[s:e]
+
+
+def _write_duplicates(path: Path, store: Embeddings, codes: np.ndarray, anchors: np.ndarray,
+                      against: str, column: str | None) -> tuple[int, int]:
+    """``duplicates.parquet`` (a, b, sha256; a < b): every pair with equal content hash among
+    the pairs the search considers (both in the subset, or one of them with --against all).
+    Streamed in batches so that one huge group of identical images cannot exhaust memory."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pairmine.artefacts import atomic_path
+
+    schema = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("sha256", pa.string())])
+    n = len(store)
+    is_anchor = np.zeros(n, dtype=bool)
+    is_anchor[anchors] = True
+    members = anchors if against == "subset" else np.arange(n, dtype=np.int64)
+    hashes = store.meta.column(column) if column is not None else None
+    total = groups = 0
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    batch_rows = 0
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True,
+                                  store_schema=True)
+        try:
+            def flush() -> None:
+                nonlocal batch, batch_rows
+                if batch:
+                    a = np.concatenate([x for x, _ in batch])
+                    b = np.concatenate([y for _, y in batch])
+                    assert hashes is not None
+                    h = hashes.take(pa.array(a))
+                    writer.write_table(pa.table({"a": a, "b": b, "sha256": h}, schema=schema))
+                batch, batch_rows = [], 0
+
+            if hashes is not None:
+                for ids in _duplicate_groups(codes, members):
+                    ia, ib = np.triu_indices(len(ids), k=1)
+                    a, b = ids[ia], ids[ib]
+                    if against == "all":  # only pairs the search would have considered
+                        keep = is_anchor[a] | is_anchor[b]
+                        a, b = a[keep], b[keep]
+                    if len(a) == 0:
+                        continue
+                    groups += 1
+                    total += len(a)
+                    batch.append((a, b))
+                    batch_rows += len(a)
+                    if batch_rows >= 1 << 20:
+                        flush()
+                flush()
+            if total == 0:
+                writer.write_table(schema.empty_table())
+        finally:
+            writer.close()
+    return total, groups
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+
+
+def _search(store: Embeddings, anchors: np.ndarray, codes: np.ndarray, plan: _Plan,
+            resolved: Any, n_blocks: int, block_dir: Path, shard_dir: Path,
+            progress: Progress) -> tuple[list[dict[str, Any]], int]:
+    """Run the engine over the blocks not yet done; return every block's statistics."""
+    from pairmine.engines import band_search
+
+    def stats_path(i: int) -> Path:
+        return block_dir / shard_name("block", i, ".json")
+
+    def shard_path(i: int) -> Path:
+        return shard_dir / shard_name("pairs", i, ".parquet")
+
+    # a block is done when its shard exists; its statistics were written just before it
+    done = {i for i in range(n_blocks) if shard_path(i).exists() and stats_path(i).exists()}
+    stats: dict[int, dict[str, Any]] = {i: read_json(stats_path(i)) for i in sorted(done)}
+    pairs_so_far = sum(s["band"] for s in stats.values())
+    skipped = len(done)
+    progress.start("match", total=n_blocks, unit="blocks")
+    if done:
+        log.info("resuming: %d of %d blocks already done", len(done), n_blocks)
+        progress.advance(len(done), pairs=pairs_so_far)
+    lo, hi = plan.search_range
+    edges = plan.hist_edges()
+    engine_name, engine_device = _engine_args(resolved, plan)
+    t = time.perf_counter()
+    for block in band_search(store.vectors, lo, hi,
+                             anchors=_engine_anchors(anchors, len(store)),
+                             against="anchors" if plan.against == "subset" else "all",
+                             engine=engine_name, device=engine_device,
+                             block_rows=plan.block_rows, skip_blocks=tuple(sorted(done))):
+        if block.index in done:
+            continue
+        s, table = _block_result(block, codes, plan, edges)
+        s["seconds"] = round(time.perf_counter() - t, 4)
+        write_json_atomic(stats_path(block.index), s)
+        write_parquet_atomic(shard_path(block.index), table)  # last: marks the block done
+        stats[block.index] = s
+        done.add(block.index)
+        pairs_so_far += s["band"]
+        progress.advance(1, pairs=pairs_so_far)
+        t = time.perf_counter()
+    progress.finish()
+    missing = sorted(set(range(n_blocks)) - done)
+    if missing:
+        raise RuntimeError(f"the engine did not return blocks {missing[:5]} of {n_blocks}")
+    return [stats[i] for i in range(n_blocks)], skipped
+
+
+def _engine_args(resolved: Any, plan: _Plan) -> tuple[str, str]:
+    rec = resolved_record(resolved)
+    return str(rec.get("name", plan.engine)), str(rec.get("device", plan.device))
+
+
+def _block_result(block: Any, codes: np.ndarray, plan: _Plan,
+                  edges: list[float]) -> tuple[dict[str, Any], pa.Table]:
+    """Filter one engine block: drop duplicates, histogram and sweep over the searched range,
+    keep the band. Rows sorted by (a, b) so the shard's bytes do not depend on the engine's
+    (possibly threaded) output order."""
+    import numpy as np
+    import pyarrow as pa
+
+    a = np.asarray(block.a, dtype=np.int64)
+    b = np.asarray(block.b, dtype=np.int64)
+    score = np.asarray(block.score, dtype=np.float32)
+    keep = codes[a] != codes[b]
+    a, b, score = a[keep], b[keep], score[keep]
+    order = np.lexsort((b, a))
+    a, b, score = a[order], b[order], score[order]
+    s64 = score.astype(np.float64)  # every comparison on the exact float32 value
+    in_band = (s64 >= plan.min_score) & (s64 <= plan.max_score)
+
+    e = np.asarray(edges, dtype=np.float64)
+    # the last bin is closed; at 1.0 it also takes the few rounding-induced scores above 1.0
+    inside = (s64 >= e[0]) & (s64 <= (SCORE_CEILING if plan.histogram else e[-1]))
+    hist = np.bincount(np.minimum(np.searchsorted(e, s64[inside], side="right") - 1,
+                                  len(e) - 2), minlength=len(e) - 1)
+    stats: dict[str, Any] = {"index": int(block.index), "candidates": int(block.candidates),
+                             "found": len(a), "duplicates_dropped": int((~keep).sum()),
+                             "band": int(in_band.sum()), "hist": hist.tolist()}
+    if plan.sweep is not None:
+        grid = np.asarray(plan.sweep.grid, dtype=np.float64)
+        srt = np.sort(s64)
+        stats["sweep_ge"] = (len(srt) - np.searchsorted(srt, grid, side="left")).tolist()
+        stats["sweep_gt"] = (len(srt) - np.searchsorted(srt, grid, side="right")).tolist()
+    table = pa.table({"a": a[in_band], "b": b[in_band], "score": score[in_band]},
+                     schema=PAIRS_SCHEMA())
+    return stats, table
+
+
+def _histogram_record(plan: _Plan, stats: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    counts = np.sum([s["hist"] for s in stats], axis=0) if stats else []
+    return {"edges": plan.hist_edges(), "counts": [int(c) for c in counts],
+            "width": HIST_WIDTH, "widened": plan.histogram,
+            "note": "unordered pairs (duplicates excluded) per bin [e_i, e_i+1), last bin "
+                    "closed; before --max-per-anchor"}
+
+
+def _sweep_record(plan: _Plan, stats: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``counts[i][j]`` = unordered pairs with ``grid[i] <= score <= grid[j]`` (i < j), from
+    ``#(score >= m) - #(score > M)`` summed over blocks."""
+    import numpy as np
+
+    if plan.sweep is None:
+        return None
+    ge = np.sum([s["sweep_ge"] for s in stats], axis=0)
+    gt = np.sum([s["sweep_gt"] for s in stats], axis=0)
+    grid = list(plan.sweep.grid)
+    counts = [[int(ge[i] - gt[j]) if i < j else None for j in range(len(grid))]
+              for i in range(len(grid))]
+    return {"grid": grid, "counts": counts,
+            "note": "counts[i][j]: unordered pairs with grid[i] <= score <= grid[j], "
+                    "duplicates excluded, before --max-per-anchor"}
+
+
+# ---------------------------------------------------------------------------------------------
+# --max-per-anchor: each image keeps its K best positives; a pair stays if either end keeps it
+
+
+def _cap_per_image(blocks: list[Path], shards: list[Path], n: int, k: int,
+                   progress: Progress) -> None:
+    """Two passes over the block shards with memory O(N·K + one shard): find each image's K-th
+    best (score desc, other id asc), then write each block's kept pairs as the final shard.
+    Final shards are written in block order and skipped when present, so resuming is safe."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    progress.start("max-per-anchor", total=2 * len(blocks), unit="shards")
+    x = np.zeros(0, np.int64)
+    other = np.zeros(0, np.int64)
+    score = np.zeros(0, np.float32)
+    for path in blocks:
+        t = pq.read_table(path)
+        a, b = t.column("a").to_numpy(), t.column("b").to_numpy()
+        s = t.column("score").to_numpy()
+        x, other, score = (np.concatenate([x, a, b]), np.concatenate([other, b, a]),
+                           np.concatenate([score, s, s]))
+        order = np.lexsort((other, -score, x))
+        x, other, score = x[order], other[order], score[order]
+        starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
+        rank = np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)]))
+        keep = rank < k
+        x, other, score = x[keep], other[keep], score[keep]
+        progress.advance(1)
+    # the K-th best of each image that has at least K positives; the others keep everything
+    kth_score = np.full(n, -np.inf, dtype=np.float64)
+    kth_other = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    if len(x):
+        starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
+        ends = np.r_[starts[1:], len(x)]
+        full = (ends - starts) == k
+        last = ends[full] - 1
+        kth_score[x[last]] = score[last]
+        kth_other[x[last]] = other[last]
+
+    def kept_by(img: np.ndarray, partner: np.ndarray, s: np.ndarray) -> np.ndarray:
+        ks, ko = kth_score[img], kth_other[img]
+        kept: np.ndarray = (s > ks) | ((s == ks) & (partner <= ko))
+        return kept
+
+    for src, dst in zip(blocks, shards, strict=True):
+        if not dst.exists():
+            t = pq.read_table(src)
+            a, b = t.column("a").to_numpy(), t.column("b").to_numpy()
+            s = t.column("score").to_numpy().astype(np.float64)
+            write_parquet_atomic(dst, t.filter(kept_by(a, b, s) | kept_by(b, a, s)))
+        progress.advance(1)
+    progress.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics over the final shards
+
+
+def _degrees(shards: list[Path], n: int) -> np.ndarray:
+    """Positives per image: the number of stored pairs each id belongs to."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    degree = np.zeros(n, dtype=np.int64)
+    for path in shards:
+        t = pq.read_table(path, columns=["a", "b"])
+        degree += np.bincount(t.column("a").to_numpy(), minlength=n)
+        degree += np.bincount(t.column("b").to_numpy(), minlength=n)
+    return degree
+
+
+def _distribution(values: np.ndarray) -> dict[str, float]:
+    import numpy as np
+
+    if len(values) == 0:
+        return {}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"min": int(values.min()), "median": float(p50), "mean": round(float(values.mean()), 6),
+            "p90": float(p90), "p99": float(p99), "max": int(values.max())}

@@ -1,0 +1,45 @@
+"""Pair quality: how good are the pairs, which band to choose, and a page to look at them.
+
+- ``eval_pairs``: pair accuracy (unordered, ordered as Algorithm 1, per anchor, per class)
+  with the chance level, next to nearest-neighbour baselines and a precision–yield grid;
+- ``calibrate``: one search above a floor answers a whole grid of bands; suggests one for a
+  target precision or yield;
+- ``show``: a static HTML report of pairs with thumbnails of the original images.
+
+Heavy libraries are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "eval_pairs": ("pairmine.quality.accuracy", "eval_pairs"),
+    "EvalReport": ("pairmine.quality.accuracy", "EvalReport"),
+    "pair_accuracy": ("pairmine.quality.accuracy", "pair_accuracy"),
+    "knn_accuracy": ("pairmine.quality.accuracy", "knn_accuracy"),
+    "calibrate": ("pairmine.quality.calibrate", "calibrate"),
+    "Calibration": ("pairmine.quality.calibrate", "Calibration"),
+    "show": ("pairmine.quality.report", "show"),
+    "ShowResult": ("pairmine.quality.report", "ShowResult"),
+    "load_labels": ("pairmine.quality.labels", "load_labels"),
+}
+
+if TYPE_CHECKING:
+    from pairmine.quality.accuracy import EvalReport, eval_pairs, knn_accuracy, pair_accuracy
+    from pairmine.quality.calibrate import Calibration, calibrate
+    from pairmine.quality.labels import load_labels
+    from pairmine.quality.report import ShowResult, show
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'pairmine.quality' has no attribute {name!r}")
+
+
+__all__ = ["Calibration", "EvalReport", "ShowResult", "calibrate", "eval_pairs",
+           "knn_accuracy", "load_labels", "pair_accuracy", "show"]

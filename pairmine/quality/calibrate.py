@@ -1,0 +1,223 @@
+"""Calibrate the band: measure yield and precision over a grid of bands, suggest one.
+
+The paper's fixed ``[0.97, 0.99]`` was tuned for a MoCo-v2 projection head on ImageNet; another
+encoder puts its scores elsewhere. One exact search keeps every pair scoring above a floor,
+and then every band ``[lo, hi]`` with ``lo >= floor`` on the grid is answered from it:
+positives per image, coverage, and precision where labels are known (all of them, a label
+file, or a labelled sample of N images: pairs with both ends in the sample).
+
+Suggestion rules (only bands with ``hi <= max_cap``: the paper's upper bound exists to keep
+near-identical images out, which precision alone would never penalise):
+
+- ``target_precision P``: among bands whose precision's Wilson 95% lower bound is >= P over at
+  least ``min_support`` labelled pairs, the one with the most positives per image (ties: the
+  higher precision, then the narrower band);
+- ``target_yield Y`` (positives per image): among bands with yield >= Y, the most precise when
+  labels are known (ties: more yield), else the one with the highest lower bound (the most
+  similar pairs), then the highest upper bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairmine.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pairmine.progress import Progress
+    from pairmine.quality.bands import BandStats
+
+log = logging.getLogger(__name__)
+
+PAPER_BAND = (0.97, 0.99)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    lo: float
+    hi: float
+    stats: BandStats
+    rule: str
+
+
+@dataclass
+class Calibration:
+    """What ``calibrate`` measured; ``as_dict`` is the JSON it writes."""
+
+    embeddings: str
+    n_rows: int
+    anchors: int
+    against: str
+    subset: float | int | None
+    seed: int
+    floor: float
+    step: float
+    max_cap: float
+    labels: str | None
+    labelled_images: int
+    labels_sample: int | None
+    target: dict[str, float]
+    pairs_above_floor: int
+    bands: list[BandStats]
+    suggestion: Suggestion | None
+    note: str
+    paper_band: BandStats | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["format"] = "pairmine/calibration"
+        return out
+
+    def column(self, hi: float) -> list[BandStats]:
+        """The precision–yield table: every lower bound at a fixed upper bound."""
+        return [r for r in self.bands if r.hi == hi]
+
+
+def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
+              max_cap: float = 0.99, target_precision: float | None = None,
+              target_yield: float | None = None, labels: str | Path | None = None,
+              labels_sample: int | None = None, subset: float | int | None = None,
+              seed: int = 0, min_support: int = 30, engine: str = "auto",
+              device: str = "auto", max_pairs: int | None = None,
+              out: str | Path | None = None, progress: Progress | None = None) -> Calibration:
+    """Measure a grid of bands on an embeddings store in one pass and suggest one.
+
+    ``subset`` (fraction or count) searches only those anchors, against every image, so
+    positives per image stay unbiased for the whole store at a fraction of the cost.
+    """
+    import numpy as np
+
+    from pairmine import artefacts as art
+    from pairmine.quality import bands as bd
+    from pairmine.quality.labels import Scope, draw_subset, load_labels
+
+    _validate(floor, step, max_cap, target_precision, target_yield, labels_sample,
+              min_support)
+    store = art.open_embeddings(emb)
+    needs_labels = target_precision is not None or labels_sample is not None
+    what = "--target-precision" if target_precision is not None else "--labels-sample"
+    lab = load_labels(store, labels, required=needs_labels, what=what)
+    anchors = draw_subset(len(store), subset, seed)
+    scope = Scope(anchors=anchors, against="anchors" if subset is None else "all",
+                  n_rows=len(store))
+    codes = None if lab is None else _sample_labels(lab.codes, labels_sample, seed)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    scored = bd.scan_scores(store.vectors, floor, scope, engine=engine, device=device,
+                            content=bd.content_codes(store.meta),
+                            max_pairs=max_pairs or bd.DEFAULT_MAX_PAIRS, progress=progress)
+    timings["search_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    extra = {x for x in PAPER_BAND if x >= floor}
+    lows = sorted(set(bd.grid(floor, 1.0, step)) | extra)
+    highs = sorted(set(bd.grid(floor, 1.0, step)) | extra | {max_cap})
+    rows = bd.band_table(scored, scope, codes, bd.all_bands(lows, highs))
+    timings["table_s"] = time.perf_counter() - t0
+
+    target: dict[str, float] = {}
+    if target_precision is not None:
+        target["precision"] = target_precision
+        suggestion, note = suggest_for_precision(rows, target_precision, max_cap, min_support)
+    elif target_yield is not None:
+        target["yield"] = target_yield
+        suggestion, note = suggest_for_yield(rows, target_yield, max_cap,
+                                             labelled=codes is not None)
+    else:
+        suggestion, note = None, "no target given: pass --target-precision or --target-yield"
+    result = Calibration(
+        embeddings=str(store.path.resolve()), n_rows=len(store), anchors=int(anchors.size),
+        against=scope.against, subset=subset, seed=seed, floor=floor, step=step,
+        max_cap=max_cap, labels=None if lab is None else lab.origin,
+        labelled_images=0 if codes is None else int(np.sum(codes >= 0)),
+        labels_sample=labels_sample, target=target, pairs_above_floor=int(scored.a.size),
+        bands=rows, suggestion=suggestion, note=note,
+        paper_band=next((r for r in rows if (r.lo, r.hi) == PAPER_BAND), None),
+        timings=timings)
+    if out is not None:
+        art.write_json_atomic(Path(out), result.as_dict())
+    return result
+
+
+def _validate(floor: float, step: float, max_cap: float, target_precision: float | None,
+              target_yield: float | None, labels_sample: int | None, min_support: int) -> None:
+    """Every option checked before any work (and before anything is written)."""
+    if target_precision is not None and target_yield is not None:
+        raise ConfigError("--target-precision and --target-yield are alternatives",
+                          "give one of them")
+    if not -1.0 <= floor < 1.0:
+        raise ConfigError(f"--floor {floor} is outside [-1, 1)", "e.g. --floor 0.9")
+    if not 0 < step <= 0.5:
+        raise ConfigError(f"--step {step} is outside (0, 0.5]", "e.g. --step 0.005")
+    if not floor < max_cap <= 1.0:
+        raise ConfigError(f"--max-cap {max_cap} must lie in ({floor}, 1] (above the floor)")
+    if target_precision is not None and not 0.0 < target_precision <= 1.0:
+        raise ConfigError(f"--target-precision {target_precision} is outside (0, 1]",
+                          "a share, e.g. 0.9 for 90% of pairs with the same label")
+    if target_yield is not None and target_yield <= 0:
+        raise ConfigError(f"--target-yield {target_yield} must be > 0",
+                          "positives per image, e.g. 1.0")
+    if labels_sample is not None and labels_sample < 2:
+        raise ConfigError(f"--labels-sample {labels_sample} must be >= 2")
+    if min_support < 1:
+        raise ConfigError(f"--min-support {min_support} must be >= 1")
+
+
+def _sample_labels(codes: np.ndarray, sample: int | None, seed: int) -> np.ndarray:
+    """Keep the labels of ``sample`` labelled images drawn with ``seed``; forget the rest."""
+    import numpy as np
+
+    if sample is None:
+        return codes
+    labelled = np.flatnonzero(codes >= 0)
+    if sample > labelled.size:
+        raise ConfigError(f"--labels-sample {sample} is more than the {labelled.size} "
+                          "labelled images", f"use at most {labelled.size}")
+    keep = np.random.default_rng(seed).choice(labelled, size=sample, replace=False)
+    out = np.full_like(codes, -1)
+    out[keep] = codes[keep]
+    return out
+
+
+def suggest_for_precision(rows: list[BandStats], target: float, max_cap: float,
+                          min_support: int) -> tuple[Suggestion | None, str]:
+    ok = [r for r in rows if r.hi <= max_cap and r.labelled >= min_support
+          and r.ci_low is not None and r.ci_low >= target]
+    if not ok:
+        best = max((r for r in rows if r.hi <= max_cap and r.labelled >= min_support
+                    and r.ci_low is not None), key=lambda r: r.ci_low or 0.0, default=None)
+        where = ("" if best is None else
+                 f"; the best is [{best.lo}, {best.hi}] at {best.precision:.1%} "
+                 f"(95% lower bound {best.ci_low:.1%}, {best.labelled} labelled pairs)")
+        return None, (f"no band with hi <= {max_cap} reaches precision {target:.1%} "
+                      f"(Wilson 95% lower bound, >= {min_support} labelled pairs){where}")
+    pick = max(ok, key=lambda r: (r.per_image, r.precision or 0.0, -(r.hi - r.lo)))
+    rule = (f"most positives per image among bands whose precision is >= {target:.1%} "
+            f"with 95% confidence (>= {min_support} labelled pairs), hi <= {max_cap}")
+    return Suggestion(lo=pick.lo, hi=pick.hi, stats=pick, rule=rule), rule
+
+
+def suggest_for_yield(rows: list[BandStats], target: float, max_cap: float, *,
+                      labelled: bool) -> tuple[Suggestion | None, str]:
+    ok = [r for r in rows if r.hi <= max_cap and r.per_image >= target]
+    if not ok:
+        most = max((r.per_image for r in rows if r.hi <= max_cap), default=0.0)
+        return None, (f"no band with hi <= {max_cap} gives {target:g} positives per image "
+                      f"(at most {most:.3g}); lower --floor or raise --max-cap")
+    if labelled and any(r.precision is not None for r in ok):
+        pick = max(ok, key=lambda r: (r.precision if r.precision is not None else -1.0,
+                                      r.per_image))
+        rule = (f"highest precision among bands with >= {target:g} positives per image, "
+                f"hi <= {max_cap}")
+    else:
+        pick = max(ok, key=lambda r: (r.lo, r.hi))
+        rule = (f"highest lower bound among bands with >= {target:g} positives per image, "
+                f"hi <= {max_cap} (no labels: the most similar pairs)")
+    return Suggestion(lo=pick.lo, hi=pick.hi, stats=pick, rule=rule), rule

@@ -1,0 +1,314 @@
+"""``webdataset``: local WebDataset .tar shards, read by random access.
+
+Members group into samples the WebDataset way: consecutive members sharing ``__key__`` (the
+member path up to the first dot of its base name) form one sample; the image is its first
+``jpg``/``jpeg``/``png``/``webp`` member, its label the integer text of a ``cls`` member.
+Each tar is indexed once at open time (``tarfile`` gives every member's data offset and size)
+so ``read(i)`` is one seek and one read, not a scan, and any worker can read any sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tarfile
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from pairmine.errors import SourceError
+from pairmine.sources.base import (
+    ImageSource,
+    RefReader,
+    SourceKind,
+    no_images,
+    refs_table,
+    register_source,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+# webdataset's own rule (base_plus_ext): key = path up to the first dot of the base name
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # priority order when a sample holds several
+TAR_SUFFIXES = (".tar",)
+COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+MAX_OPEN_SHARDS = 64  # per process: enough for sequential reading, far below fd limits
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Shard paths of a spec: ``::``-separated parts (as in webdataset), each brace-expanded,
+    in the order written."""
+    from braceexpand import braceexpand
+
+    paths: list[str] = []
+    for part in spec.split("::"):
+        part = part.strip()
+        if part:
+            paths.extend(braceexpand(part))
+    return paths
+
+
+def _detect(spec: str) -> bool:
+    if "{" not in spec and "::" not in spec and os.path.isdir(spec):
+        return False
+    try:
+        paths = expand_shards(spec)
+    except Exception:  # an unbalanced brace is not a pattern
+        return False
+    return bool(paths) and all(p.lower().endswith(TAR_SUFFIXES + COMPRESSED_SUFFIXES)
+                               for p in paths)
+
+
+def _split(name: str) -> tuple[str, str] | None:
+    """(``__key__``, lower-case extension) of a member name; None for names webdataset skips."""
+    if "/" not in name and name.startswith("__") and name.endswith("__"):
+        return None  # shard-level metadata such as __index__
+    match = _KEY_EXT.match(name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def _members(path: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """The regular members of an uncompressed tar, in order, without keeping their headers."""
+    try:
+        tf = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the `with` below
+    except FileNotFoundError:
+        raise SourceError(f"shard {path} does not exist") from None
+    except tarfile.ReadError as exc:
+        raise SourceError(f"{path} is not an uncompressed tar file ({exc})",
+                          "WebDataset shards are read by offset: decompress them first") from None
+    with tf:
+        while True:
+            try:
+                info = tf.next()
+            except tarfile.TarError as exc:
+                raise SourceError(f"shard {path} is corrupt: {exc}") from None
+            if info is None:
+                return
+            # tarfile keeps every header it reads; an index needs none of them (a tar of a
+            # million members would otherwise hold a million TarInfo objects)
+            tf.members = []  # type: ignore[attr-defined]
+            if info.isreg() and not info.issparse():
+                yield tf, info
+
+
+@dataclass
+class _Index:
+    """Samples of all shards, one entry each, in shard order then member order."""
+
+    keys: list[str] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+    exts: list[str] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    shard: list[int] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    without_image: int = 0
+    ignored_members: int = 0
+
+
+def _index_shard(idx: _Index, shard: int, path: str, labels: bool,
+                 seen: dict[str, int], shards: list[str]) -> None:
+    group: dict[str, tarfile.TarInfo] = {}
+    key: str | None = None
+    label: int | None = None
+
+    def flush() -> None:
+        if key is None:
+            return
+        if key in seen:
+            raise SourceError(f"sample key {key!r} occurs twice: in {shards[seen[key]]} and in "
+                              f"{path}", "WebDataset keys (__key__) must be unique in a source")
+        seen[key] = shard
+        ext = next((e for e in IMAGE_EXTS if e in group), None)
+        if ext is None:
+            idx.without_image += 1
+            return
+        info = group[ext]
+        idx.keys.append(key)
+        idx.members.append(info.name)
+        idx.exts.append(ext)
+        idx.labels.append(label)
+        idx.shard.append(shard)
+        idx.offset.append(info.offset_data)
+        idx.size.append(info.size)
+
+    for tf, info in _members(path):
+        split = _split(info.name)
+        if split is None:
+            idx.ignored_members += 1
+            continue
+        member_key, ext = split
+        if member_key != key:
+            flush()
+            key, group, label = member_key, {}, None
+        if ext in group:
+            raise SourceError(f"shard {path} holds {info.name} twice in one sample")
+        group[ext] = info
+        if ext == "cls" and labels:
+            label = _read_cls(tf, info, path)
+    flush()
+
+
+def _read_cls(tf: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> int:
+    f = tf.extractfile(info)
+    text = f.read() if f is not None else b""
+    try:
+        return int(text.decode("utf-8").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise SourceError(f"{info.name} in {path} is not an integer class label: {text[:20]!r}",
+                          "give --no-labels to ignore cls members") from None
+
+
+class WebDatasetSource(ImageSource):
+    kind = "webdataset"
+
+    def __init__(self, spec: str, *, labels: bool = True) -> None:
+        self.spec = spec
+        paths = expand_shards(spec)
+        compressed = [p for p in paths if p.lower().endswith(COMPRESSED_SUFFIXES)]
+        if compressed:
+            raise SourceError(f"{compressed[0]} is a compressed tar: pairmine reads WebDataset "
+                              f"shards by offset, which needs uncompressed .tar files",
+                              "decompress it (e.g. gunzip); an archive of an image folder: "
+                              "extract it and give the folder")
+        self.shards = [os.path.abspath(p) for p in paths]
+        if not self.shards:
+            raise no_images(spec, "the pattern names no shards")
+        twice = [p for p, n in Counter(self.shards).items() if n > 1]
+        if twice:
+            raise SourceError(f"shard {twice[0]} is named more than once in {spec}")
+        missing = [p for p in self.shards if not os.path.isfile(p)]
+        if missing:
+            raise SourceError(f"{len(missing)} of {len(self.shards)} shards do not exist, e.g. "
+                              f"{', '.join(missing[:3])}", "check the path or brace pattern")
+        idx = _Index()
+        seen: dict[str, int] = {}
+        for i, path in enumerate(self.shards):
+            _index_shard(idx, i, path, labels, seen, self.shards)
+        if not idx.keys:
+            raise no_images(spec, f"{idx.without_image} samples had no "
+                            f"{'/'.join(IMAGE_EXTS)} member")
+        import numpy as np
+
+        self.keys, self.members, self.exts = idx.keys, idx.members, idx.exts
+        self._labels = idx.labels if labels else None
+        self.labels = labels
+        self._shard: np.ndarray = np.asarray(idx.shard, dtype=np.int32)
+        self._offset: np.ndarray = np.asarray(idx.offset, dtype=np.int64)
+        self._size: np.ndarray = np.asarray(idx.size, dtype=np.int64)
+        # a shard rewritten after indexing must not be read by stale offsets
+        self._shard_bytes = [os.path.getsize(p) for p in self.shards]
+        self.without_image = idx.without_image
+        self.ignored_members = idx.ignored_members
+        self._handles: OrderedDict[int, IO[bytes]] = OrderedDict()
+        self._pid: int | None = None
+        self._refs: pa.Table | None = None
+        log.info("webdataset %s: %d samples in %d shards (%d without an image)",
+                 spec, len(self.keys), len(self.shards), self.without_image)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # file handles never travel: each process opens its own (see _handle)
+        state = dict(self.__dict__)
+        state.update(_handles=OrderedDict(), _pid=None, _refs=None)
+        return state
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _handle(self, shard: int) -> IO[bytes]:
+        if self._pid != os.getpid():
+            # a forked worker shares the parent's file offsets: seek+read would race
+            self._handles = OrderedDict()
+            self._pid = os.getpid()
+        f = self._handles.get(shard)
+        if f is not None:
+            self._handles.move_to_end(shard)
+            return f
+        path = self.shards[shard]
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - kept open across reads, closed by LRU
+        except OSError as exc:
+            raise SourceError(f"cannot open shard {path}: {exc.strerror or exc}") from None
+        if os.fstat(f.fileno()).st_size != self._shard_bytes[shard]:
+            f.close()
+            raise SourceError(f"shard {path} changed since it was indexed",
+                              "open the source again")
+        self._handles[shard] = f
+        if len(self._handles) > MAX_OPEN_SHARDS:
+            self._handles.popitem(last=False)[1].close()
+        return f
+
+    def refs(self) -> pa.Table:
+        if self._refs is None:
+            self._refs = refs_table(self.keys, [self.shards[s] for s in self._shard.tolist()],
+                                    self.members, self._labels)
+        return self._refs
+
+    def read(self, index: int) -> bytes:
+        f = self._handle(int(self._shard[index]))
+        size = int(self._size[index])
+        f.seek(int(self._offset[index]))
+        data = f.read(size)
+        if len(data) != size:
+            raise SourceError(f"shard {self.shards[int(self._shard[index])]} ends inside "
+                              f"{self.members[index]}")
+        return data
+
+    def ext(self, index: int) -> str:
+        return self.exts[index]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "shards": len(self.shards), "shard_paths": list(self.shards),
+                "samples": len(self.keys), "skipped_without_image": self.without_image,
+                "ignored_members": self.ignored_members,
+                "image_exts": dict(sorted(Counter(self.exts).items())), "labels": self.labels,
+                "labelled": (sum(v is not None for v in self._labels)
+                             if self._labels is not None else 0)}
+
+
+def tar_ref_reader() -> RefReader:
+    """Reads (tar path, member name) refs; indexes each tar once, on first use."""
+    indexes: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def read(source: str, member: str | None) -> tuple[bytes, str]:
+        if member is None:
+            raise SourceError(f"a webdataset ref into {source} names no member")
+        index = indexes.get(source)
+        if index is None:
+            if not os.path.isfile(source):
+                raise SourceError(f"shard {source} no longer exists",
+                                  "was the source moved or deleted after embedding?")
+            index = {info.name: (info.offset_data, info.size) for _, info in _members(source)}
+            indexes[source] = index
+        if member not in index:
+            raise SourceError(f"shard {source} has no member {member}",
+                              "was the shard rewritten after embedding?")
+        offset, size = index[member]
+        try:
+            with open(source, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        except FileNotFoundError:
+            raise SourceError(f"shard {source} no longer exists") from None
+        if len(data) != size:
+            raise SourceError(f"shard {source} ends inside {member}")
+        split = _split(member)
+        return data, split[1] if split else "bin"
+
+    return read
+
+
+register_source(SourceKind(
+    name="webdataset",
+    detect=_detect,
+    open=lambda spec, labels: WebDatasetSource(spec, labels=labels),
+    help="local WebDataset .tar shards: a path, a brace pattern, or paths joined by ::",
+    ref_reader=tar_ref_reader,
+))

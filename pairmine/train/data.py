@@ -1,0 +1,361 @@
+"""Training data: reader → two views. The items a MoCo epoch iterates over.
+
+DATA is either
+- an image source (any spec ``pairmine.sources.open_source`` accepts): vanilla MoCo-v2, one
+  *instance* item per image, whose two views are two augmentations of it; or
+- a ``--combined`` export (``format: pairmine/export``, WebDataset tar shards): SePP-ID's
+  merged dataset. A single-image sample (``image.<ext>``) is an instance item; a pair sample
+  (``anchor.<ext>``, ``positive.<ext>``) is a *semantic* item whose views are aug(anchor) and
+  aug(positive). A pair relates both images, so by default it gives two items, anchor→positive
+  and positive→anchor (Eq. 2 counts ``ℓ(u, v_m)`` for every image that has a positive;
+  Algorithm 1 lists both orders). ``pair_directions=1`` uses each stored pair once.
+
+The tar shards are indexed once (member offsets and sizes), then read by seek + read with file
+handles opened lazily in each process, so the dataset pickles into DataLoader workers.
+``random_duplicates`` adds the control of the paper's Table 6: that many randomly chosen images
+(seeded) as extra items made of two augmentations of the same image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairmine.errors import ConfigError, SourceError, StoreError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pairmine.sources import ImageSource
+    from pairmine.train.augment import AugmentConfig
+
+log = logging.getLogger(__name__)
+
+INSTANCE, SEMANTIC, DUPLICATE = 0, 1, 2  # item kinds; SEMANTIC and DUPLICATE weigh λ
+KIND_NAMES = {INSTANCE: "instance", SEMANTIC: "semantic", DUPLICATE: "duplicate"}
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+
+
+class Reader:
+    """Image bytes by reference number; picklable."""
+
+    def read(self, ref: int) -> bytes:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SourceReader(Reader):
+    """Reference i = image i of an ImageSource."""
+
+    def __init__(self, source: ImageSource, spec: str) -> None:
+        self.source = source
+        self.spec = spec
+
+    def read(self, ref: int) -> bytes:
+        return self.source.read(ref)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "source", "spec": self.spec, "source": self.source.describe()}
+
+
+class TarReader(Reader):
+    """Reference i = one tar member (shard number, data offset, size), read by seek + read."""
+
+    def __init__(self, root: Path, tars: list[str], shard: np.ndarray, offset: np.ndarray,
+                 size: np.ndarray) -> None:
+        self.root = root
+        self.tars = tars
+        self.shard, self.offset, self.size = shard, offset, size
+        self._handles: dict[int, Any] = {}
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"], state["_pid"] = {}, -1  # handles never travel to workers
+        return state
+
+    def read(self, ref: int) -> bytes:
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        s = int(self.shard[ref])
+        fh = self._handles.get(s)
+        if fh is None:
+            fh = self._handles[s] = open(self.root / self.tars[s], "rb")  # noqa: SIM115
+        fh.seek(int(self.offset[ref]))
+        data: bytes = fh.read(int(self.size[ref]))
+        if len(data) != int(self.size[ref]):
+            raise StoreError(f"{self.root / self.tars[s]} is truncated",
+                             "re-run the export, then `pairmine verify` it")
+        return data
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "export", "spec": str(self.root), "shards": len(self.tars)}
+
+
+@dataclass
+class TrainData:
+    """Items of one epoch: ``kind[i]`` and the references ``a[i]`` (query view) and ``b[i]``
+    (key view; equal to ``a[i]`` for instance and duplicate items)."""
+
+    reader: Reader
+    kind: np.ndarray  # (n,) int8
+    a: np.ndarray  # (n,) int64
+    b: np.ndarray  # (n,) int64
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.kind.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        import numpy as np
+
+        return {name: int(np.count_nonzero(self.kind == k)) for k, name in KIND_NAMES.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.reader.describe(), **self.info, "items": len(self), **self.counts()}
+
+
+def open_train_data(spec: str | Path, *, pair_directions: int = 2, random_duplicates: int = 0,
+                    seed: int = 0) -> TrainData:
+    """DATA → items: an export directory (by its manifest) or any image source."""
+    if pair_directions not in (1, 2):
+        raise ConfigError(f"pair_directions must be 1 or 2, not {pair_directions}")
+    if random_duplicates < 0:
+        raise ConfigError("--random-duplicates must be >= 0")
+    path = Path(spec)
+    if path.is_dir() and (path / "manifest.json").exists():
+        data = _open_export(path, pair_directions)
+    else:
+        data = _open_source(str(spec))
+    if random_duplicates:
+        data = _add_duplicates(data, random_duplicates, seed)
+    if len(data) == 0:
+        raise SourceError(f"no training images in {spec}")
+    return data
+
+
+def _open_source(spec: str) -> TrainData:
+    import numpy as np
+
+    from pairmine.sources import open_source
+
+    source = open_source(spec, labels=False)
+    n = int(source.refs().num_rows)
+    refs = np.arange(n, dtype=np.int64)
+    return TrainData(SourceReader(source, spec), np.zeros(n, dtype=np.int8), refs, refs.copy())
+
+
+def _open_export(root: Path, pair_directions: int) -> TrainData:
+    import numpy as np
+
+    from pairmine.artefacts import EXPORT_FORMAT, read_json
+
+    manifest = read_json(root / "manifest.json")
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise StoreError(f"{root} holds a {manifest.get('format')!r} store, not an export",
+                         "train on an image source or on `pairmine export --combined` output")
+    tars = [_shard_tar(s) for s in manifest.get("shards", [])]
+    if not tars:
+        raise StoreError(f"export {root} lists no tar shards",
+                         "export with --format webdataset --combined")
+    shard: list[int] = []
+    offset: list[int] = []
+    size: list[int] = []
+    images: list[int] = []  # member refs of single-image samples
+    pairs: list[tuple[int, int]] = []
+    skipped = 0
+    for s, rel in enumerate(tars):
+        tar_path = root / rel
+        if not tar_path.exists():
+            raise StoreError(f"export {root} is missing shard {rel}",
+                             "re-run the export (it resumes), then `pairmine verify`")
+        for members in _samples(tar_path):
+            refs = {}
+            for name, (off, sz) in members.items():
+                refs[name] = len(shard)
+                shard.append(s)
+                offset.append(off)
+                size.append(sz)
+            image, anchor, positive = (_find(refs, role) for role in ("image", "anchor",
+                                                                      "positive"))
+            if anchor is not None and positive is not None:
+                pairs.append((anchor, positive))
+            elif image is not None:
+                images.append(image)
+            else:
+                skipped += 1
+    if not images:
+        raise ConfigError(f"export {root} has pair samples only ({len(pairs)} pairs)",
+                          "SePP-ID trains on the merged dataset: export with --combined")
+    if skipped:
+        log.warning("%d samples in %s hold no image, anchor or positive member", skipped, root)
+    a_img = np.asarray(images, dtype=np.int64)
+    pa = np.asarray([p[0] for p in pairs], dtype=np.int64)
+    pb = np.asarray([p[1] for p in pairs], dtype=np.int64)
+    kinds = [np.zeros(len(a_img), dtype=np.int8), np.ones(len(pa), dtype=np.int8)]
+    a_parts, b_parts = [a_img, pa], [a_img, pb]
+    if pair_directions == 2:
+        kinds.append(np.ones(len(pa), dtype=np.int8))
+        a_parts.append(pb)
+        b_parts.append(pa)
+    reader = TarReader(root.resolve(), tars, np.asarray(shard, dtype=np.int32),
+                       np.asarray(offset, dtype=np.int64), np.asarray(size, dtype=np.int64))
+    info = {"images": len(images), "pairs": len(pairs), "pair_directions": pair_directions,
+            "skipped_samples": skipped}
+    return TrainData(reader, np.concatenate(kinds), np.concatenate(a_parts),
+                     np.concatenate(b_parts), info)
+
+
+def _shard_tar(entry: Any) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict) and isinstance(entry.get("tar"), str):
+        return str(entry["tar"])
+    raise StoreError(f"unexpected shard entry in the export manifest: {entry!r}")
+
+
+def _samples(tar_path: Path) -> list[dict[str, tuple[int, int]]]:
+    """WebDataset grouping: consecutive members with the same ``__key__`` (the member path up
+    to the first dot of its base name) form a sample {suffix: (data offset, size)}."""
+    samples: list[dict[str, tuple[int, int]]] = []
+    current_key: str | None = None
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                dirname, base = posixpath.split(m.name)
+                stem, dot, suffix = base.partition(".")
+                if not dot:
+                    continue
+                key = posixpath.join(dirname, stem)
+                if key != current_key:
+                    samples.append({})
+                    current_key = key
+                samples[-1][suffix.lower()] = (m.offset_data, m.size)
+    except (tarfile.TarError, OSError) as exc:
+        raise StoreError(f"cannot read tar shard {tar_path}: {exc}",
+                         "re-run the export, then `pairmine verify`") from None
+    return samples
+
+
+def _find(refs: dict[str, int], role: str) -> int | None:
+    for ext in _IMAGE_EXTS:
+        ref = refs.get(f"{role}.{ext}")
+        if ref is not None:
+            return ref
+    return None
+
+
+def _add_duplicates(data: TrainData, count: int, seed: int) -> TrainData:
+    import numpy as np
+
+    pool = data.a[data.kind == INSTANCE]
+    if count > len(pool):
+        raise ConfigError(f"--random-duplicates {count} exceeds the {len(pool)} images")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(pool, size=count, replace=False))
+    info = {**data.info, "random_duplicates": count}
+    return TrainData(data.reader, np.concatenate([data.kind, np.full(count, DUPLICATE, np.int8)]),
+                     np.concatenate([data.a, chosen]), np.concatenate([data.b, chosen]), info)
+
+
+# ---------------------------------------------------------------------------------------------
+# the torch dataset: (epoch, item) → two uint8 views
+
+
+class TwoViews:
+    """Map-style dataset over ``(epoch, item)`` keys → (view_q, view_k, kind).
+
+    ``crop=True``: stage 1 of the augmentation (random resized crop + flip) here, views
+    (3, S, S) uint8. ``crop=False``: the images only decoded and resized (short side) and
+    centre-cropped to ``load_size``, for the batched on-device crop. The epoch travels in the
+    key, so persistent workers need no notice of a new epoch.
+    """
+
+    def __init__(self, data: TrainData, cfg: AugmentConfig, seed: int, *, crop: bool = True,
+                 load_size: int | None = None) -> None:
+        self.data = data
+        self.cfg = cfg
+        self.seed = seed
+        self.crop = crop
+        self.load_size = load_size or cfg.size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        from pairmine.train.augment import crop_flip, generator
+
+        epoch, i = key
+        a, b = int(self.data.a[i]), int(self.data.b[i])
+        img_a = self._decode(a)
+        img_b = img_a if b == a else self._decode(b)
+        kind = int(self.data.kind[i])
+        if not self.crop:
+            return _fixed(img_a, self.load_size), _fixed(img_b, self.load_size), kind
+        gen = generator(self.seed, "views", epoch, i)
+        return crop_flip(img_a, self.cfg, gen), crop_flip(img_b, self.cfg, gen), kind
+
+    def _decode(self, ref: int) -> Image.Image:
+        from pairmine.images import ImageDecodeError, decode_rgb
+
+        data = self.data.reader.read(ref)
+        try:
+            return decode_rgb(data)
+        except ImageDecodeError as exc:
+            raise SourceError(f"training image {ref} of {self.data.reader.describe()['spec']} "
+                              f"cannot be decoded: {exc}", "remove or fix the image") from None
+
+
+def _fixed(img: Image.Image, size: int) -> torch.Tensor:
+    """Short side to ``size`` then centre crop: equal-size uint8 (3, size, size)."""
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.resize((nw, nh), PILImage.Resampling.BILINEAR).crop(
+            (left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class EpochBatches:
+    """Batch sampler: a seeded permutation per epoch, cut into full batches (drop_last, as
+    MoCo), keys ``(epoch, item)``. Under torch.distributed each process takes its slice."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, *, rank: int = 0,
+                 world: int = 1) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        import torch
+
+        from pairmine.train.augment import generator
+
+        return torch.randperm(self.n, generator=generator(self.seed, "order", epoch))
+
+    def __iter__(self) -> Any:
+        perm = self.order(self.epoch).tolist()
+        b = self.batch_size
+        for start in range(0, len(self) * b, b):
+            batch = perm[start:start + b][self.rank::self.world]
+            yield [(self.epoch, i) for i in batch]

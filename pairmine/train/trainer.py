@@ -1,0 +1,562 @@
+"""The training loop: data → MoCo-v2 steps → a checkpoint every epoch → resume exactly.
+
+One process on the CPU or one GPU, or several under ``torchrun`` (DDP, keys shuffled across
+processes). Every random draw of an epoch (data order, crops, colour, key shuffle) comes from
+a generator seeded by (seed, epoch, step or item), so a run resumed from ``checkpoint-last.pt``
+computes exactly what an uninterrupted run would, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairmine.artefacts import atomic_path, write_json_atomic
+from pairmine.errors import CheckpointError, ConfigError, StoreError
+from pairmine.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    import torch
+
+    from pairmine.train.moco import MoCo
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "pairmine/moco-checkpoint"
+CHECKPOINT_VERSION = 1
+LAST = "checkpoint-last.pt"
+LOG = "log.jsonl"
+SUMMARY = "train.json"
+ARCH_CHOICES = ("resnet18-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50",
+                "resnet101", "resnet152")
+AUGMENT_CHOICES = ("cpu", "device")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a run. ``None`` = the default for the arch: CIFAR archs (``-cifar``)
+    K 4096, m 0.99, τ 0.1, 32 px; ImageNet archs K 65536, m 0.999, τ 0.2, 224 px."""
+
+    arch: str = "resnet50"
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.03
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    cos: bool = True
+    moco_dim: int = 128
+    moco_k: int | None = None
+    moco_m: float | None = None
+    temperature: float | None = None
+    lam: float = 1.0
+    image_size: int | None = None
+    bn_groups: int | None = None  # virtual devices of shuffle BN: 8 in one process, else 1
+    augment: str = "cpu"  # stage-1 crops in CPU workers, or batched on the device
+    pair_directions: int = 2
+    random_duplicates: int = 0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    save_every: int = 0  # also keep checkpoint-EEEE.pt every N epochs (and the last epoch)
+
+    @property
+    def cifar(self) -> bool:
+        return self.arch.endswith("-cifar")
+
+    def resolved(self, world: int = 1) -> TrainConfig:
+        return replace(
+            self,
+            moco_k=self.moco_k if self.moco_k is not None else (4096 if self.cifar else 65536),
+            moco_m=self.moco_m if self.moco_m is not None else (0.99 if self.cifar else 0.999),
+            temperature=self.temperature if self.temperature is not None
+            else (0.1 if self.cifar else 0.2),
+            image_size=self.image_size or (32 if self.cifar else 224),
+            bn_groups=self.bn_groups or (8 if world == 1 else 1),
+        )
+
+
+# options that must not change when a run is resumed (the rest: device, workers, epochs...)
+RESUME_FIXED = ("arch", "batch_size", "lr", "weight_decay", "momentum", "cos", "moco_dim",
+                "moco_k", "moco_m", "temperature", "lam", "image_size", "bn_groups", "augment",
+                "pair_directions", "random_duplicates", "seed")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    epochs_done: int
+    epochs: int
+    checkpoint: Path
+    last_loss: float | None
+    images_per_s: float | None
+    device: str
+    precision: str
+    data: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """MoCo's per-epoch schedule: cosine to 0, or ×0.1 at 60% and 80% of the epochs."""
+    if cfg.cos:
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    drops = sum(epoch >= round(f * cfg.epochs) for f in (0.6, 0.8))
+    return cfg.lr * 0.1 ** drops
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.arch in ARCH_CHOICES, f"unknown --arch {cfg.arch!r}",
+         f"choose one of {', '.join(ARCH_CHOICES)}"),
+        (cfg.epochs >= 1, "--epochs must be >= 1", None),
+        (cfg.batch_size >= 2, "--batch-size must be >= 2", None),
+        (cfg.lr > 0, "--lr must be > 0", None),
+        (cfg.weight_decay >= 0, "--weight-decay must be >= 0", None),
+        (0 <= cfg.momentum < 1, "--momentum must be in [0, 1)", None),
+        (cfg.moco_dim >= 1, "--moco-dim must be >= 1", None),
+        (cfg.moco_k is None or cfg.moco_k >= 1, "--moco-k must be >= 1", None),
+        (cfg.moco_m is None or 0 <= cfg.moco_m < 1, "--moco-m must be in [0, 1)", None),
+        (cfg.temperature is None or cfg.temperature > 0, "--temperature must be > 0", None),
+        (0 <= cfg.lam <= 1, f"--lambda must be in [0, 1] (Eq. 2), not {cfg.lam}", None),
+        (cfg.image_size is None or cfg.image_size >= 8, "--image-size must be >= 8", None),
+        (cfg.augment in AUGMENT_CHOICES, f"unknown --augment {cfg.augment!r}",
+         "choose cpu or device"),
+        (cfg.precision in PRECISION_CHOICES, f"unknown --precision {cfg.precision!r}",
+         "choose auto, fp32 or bf16"),
+        (cfg.workers is None or cfg.workers >= 0, "--workers must be >= 0", None),
+        (cfg.save_every >= 0, "--save-every must be >= 0", None),
+    ]
+    for ok, message, hint in checks:
+        if not ok:
+            raise ConfigError(message, hint)
+    if cfg.bn_groups is not None and cfg.batch_size % cfg.bn_groups:
+        raise ConfigError(f"--batch-size {cfg.batch_size} does not split into "
+                          f"{cfg.bn_groups} batch-norm groups",
+                          "choose a batch size divisible by --bn-groups")
+
+
+def train(data: str | Path, out: str | Path, *, resume: bool = False,
+          stop_after: int | None = None, progress: Progress | None = None,
+          **options: Any) -> TrainResult:
+    """Train MoCo-v2 (DATA = an image source) or SePP-ID (DATA = a combined export).
+
+    ``options`` are :class:`TrainConfig` fields. ``resume`` continues from
+    ``OUT/checkpoint-last.pt`` when there is one. ``stop_after`` ends this call after that
+    many epochs (a later ``resume`` goes on): for time-limited machines.
+    """
+    import torch
+
+    from pairmine.train.data import open_train_data
+
+    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+    progress = progress or NullProgress()
+    base = TrainConfig(**options)
+    validate(base)
+    rank, world, local_rank = _init_distributed(base.device)
+    cfg = base.resolved(world)
+    validate(cfg)
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} does not split over {world} processes")
+    device = _device(cfg.device, world, local_rank)
+    precision = _precision(cfg.precision, device)
+    out = Path(out)
+    last = out / LAST
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"output {out} exists and is not a directory", "choose another path")
+    if last.exists() and not resume:
+        raise StoreError(f"{out} already holds a training run ({LAST})",
+                         "pass --resume to continue it, or choose another output directory")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    _seed_everything(cfg.seed)
+    train_data = open_train_data(data, pair_directions=cfg.pair_directions,
+                                 random_duplicates=cfg.random_duplicates, seed=cfg.seed)
+    if len(train_data) < cfg.batch_size:
+        raise ConfigError(f"{len(train_data)} training items are fewer than one batch "
+                          f"({cfg.batch_size})", "lower --batch-size")
+    from pairmine.train.moco import MoCo
+
+    assert cfg.moco_k is not None and cfg.moco_m is not None and cfg.bn_groups is not None
+    model = MoCo(cfg.arch, dim=cfg.moco_dim, k=cfg.moco_k, m=cfg.moco_m,
+                 bn_groups=cfg.bn_groups).to(device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    start_epoch, history = 0, []
+    if resume and last.exists():
+        start_epoch, history = _restore(last, cfg, train_data.describe(), model, optimizer)
+        log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, cfg.epochs)
+    if rank == 0:
+        _trim_log(out / LOG, start_epoch)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    loop = _Loop(cfg, model, net, optimizer, train_data, device, precision, rank, world)
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end):
+        record = loop.run_epoch(epoch, progress)
+        history.append(record)
+        if rank == 0:
+            state = _checkpoint(cfg, model, optimizer, epoch + 1, train_data.describe(), history)
+            _save(out / LAST, state)
+            if (cfg.save_every and (epoch + 1) % cfg.save_every == 0) or epoch + 1 == cfg.epochs:
+                _save(out / f"checkpoint-{epoch + 1:04d}.pt", state)
+            with open(out / LOG, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+    done = history[-1]["epoch"] if history else start_epoch
+    complete = done >= cfg.epochs
+    result = TrainResult(out=out, epochs_done=done, epochs=cfg.epochs, checkpoint=last,
+                         last_loss=history[-1]["loss"] if history else None,
+                         images_per_s=history[-1]["images_per_s"] if history else None,
+                         device=str(device), precision=precision,
+                         data=train_data.describe(), history=history, complete=complete)
+    if rank == 0 and complete:
+        write_json_atomic(out / SUMMARY, {
+            "format": "pairmine/train", "complete": True, "epochs": cfg.epochs,
+            "config": asdict(cfg), "data": result.data, "device": str(device),
+            "precision": precision, "last_loss": result.last_loss, "checkpoint": LAST,
+            "history": history})
+    return result
+
+
+class _Loop:
+    """One epoch: batches from CPU workers, stage-2 augmentation and the step on the device."""
+
+    def __init__(self, cfg: TrainConfig, model: MoCo, net: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, data: Any, device: torch.device,
+                 precision: str, rank: int, world: int) -> None:
+        from torch.utils.data import DataLoader
+
+        from pairmine.train.augment import DeviceAugment, moco_v2
+        from pairmine.train.data import EpochBatches, TwoViews
+
+        assert cfg.image_size is not None
+        self.cfg, self.model, self.net, self.optimizer = cfg, model, net, optimizer
+        self.device, self.precision, self.rank = device, precision, rank
+        self.aug_cfg = moco_v2(cfg.image_size)
+        on_device = cfg.augment == "device"
+        # device crops take equal-size inputs: CIFAR as is, photos at 256/224 of the crop
+        load = cfg.image_size if cfg.cifar else round(cfg.image_size * 256 / 224)
+        self.augment = DeviceAugment(self.aug_cfg, geometric=on_device)
+        self.batches = EpochBatches(len(data), cfg.batch_size, cfg.seed, rank=rank, world=world)
+        workers = _workers(cfg.workers, device)
+        self.loader = DataLoader(
+            TwoViews(data, self.aug_cfg, cfg.seed, crop=not on_device, load_size=load),
+            batch_sampler=self.batches, num_workers=workers,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None)
+        self.images = len(self.batches) * cfg.batch_size
+
+    def run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
+        import torch
+
+        from pairmine.train.augment import generator
+        from pairmine.train.data import INSTANCE
+
+        cfg = self.cfg
+        lr = learning_rate(cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.batches.epoch = epoch
+        self.net.train()
+        if self.rank == 0:
+            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", total=self.images, unit="images")
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        semantic = 0
+        shown: float | None = None
+        t0 = time.perf_counter()
+        steps = 0
+        for step, (vq, vk, kind) in enumerate(self.loader):
+            gen = generator(cfg.seed, "step", epoch, step, self.rank)
+            vq = vq.to(self.device, non_blocking=True)
+            vk = vk.to(self.device, non_blocking=True)
+            x_q, x_k = self.augment(vq, gen), self.augment(vk, gen)
+            weights = torch.where(kind == INSTANCE, 1.0, cfg.lam).to(self.device)
+            loss = train_step(self.model, self.net, self.optimizer, x_q, x_k, weights,
+                              temperature=float(cfg.temperature or 0.0),
+                              precision=self.precision, shuffle=gen)
+            total += loss.detach().double()
+            semantic += int((kind != INSTANCE).sum())
+            steps += 1
+            if step % 10 == 0 or self.device.type == "cpu":  # one host sync per 10 steps on GPU
+                shown = float(loss)
+            if self.rank == 0:
+                rate = steps * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+                progress.advance(cfg.batch_size, loss=round(shown or 0.0, 4), lr=f"{lr:.4g}",
+                                 img_s=round(rate, 1))
+        seconds = time.perf_counter() - t0
+        if self.rank == 0:
+            progress.finish()
+        mean = _mean_over_processes(total, steps)
+        if not math.isfinite(mean):
+            raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {mean})",
+                              "lower --lr, or use --precision fp32")
+        return {"epoch": epoch + 1, "loss": mean, "lr": lr, "steps": steps,
+                "images": steps * cfg.batch_size, "semantic_items": semantic,
+                "seconds": round(seconds, 3),
+                "images_per_s": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def train_step(model: MoCo, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               x_q: torch.Tensor, x_k: torch.Tensor, weights: torch.Tensor, *,
+               temperature: float, precision: str = "fp32",
+               shuffle: torch.Generator | None = None, enqueue: bool = True) -> torch.Tensor:
+    """One MoCo-v2/SePP-ID step: forward, Eq. 2 (merged form) against the queue, SGD step,
+    then the keys join the queue. ``net`` is ``model`` or its DDP wrapper."""
+    import torch
+
+    from pairmine.train.loss import sepp_id_loss
+
+    with torch.autocast(device_type=x_q.device.type, dtype=torch.bfloat16,
+                        enabled=precision == "bf16"):
+        q, k = net(x_q, x_k, shuffle)
+    # the queue as it was before this step's keys join it (MoCo's clone().detach())
+    loss = sepp_id_loss(q, k, model.queue.clone().detach(), temperature, weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if enqueue:
+        model.enqueue(k)
+    return loss.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: tensors and plain types only, so they load with torch.load(weights_only=True)
+
+
+def _checkpoint(cfg: TrainConfig, model: MoCo, optimizer: torch.optim.Optimizer, epoch: int,
+                data: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    from pairmine.artefacts import pairmine_version
+    from pairmine.train.augment import moco_v2
+
+    assert cfg.image_size is not None
+    aug = moco_v2(cfg.image_size)
+    resize = cfg.image_size if cfg.cifar else round(cfg.image_size * 256 / 224)
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "pairmine_version": pairmine_version(),
+        "arch": cfg.arch, "feat_dim": model.feat_dim, "moco_dim": cfg.moco_dim,
+        "epoch": epoch, "epochs": cfg.epochs,
+        "config": asdict(cfg), "augment": aug.describe(),
+        # how embed/eval must feed the encoder: the training normalisation, centre crop
+        "preprocess": {"resize": resize, "crop": cfg.image_size, "mean": list(aug.mean),
+                       "std": list(aug.std)},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "rng": _rng_state(),
+        "data": _plain(data),
+        "history": _plain(history),
+    }
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A pairmine training checkpoint, loaded with weights_only=True, or a CheckpointError."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist", "check the path")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{p} is not a loadable checkpoint: {str(exc)[:200]}",
+                              "is the file complete?") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p} is not a pairmine training checkpoint",
+                              "give OUT/checkpoint-last.pt of `pairmine train`")
+    if int(obj.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{p} was written by a newer pairmine", "upgrade pairmine")
+    return obj
+
+
+def _restore(path: Path, cfg: TrainConfig, data: dict[str, Any], model: MoCo,
+             optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+    ckpt = load_training_checkpoint(path)
+    saved = ckpt["config"]
+    changed = [f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in RESUME_FIXED
+               if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(f"cannot resume {path.parent} with other settings: "
+                          + "; ".join(changed), "use the options of the first run")
+    if ckpt["data"].get("items") != data.get("items") or ckpt["data"].get("spec") != data.get(
+            "spec"):
+        raise ConfigError(f"cannot resume {path.parent}: the training data changed "
+                          f"({ckpt['data'].get('spec')}, {ckpt['data'].get('items')} items → "
+                          f"{data.get('spec')}, {data.get('items')} items)",
+                          "resume with the same DATA")
+    if saved.get("epochs") != cfg.epochs:
+        log.warning("resuming with --epochs %s instead of %s: the learning-rate schedule "
+                    "follows the new total from here on", cfg.epochs, saved.get("epochs"))
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]), list(ckpt.get("history", []))
+
+
+def _trim_log(path: Path, epochs: int) -> None:
+    """Drop log lines of epochs after the checkpoint (an epoch that crashed mid-write)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and int(json.loads(ln)["epoch"]) <= epochs]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npk = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": npk["key"].numpy().astype(np.uint32),
+                                   "pos": npk["pos"]},
+                         "has_gauss": npk["has_gauss"], "gauss": npk["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip: only str/int/float/bool/None/list/dict (weights_only-safe)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+# where to run
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _init_distributed(device: str) -> tuple[int, int, int]:
+    """(rank, world, local rank): torchrun's environment, else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_nccl = device != "cpu" and torch.cuda.is_available()
+        if use_nccl:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def _device(device: str, world: int, local_rank: int) -> torch.device:
+    import torch
+
+    from pairmine.runtime import resolve_device
+
+    name = resolve_device(device)
+    if name == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
+        return torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    return torch.device(name)
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type != "cuda":
+        raise ConfigError("bf16 mixed precision is for GPUs only",
+                          "use --precision fp32 on the CPU (on CPUs without native bf16 it "
+                          "runs ~100× slower)")
+    return precision
+
+
+def _workers(workers: int | None, device: torch.device) -> int:
+    from pairmine.runtime import cpu_count
+
+    if workers is not None:
+        return workers
+    # on a CPU run the workers compete with the model for the cores: keep one for decoding
+    return min(8, cpu_count()) if device.type == "cuda" else min(1, cpu_count() - 1)
+
+
+def _mean_over_processes(total: torch.Tensor, steps: int) -> float:
+    import torch
+
+    from pairmine.train.moco import _distributed
+
+    if _distributed():
+        import torch.distributed as dist
+
+        buf = torch.stack([total, torch.tensor(float(steps), dtype=torch.float64,
+                                               device=total.device)])
+        dist.all_reduce(buf)
+        return float(buf[0] / buf[1].clamp(min=1))
+    return float(total) / max(steps, 1)
