@@ -116,9 +116,6 @@ class SPPSDataset:
         """Kind, ids and keys of item ``index`` (for logging and debugging)."""
         return self._items.info(index)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 class _ShardItems:
     """Items of a shard export, located by the shard indexes: one pread per image."""

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pairmine.errors import ConfigError, SourceError
 from pairmine.progress import NullProgress, Progress
@@ -182,13 +182,14 @@ def extract_features(enc: Encoder, source: ImageSource, *, name: str, batch_size
                      progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen features (N, dim) float32 on the CPU and labels (N,) int64."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
     from pairmine.runtime import cpu_count
 
     labels = source_labels(source, name)
     n_workers = min(8, cpu_count()) if workers is None else workers
-    loader = DataLoader(_EvalImages(source, labels, enc.preprocess), batch_size=batch_size,
+    images = cast("Dataset[Any]", _EvalImages(source, labels, enc.preprocess))
+    loader: DataLoader[Any] = DataLoader(images, batch_size=batch_size,
                         shuffle=False, num_workers=n_workers, pin_memory=device.type == "cuda")
     mean = torch.tensor(enc.preprocess.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(enc.preprocess.std, device=device).view(1, 3, 1, 1)
@@ -266,10 +267,10 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
                 idx = perm[s * batch_size:(s + 1) * batch_size]
                 loss = F.cross_entropy(clf(xtr[idx]), ytr[idx])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 sched.step()
-            progress.advance(1, loss=round(float(loss), 4))
+            progress.advance(1, loss=round(float(loss.detach()), 4))
     else:
         opt_lb = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=20,
                                    history_size=20, line_search_fn="strong_wolfe")
@@ -279,12 +280,12 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
             loss = F.cross_entropy(clf(xtr), ytr)
             if weight_decay:
                 loss = loss + 0.5 * weight_decay * clf.weight.pow(2).sum()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             return loss
 
         for _ in range(epochs):  # an "epoch" = one L-BFGS step of up to 20 iterations
-            loss = opt_lb.step(closure)
-            progress.advance(1, loss=round(float(loss), 4))
+            loss = opt_lb.step(closure)  # type: ignore[no-untyped-call]
+            progress.advance(1, loss=round(float(loss.detach()), 4))
     progress.finish()
     with torch.no_grad():
         logits = clf(xte)

@@ -51,11 +51,9 @@ AGAINST = ("subset", "all")
 # the histogram "near the band": HIST_WIDTH-wide bins from min - HIST_MARGIN up to 1.0
 HIST_WIDTH = 0.005
 HIST_MARGIN = 0.05
-# Stored vectors are rounded (float16 by default), so two near-identical rows can score a
-# little above 1.0; the widened search reaches this far so that they land in the last bin.
-SCORE_CEILING = 1.0 + 2.0**-8
 MAX_SWEEP_POINTS = 201
 _BLOCKS = "blocks"  # under PARTIAL_DIR: per-block statistics (and shards before --max-per-anchor)
+_RUNNING_INFO = ("candidates", "pairs")  # engine info that counts this run only, not the store
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +117,6 @@ class _Plan:
         lo, hi = min(lo, self.min_score), max(hi, self.max_score)
         if self.sweep is not None:
             lo, hi = min(lo, self.sweep.grid[0]), max(hi, self.sweep.grid[-1])
-        if self.histogram:
-            hi = max(hi, SCORE_CEILING)
         return lo, hi
 
     def hist_edges(self) -> list[float]:
@@ -334,7 +330,8 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
         "duplicates": DUPLICATES_FILE,
         "subset": {"file": SUBSET_FILE, "count": len(anchors), "of": n, "seed": plan.seed,
                    "requested": plan.subset, "against": plan.against},
-        "engine": {**resolved_record(resolved), **engine_info(resolved)},
+        "engine": {**resolved_record(resolved), **engine_info(resolved),
+                   **read_json(partial / _BLOCKS / "engine.json")},
         "search": {"lo": lo, "hi": hi, "blocks": n_blocks, "block_rows": block_rows,
                    "candidates": sum(s["candidates"] for s in stats),
                    "pairs_in_range": sum(s["found"] for s in stats),
@@ -530,23 +527,32 @@ def _search(store: Embeddings, anchors: np.ndarray, codes: np.ndarray, plan: _Pl
     lo, hi = plan.search_range
     edges = plan.hist_edges()
     engine_name, engine_device = _engine_args(resolved, plan)
-    t = time.perf_counter()
-    for block in band_search(store.vectors, lo, hi,
-                             anchors=_engine_anchors(anchors, len(store)),
-                             against="anchors" if plan.against == "subset" else "all",
-                             engine=engine_name, device=engine_device,
-                             block_rows=plan.block_rows, skip_blocks=tuple(sorted(done))):
-        if block.index in done:
-            continue
-        s, table = _block_result(block, codes, plan, edges)
-        s["seconds"] = round(time.perf_counter() - t, 4)
-        write_json_atomic(stats_path(block.index), s)
-        write_parquet_atomic(shard_path(block.index), table)  # last: marks the block done
-        stats[block.index] = s
-        done.add(block.index)
-        pairs_so_far += s["band"]
-        progress.advance(1, pairs=pairs_so_far)
+    engine_file = block_dir / "engine.json"
+    search = band_search(store.vectors, lo, hi, anchors=_engine_anchors(anchors, len(store)),
+                         against="anchors" if plan.against == "subset" else "all",
+                         engine=engine_name, device=engine_device, block_rows=plan.block_rows,
+                         skip_blocks=frozenset(done))
+    try:
         t = time.perf_counter()
+        for block in search:
+            if block.index in done:
+                continue
+            s, table = _block_result(block, codes, plan, edges)
+            s["seconds"] = round(time.perf_counter() - t, 4)
+            if not engine_file.exists():
+                # the engine's plan (pruning, margins) as the first computed block saw it: a
+                # resumed run that computes nothing still records it
+                write_json_atomic(engine_file, {k: v for k, v in search.info.items()
+                                                if k not in _RUNNING_INFO})
+            write_json_atomic(stats_path(block.index), s)
+            write_parquet_atomic(shard_path(block.index), table)  # last: marks the block done
+            stats[block.index] = s
+            done.add(block.index)
+            pairs_so_far += s["band"]
+            progress.advance(1, pairs=pairs_so_far)
+            t = time.perf_counter()
+    finally:
+        search.close()
     progress.finish()
     missing = sorted(set(range(n_blocks)) - done)
     if missing:
@@ -578,8 +584,7 @@ def _block_result(block: Any, codes: np.ndarray, plan: _Plan,
     in_band = (s64 >= plan.min_score) & (s64 <= plan.max_score)
 
     e = np.asarray(edges, dtype=np.float64)
-    # the last bin is closed; at 1.0 it also takes the few rounding-induced scores above 1.0
-    inside = (s64 >= e[0]) & (s64 <= (SCORE_CEILING if plan.histogram else e[-1]))
+    inside = (s64 >= e[0]) & (s64 <= e[-1])  # the last bin is closed
     hist = np.bincount(np.minimum(np.searchsorted(e, s64[inside], side="right") - 1,
                                   len(e) - 2), minlength=len(e) - 1)
     stats: dict[str, Any] = {"index": int(block.index), "candidates": int(block.candidates),

@@ -356,7 +356,7 @@ def test_calibrate_grid_matches_oracle_and_writes_json(
 
 
 def test_calibrate_subset_and_label_sample(blobs: tuple[Path, np.ndarray, np.ndarray]) -> None:
-    emb, x, y = blobs
+    emb, _, _ = blobs
     full = calibrate(emb, floor=0.85, step=0.05)
     part = calibrate(emb, floor=0.85, step=0.05, subset=0.5, seed=3, labels_sample=60,
                      target_yield=0.5)

@@ -106,7 +106,7 @@ class FaissEngine:
                 faiss.range_search_inner_product(
                     faiss.swig_ptr(xq), faiss.swig_ptr(xb), d, q1 - q0, len(xb),
                     self.radius, res)
-                lims = faiss.rev_swig_ptr(res.lims, q1 - q0 + 1).copy()
+                lims = faiss.rev_swig_ptr(res.lims, q1 - q0 + 1).astype(np.int64)
                 nres = int(lims[-1])
                 labels = faiss.rev_swig_ptr(res.labels, nres).copy() if nres else \
                     np.zeros(0, np.int64)

@@ -327,11 +327,12 @@ def histogram_svg(store: Pairs, score: np.ndarray, width: int = 560, height: int
                      f'width="{max(x(right) - x(left) - 0.5, 0.5):.1f}" height="{bh:.1f}" '
                      f'fill="{"#1565c0" if inside else "#90a4ae"}">'
                      f"<title>[{left:.4f}, {right:.4f}): {int(c):,}</title></rect>")
-    for v, name in ((lo, "min"), (hi, "max")):
+    # labels sit inside the band, beside their line, so they never run off the plot
+    for v, name, anchor, dx in ((lo, "min", "start", 3), (hi, "max", "end", -3)):
         parts.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{pad_t}" y2="{pad_t + h}" '
                      f'stroke="#1565c0" stroke-width="1.5" stroke-dasharray="4 3" '
-                     f'class="bound"/><text x="{x(v):.1f}" y="{pad_t + 10}" font-size="10" '
-                     f'text-anchor="middle" fill="#1565c0">{name} {v:g}</text>')
+                     f'class="bound"/><text x="{x(v) + dx:.1f}" y="{pad_t + 22}" '
+                     f'font-size="10" text-anchor="{anchor}" fill="#1565c0">{name} {v:g}</text>')
     axis_y = pad_t + h
     parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{axis_y}" y2="{axis_y}" '
                  f'stroke="#5f6b76"/>')

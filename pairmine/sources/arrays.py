@@ -139,7 +139,7 @@ def _cifar_names(folder: str) -> list[str] | None:
 
 def _stl_pixels(images: np.ndarray, row: int) -> np.ndarray:
     # column-major storage: axis 1 is the column (x), axis 2 the row (y)
-    pixels: np.ndarray = images[row].transpose(1, 2, 0)
+    pixels: np.ndarray = images[row].transpose(2, 1, 0)
     return pixels
 
 

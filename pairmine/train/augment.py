@@ -298,9 +298,6 @@ class DeviceAugment:
 
     def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """uint8 (N, 3, H, W) on the device → normalised float (N, 3, S, S)."""
-        if self.geometric:
-            xf = batched_crop_flip(x, self.cfg, gen)
-        else:
-            xf = x.float() / 255.0
+        xf = batched_crop_flip(x, self.cfg, gen) if self.geometric else x.float() / 255.0
         p = sample_photometric(x.shape[0], self.cfg, gen).to(x.device)
         return normalize(photometric(xf, p, self.cfg), self.cfg)

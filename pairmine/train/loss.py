@@ -39,17 +39,26 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def sepp_id_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float,
-                 weights: Tensor) -> Tensor:
-    """Eq. 2 in its merged-dataset form: ``1/N Σ_i w_i ℓ(u_i, v_i)``, N = batch size.
+def sepp_id_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float, semantic: Tensor,
+                 lam: float) -> Tensor:
+    """Eq. 2 on a batch of the merged dataset.
 
-    A row is an instance sample (two views of one image, ``w = 1``: the ``ℓ(u, v)`` term) or a
-    semantic pair sample (an anchor's view against its positive's view, ``w = λ``: a
-    ``λ ℓ(u, v_m)`` term). Summed over an epoch, ``N ×`` these batch losses equal
-    ``N_images ×`` Eq. 2 exactly (docs/training.md); with no pair rows this is vanilla MoCo-v2.
+    Row i is an *instance* item (two views of one image: a ``ℓ(u, v)`` term) or a *semantic*
+    item (``semantic[i]``: an anchor's view against its positive's view, a ``λ ℓ(u, v_m)``
+    term). The sum is divided by the number of instance rows, the N of Eq. 2::
+
+        loss = 1/N_inst [ Σ_instance ℓ(u_i, v_i) + λ Σ_semantic ℓ(u_i, v_m) ]
+
+    so a batch holding instances and all their semantic items gives Eq. 2 exactly, λ = 0 gives
+    vanilla MoCo-v2's loss on the instance rows, and summed over an epoch (weighted by each
+    batch's N_inst) it is N × Eq. 2 over the whole dataset (docs/training.md).
     """
     losses = info_nce(q, k, queue, temperature)  # (N,)
-    return (losses * weights.to(losses.dtype)).sum() / losses.shape[0]
+    semantic = semantic.to(losses.device).bool()
+    instance_sum = losses.masked_fill(semantic, 0.0).sum()
+    semantic_sum = losses.masked_fill(~semantic, 0.0).sum()
+    n_instance = (~semantic).sum().clamp(min=1)  # a batch of pairs only: avoid 0/0
+    return (instance_sum + lam * semantic_sum) / n_instance
 
 
 def eq2(instance_losses: Tensor, semantic_losses: Tensor, lam: Tensor) -> Tensor:

@@ -108,7 +108,7 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def momentum_update(self) -> None:
         """θ_k ← m θ_k + (1 − m) θ_q (parameters only, as in MoCo)."""
-        params_k = list(self.encoder_k.parameters())
+        params_k: list[Tensor] = list(self.encoder_k.parameters())
         params_q = [p.detach() for p in self.encoder_q.parameters()]
         torch._foreach_mul_(params_k, self.m)
         torch._foreach_add_(params_k, params_q, alpha=1.0 - self.m)

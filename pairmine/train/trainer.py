@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pairmine.artefacts import atomic_path, write_json_atomic
 from pairmine.errors import CheckpointError, ConfigError, StoreError
@@ -192,7 +192,7 @@ def train(data: str | Path, out: str | Path, *, resume: bool = False,
                  bn_groups=cfg.bn_groups).to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start_epoch, history = 0, []
+    start_epoch, history = 0, list[dict[str, Any]]()
     if resume and last.exists():
         start_epoch, history = _restore(last, cfg, train_data.describe(), model, optimizer)
         log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, cfg.epochs)
@@ -241,7 +241,7 @@ class _Loop:
     def __init__(self, cfg: TrainConfig, model: MoCo, net: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, data: Any, device: torch.device,
                  precision: str, rank: int, world: int) -> None:
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader, Dataset
 
         from pairmine.train.augment import DeviceAugment, moco_v2
         from pairmine.train.data import EpochBatches, TwoViews
@@ -256,8 +256,9 @@ class _Loop:
         self.augment = DeviceAugment(self.aug_cfg, geometric=on_device)
         self.batches = EpochBatches(len(data), cfg.batch_size, cfg.seed, rank=rank, world=world)
         workers = _workers(cfg.workers, device)
-        self.loader = DataLoader(
-            TwoViews(data, self.aug_cfg, cfg.seed, crop=not on_device, load_size=load),
+        views = TwoViews(data, self.aug_cfg, cfg.seed, crop=not on_device, load_size=load)
+        self.loader: DataLoader[Any] = DataLoader(
+            cast("Dataset[Any]", views),
             batch_sampler=self.batches, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None)
@@ -278,7 +279,7 @@ class _Loop:
         if self.rank == 0:
             progress.start(f"epoch {epoch + 1}/{cfg.epochs}", total=self.images, unit="images")
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        semantic = 0
+        n_semantic = 0
         shown: float | None = None
         t0 = time.perf_counter()
         steps = 0
@@ -287,12 +288,12 @@ class _Loop:
             vq = vq.to(self.device, non_blocking=True)
             vk = vk.to(self.device, non_blocking=True)
             x_q, x_k = self.augment(vq, gen), self.augment(vk, gen)
-            weights = torch.where(kind == INSTANCE, 1.0, cfg.lam).to(self.device)
-            loss = train_step(self.model, self.net, self.optimizer, x_q, x_k, weights,
-                              temperature=float(cfg.temperature or 0.0),
+            semantic = (kind != INSTANCE).to(self.device)  # weighted λ (pairs, duplicates)
+            loss = train_step(self.model, self.net, self.optimizer, x_q, x_k, semantic,
+                              lam=cfg.lam, temperature=float(cfg.temperature or 0.0),
                               precision=self.precision, shuffle=gen)
             total += loss.detach().double()
-            semantic += int((kind != INSTANCE).sum())
+            n_semantic += int((kind != INSTANCE).sum())
             steps += 1
             if step % 10 == 0 or self.device.type == "cpu":  # one host sync per 10 steps on GPU
                 shown = float(loss)
@@ -308,18 +309,19 @@ class _Loop:
             raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {mean})",
                               "lower --lr, or use --precision fp32")
         return {"epoch": epoch + 1, "loss": mean, "lr": lr, "steps": steps,
-                "images": steps * cfg.batch_size, "semantic_items": semantic,
+                "images": steps * cfg.batch_size, "semantic_items": n_semantic,
                 "seconds": round(seconds, 3),
                 "images_per_s": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def train_step(model: MoCo, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               x_q: torch.Tensor, x_k: torch.Tensor, weights: torch.Tensor, *,
-               temperature: float, precision: str = "fp32",
+               x_q: torch.Tensor, x_k: torch.Tensor, semantic: torch.Tensor, *,
+               lam: float, temperature: float, precision: str = "fp32",
                shuffle: torch.Generator | None = None, enqueue: bool = True) -> torch.Tensor:
-    """One MoCo-v2/SePP-ID step: forward, Eq. 2 (merged form) against the queue, SGD step,
-    then the keys join the queue. ``net`` is ``model`` or its DDP wrapper."""
+    """One MoCo-v2/SePP-ID step: forward, Eq. 2 against the queue (``semantic`` marks the
+    λ-weighted rows), SGD step, then the keys join the queue. ``net`` is ``model`` or its DDP
+    wrapper."""
     import torch
 
     from pairmine.train.loss import sepp_id_loss
@@ -328,9 +330,9 @@ def train_step(model: MoCo, net: torch.nn.Module, optimizer: torch.optim.Optimiz
                         enabled=precision == "bf16"):
         q, k = net(x_q, x_k, shuffle)
     # the queue as it was before this step's keys join it (MoCo's clone().detach())
-    loss = sepp_id_loss(q, k, model.queue.clone().detach(), temperature, weights)
+    loss = sepp_id_loss(q, k, model.queue.clone().detach(), temperature, semantic, lam)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     if enqueue:
         model.enqueue(k)

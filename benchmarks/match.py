@@ -1,0 +1,433 @@
+"""Benchmark the exact band-search engines against FAISS and the GEMM limit (not a test).
+
+Data: N unit vectors (float16, as embeddings are stored) of dimension D, random on the sphere,
+with planted near-duplicates so the band [0.97, 0.99] is populated: a fraction of rows
+(--planted, default 1%) gets a partner at cosine ~0.98. The flatness run plants 100x more
+pairs (every row in a group of three, pairwise cosine ~0.98) and compares peak RSS.
+
+Runs, in one process on the same data:
+  faiss-full   IndexFlatIP.range_search over all N x N, as a user would (the baseline)
+  faiss        our FAISS engine (upper triangle only)
+  torch        our engine (CPU: exact pruning; CUDA: fused Triton kernel) - "auto" picks it
+  two-pass     (CUDA) the two-pass fp16 engine
+  gemm         the hardware limit: fp32 (CPU) / fp16 and bf16 (CUDA) GEMM tiles of the same
+               triangle, output written, nothing else
+Checks that every engine returns the same pair set, and reports seconds, ratio to FAISS,
+fraction of the GEMM limit and peak RSS. Writes its section of docs/benchmarks.md.
+
+    python benchmarks/match.py --n 50000 --n 200000            # CPU, D=128
+    python benchmarks/match.py --n 200000 --dim 2048 --skip faiss-full,faiss
+    python benchmarks/match.py --device cuda --n 1000000
+    python benchmarks/match.py --calibrate                      # tile sizes / cost model
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+LO, HI = 0.97, 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def make_data(n: int, d: int, planted: float, dense: bool, seed: int = 0) -> np.ndarray:
+    """Unit float16 rows; planted partners at cosine ~0.98 (or groups of 3 when dense)."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, d), dtype=np.float32)
+    step = 1 << 16
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        x[s:e] = rng.standard_normal((e - s, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+
+    def perturb(base: np.ndarray, sigma: float) -> np.ndarray:
+        noise = rng.standard_normal(base.shape, dtype=np.float32)
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        y = base + sigma * noise
+        return np.asarray(y / np.linalg.norm(y, axis=1, keepdims=True), dtype=np.float32)
+
+    if dense:
+        # groups of three around a centre c: member = c + s*noise, pairwise cos ~ 1/(1+s^2)
+        g = n // 3
+        centres = x[:g].copy()
+        for k in range(3):
+            x[k * g:(k + 1) * g] = perturb(centres, (1 / 0.98 - 1) ** 0.5)
+    else:
+        k = int(n * planted)
+        src = rng.choice(n, size=2 * k, replace=False)
+        # partner = x + s*noise with |noise| = 1: cos = 1/sqrt(1+s^2) = 0.98
+        x[src[k:]] = perturb(x[src[:k]], (1 / 0.98**2 - 1) ** 0.5)
+    return x.astype(np.float16)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure(name: str, fn: Callable[[], Any], device: str) -> dict[str, Any]:
+    gc.collect()
+    resettable = reset_peak_rss()
+    base = rss_mib()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    t = time.perf_counter()
+    result = fn()
+    sync(device)
+    sec = time.perf_counter() - t
+    row: dict[str, Any] = {"run": name, "seconds": sec, "peak_rss_mib": peak_rss_mib(),
+                           "rss_before_mib": base, "peak_resettable": resettable}
+    if device == "cuda":
+        import torch
+
+        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if isinstance(result, tuple):
+        row["pairs"], row["info"] = result
+    print(f"  {name:12s} {sec:9.3f} s  peak RSS {row['peak_rss_mib']:8.1f} MiB", flush=True)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+def pair_set(blocks: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    keys = []
+    for b in blocks:
+        keys.append(b.a * (1 << 32) + b.b)
+    info = dict(blocks.info) if hasattr(blocks, "info") else {}
+    return (np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)), info
+
+
+def run_engine(x: np.ndarray, engine: str, device: str) -> tuple[np.ndarray, dict[str, Any]]:
+    from pairmine.engines import band_search
+
+    return pair_set(band_search(x, LO, HI, engine=engine, device=device))
+
+
+def run_engine_obj(x: np.ndarray, cls_name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """A specific CUDA engine class, through the same driver as band_search."""
+    from pairmine.engines import DEFAULT_MEMORY_BUDGET, BandSearch, default_block_rows
+    from pairmine.engines.band import Band, make_problem
+    from pairmine.progress import NullProgress
+
+    band = Band(LO, HI)
+    problem = make_problem(x, None, "anchors", default_block_rows())
+    if cls_name == "two-pass":
+        from pairmine.engines.torch_cuda import TwoPassEngine
+
+        eng: Any = TwoPassEngine(problem, band, DEFAULT_MEMORY_BUDGET, device="cuda")
+    else:
+        from pairmine.engines.triton_band import FusedEngine
+
+        eng = FusedEngine(problem, band, DEFAULT_MEMORY_BUDGET, device="cuda")
+    return pair_set(BandSearch(problem, band, eng, (), NullProgress()))
+
+
+def run_faiss_full(x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """FAISS as a user would: every row against every row, then i < j, then the band."""
+    import faiss
+
+    from pairmine.engines.band import Band, exact_band
+    from pairmine.engines.hardware import cores
+
+    faiss.omp_set_num_threads(cores())
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatIP(xf.shape[1])
+    index.add(xf)
+    radius = float(np.nextafter(np.float32(LO - 1e-5), np.float32(-np.inf)))
+    keys = []
+    q = 4096
+    for s in range(0, len(xf), q):
+        lims, _, labels = index.range_search(xf[s:s + q], radius)
+        i = np.repeat(np.arange(s, min(s + q, len(xf)), dtype=np.int64), np.diff(lims.astype(np.int64)))
+        j = labels.astype(np.int64)
+        keep = i < j
+        i, j = i[keep], j[keep]
+        ok, _ = exact_band(x, i, j, Band(LO, HI))
+        keys.append(i[ok] * (1 << 32) + j[ok])
+    return np.sort(np.concatenate(keys)), {"radius": radius}
+
+
+def run_gemm(x: np.ndarray, device: str, dtype: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The triangle's GEMM alone: same tiles, scores written, nothing read back."""
+    import torch
+
+    from pairmine.engines.hardware import cores
+
+    if device == "cpu":
+        torch.set_num_threads(cores())
+        tr, tc = 1024, 2048
+    else:
+        tr, tc = 8192, 32768
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device).to(getattr(torch, dtype))
+    n = len(t)
+    buf = torch.empty(tr * tc, dtype=t.dtype, device=device)
+    flop = 0
+    with torch.inference_mode():
+        for r0 in range(0, n, tr):
+            r1 = min(r0 + tr, n)
+            for c0 in range(r0, n, tc):
+                c1 = min(c0 + tc, n)
+                torch.mm(t[r0:r1], t[c0:c1].t(), out=buf[: (r1 - r0) * (c1 - c0)]
+                         .view(r1 - r0, c1 - c0))
+                flop += 2 * (r1 - r0) * (c1 - c0) * t.shape[1]
+    return np.zeros(0, np.int64), {"flop": flop}
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration: tile shapes and the cost model of the CPU engine
+
+
+def calibrate(reps: int) -> None:
+    import torch
+
+    from pairmine.engines.hardware import cores
+
+    torch.set_num_threads(cores())
+    print("ns per pair, fp32 GEMM + row max (best of", reps, "repeats; spread in brackets)")
+    for k in (17, 25, 33, 49, 65, 129):
+        for r, c in ((512, 2048), (1024, 2048), (1024, 4096), (2048, 1024), (2048, 2048)):
+            a, b = torch.randn(r, k), torch.randn(c, k)
+            out, mx = torch.empty(r, c), torch.empty(r)
+            times = []
+            n = max(1, int(1e8 // (r * c)))
+            for _ in range(reps):
+                t = time.perf_counter()
+                for _ in range(n):
+                    torch.mm(a, b.t(), out=out)
+                    torch.amax(out, 1, out=mx)
+                times.append((time.perf_counter() - t) / n / (r * c) * 1e9)
+            print(f"  K={k:4d} tile {r}x{c}: {min(times):.3f} [{min(times):.3f}-"
+                  f"{max(times):.3f}]")
+    # cost of one isolated candidate: row extraction + exact rescore
+    from pairmine.engines import band_search
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20000, 128)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for lo in (0.5, 0.3):
+        t = time.perf_counter()
+        blocks = band_search(x.astype(np.float16), lo, 1.0, engine="torch", device="cpu")
+        cands = sum(b.candidates for b in blocks)
+        sec = time.perf_counter() - t
+        print(f"  lo={lo}: {cands} candidates, {sec:.2f} s, "
+              f"{sec / max(cands, 1) * 1e9:.0f} ns per candidate (upper bound)")
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return f"{torch.cuda.get_device_name()} + {os.cpu_count()} CPU cores"
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from pairmine.engines.hardware import cores, cpu_capability
+
+    return f"{cores()}-core {model} ({cpu_capability()}), {platform.machine()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, action="append", help="rows (repeatable); "
+                    "default 50000 and 200000")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--planted", type=float, default=0.01)
+    ap.add_argument("--skip", default="", help="comma list of runs to skip "
+                    "(faiss-full, faiss, torch, two-pass, gemm, dense)")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--json", type=Path, help="also write the raw rows here")
+    args = ap.parse_args(argv)
+    if args.calibrate:
+        calibrate(args.reps)
+        return 0
+    skip = set(filter(None, args.skip.split(",")))
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        skip |= {"faiss-full", "faiss"}
+        print("faiss is not installed here: FAISS runs skipped")
+    sizes = args.n or [50000, 200000]
+    dev = args.device
+    rows: list[dict[str, Any]] = []
+    ok = True
+    for n in sizes:
+        print(f"N={n} D={args.dim} device={dev}", flush=True)
+        x = make_data(n, args.dim, args.planted, dense=False)
+        results: dict[str, dict[str, Any]] = {}
+        runs: list[tuple[str, Callable[[], Any]]] = []
+        if "faiss-full" not in skip:
+            runs.append(("faiss-full", lambda: run_faiss_full(x)))
+        if "faiss" not in skip:
+            runs.append(("faiss", lambda: run_engine(x, "faiss", "cpu")))
+        if "torch" not in skip:
+            runs.append(("torch", lambda: run_engine(x, "torch", dev)))
+        if dev == "cuda" and "two-pass" not in skip:
+            runs.append(("two-pass", lambda: run_engine_obj(x, "two-pass")))
+        if "gemm" not in skip:
+            for dtype in (("float32",) if dev == "cpu" else ("float16", "bfloat16")):
+                runs.append((f"gemm-{dtype}", lambda dtype=dtype: run_gemm(x, dev, dtype)))
+        if dev == "cuda" and "torch" not in skip:  # warm-up: Triton compile, cuBLAS init
+            run_engine(x[: min(n, 20000)], "torch", dev)
+            run_engine_obj(x[: min(n, 20000)], "two-pass")
+        for name, fn in runs:
+            results[name] = measure(name, fn, dev)
+        ref = next((r["pairs"] for k, r in results.items() if not k.startswith("gemm")), None)
+        for name, r in results.items():
+            r.update(n=n, dim=args.dim, device=dev)
+            if not name.startswith("gemm") and ref is not None:
+                r["same_pairs"] = bool(np.array_equal(r["pairs"], ref))
+                ok &= r["same_pairs"]
+                r["n_pairs"] = len(r["pairs"])
+            r.pop("pairs", None)
+        base = results.get("faiss-full", {}).get("seconds")
+        for name, r in results.items():
+            if base:
+                r["speedup_vs_faiss_full"] = base / r["seconds"]
+        gemm = results.get("gemm-float32") or results.get("gemm-bfloat16")
+        if gemm:
+            for r in results.values():
+                r["gemm_fraction"] = gemm["seconds"] / r["seconds"]
+        rows.extend(results.values())
+        if "dense" not in skip and "torch" not in skip:
+            xd = make_data(n, args.dim, args.planted, dense=True)
+            del x
+            r = measure("torch-dense", lambda: run_engine(xd, "torch", dev), dev)
+            r.update(n=n, dim=args.dim, device=dev, n_pairs=len(r.pop("pairs")),
+                     note="100x planted pairs")
+            rows.append(r)
+            del xd
+    print(json.dumps([{k: v for k, v in r.items() if k != "info"} for r in rows], indent=1,
+                     default=float))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, default=float))
+    if not args.no_docs:
+        write_docs(rows, args, dev)
+    print("pair sets identical across engines:", ok)
+    return 0 if ok else 1
+
+
+def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, dev: str) -> None:
+    from _report import update_section
+
+    cmd = "python benchmarks/match.py " + " ".join(sys.argv[1:])
+    lines = [f"## Exact band search [{LO}, {HI}] (benchmarks/match.py)", "",
+             f"Machine: {machine(dev)}. Date: {dt.date.today().isoformat()}. "
+             f"Command: `{cmd}`.", "",
+             "Unit vectors stored as float16, 1% of rows with a planted partner at cosine "
+             "~0.98; 'dense' plants 100x more pairs (every row in a group of three). "
+             "Every engine's pair set was checked equal to the others'.", "",
+             "| N | D | run | seconds | vs FAISS full | GEMM-limit fraction | pairs | "
+             "candidates | peak RSS MiB | same pairs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        info = r.get("info") or {}
+        lines.append(
+            f"| {r['n']} | {r['dim']} | {r['run']} | {r['seconds']:.2f} | "
+            f"{r.get('speedup_vs_faiss_full', float('nan')):.2f}x | "
+            f"{r.get('gemm_fraction', float('nan')):.2f} | {r.get('n_pairs', '')} | "
+            f"{info.get('candidates', '')} | {r['peak_rss_mib']:.0f} | "
+            f"{r.get('same_pairs', '')} |")
+    torch_infos = [(r["n"], r["info"]) for r in rows if r.get("run") == "torch" and r.get("info")]
+    if torch_infos:
+        lines += ["", "Engine choices (from `band_search(...).info`):", ""]
+        for n, info in torch_infos:
+            keep = {k: info[k] for k in ("kernel", "precision", "margin", "threshold",
+                                         "pruning", "tile", "block_rows") if k in info}
+            if "pruning" in keep and isinstance(keep["pruning"], dict):
+                keep["pruning"] = {k: v for k, v in keep["pruning"].items()
+                                   if k in ("dims", "survivor_rate", "energy_in_dims")}
+            lines.append(f"- N={n}: `{json.dumps(keep, default=float)}`")
+    lines += ["", "'vs FAISS full' = FAISS `IndexFlatIP.range_search` over all N x N divided by "
+              "the run's time; 'GEMM-limit fraction' = time of the triangle's plain GEMM "
+              "tiles (fp32 on CPU, bf16 on GPU) divided by the run's time (above 1: the run "
+              "does less arithmetic than the plain GEMM, as pruning does)."]
+    # the doc's match section holds one sub-section per device and dimension
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    begin, end = "<!-- match:begin -->", "<!-- match:end -->"
+    body = text.split(begin, 1)[1].split(end, 1)[0] if begin in text and end in text else ""
+    sub = f"match-{dev}-d{args.dim}"
+    sb, se = f"<!-- {sub}:begin -->", f"<!-- {sub}:end -->"
+    block = f"{sb}\n" + "\n".join(lines) + f"\n{se}"
+    if sb in body and se in body:
+        pre, rest = body.split(sb, 1)
+        body = pre + block + rest.split(se, 1)[1]
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    update_section(doc, "match", body.strip() + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,313 @@
+"""Exact band search: every pair ``(i, j)``, ``i != j``, whose score lies in ``[lo, hi]``.
+
+The score of a pair is the dot product of the two stored rows, computed exactly (float64 from
+the stored float16/float32 values, correctly rounded near any bound: band.exact_band) and
+stored as float32. Engines only *propose* candidates, a provable superset of the band found
+in low precision with a margin; the exact rescore decides. So every engine returns the same
+pairs with the same scores, and block ``k``'s output depends only on (vectors, lo, hi,
+anchors, against, block_rows): a resumed run skips the blocks it has and gets the rest equal.
+
+Engines (a registry keyed by name and device):
+
+=================  ===========================================================================
+torch, cpu         exact pruning (PCA rotation + tail-norm bound, one fp32 GEMM of width d'+1),
+                   row-max gated tiles; full-D fp32 tiles when pruning does not pay
+torch, cuda        fused Triton kernel where Triton runs, else two-pass fp16 tiles
+faiss, cpu         FAISS flat range_search (IndexFlatIP's kernel) on the triangle; the baseline
+=================  ===========================================================================
+
+Memory is bounded by tiles and blocks, independent of N^2 and of the number of pairs (a
+block's own pairs excepted: they are its output).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Container, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pairmine.engines.band import Band, Engine, Problem, exact_band, make_problem
+from pairmine.errors import ConfigError
+from pairmine.progress import NullProgress, Progress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BUDGET = 2 << 30
+ENGINE_NAMES = ("auto", "torch", "faiss")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "ENGINES",
+    "BandSearch",
+    "PairBlock",
+    "band_search",
+    "default_block_rows",
+    "engine_info",
+    "plan_blocks",
+    "resolve_engine",
+]
+
+
+@dataclass
+class PairBlock:
+    """The pairs of one anchor block: ``a < b`` row ids, sorted by ``(a, b)``."""
+
+    index: int  # anchor-block number, 0..n_blocks-1
+    a: np.ndarray  # int64 row ids (rows of `vectors`), a < b
+    b: np.ndarray  # int64
+    score: np.ndarray  # float32: the exact score (float64 dot of the stored rows, rounded)
+    candidates: int  # pairs that passed the prefilter and were rescored (for stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks
+
+
+def default_block_rows(memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Anchors per block when none is given: 4096 for the default 2 GiB budget.
+
+    A block is the unit of output and of resume. It depends on the budget only (not on the
+    data or the engine), so ``plan_blocks`` and ``band_search`` agree without seeing the data.
+    """
+    rows = 1 << max(0, int(memory_budget // (1 << 19)).bit_length() - 1)
+    return int(min(max(rows, 256), 1 << 16))
+
+
+def plan_blocks(n_rows: int, anchors: np.ndarray | None, block_rows: int | None = None,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """How many anchor blocks ``band_search`` will produce for the same arguments."""
+    n_anchors = n_rows if anchors is None else len(anchors)
+    rows = default_block_rows(memory_budget) if block_rows is None else block_rows
+    if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or rows < 1:
+        raise ConfigError(f"block_rows={block_rows!r} is not an integer >= 1")
+    return -(-int(n_anchors) // int(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    name: str
+    device: str
+    build: Callable[[Problem, Band, int, str], Engine]
+    describe: Callable[[], dict[str, Any]]
+
+
+def _torch_cpu(problem: Problem, band: Band, budget: int, requested: str) -> Engine:
+    from pairmine.engines.torch_cpu import TorchCPUEngine
+
+    return TorchCPUEngine(problem, band, budget)
+
+
+def _torch_cuda(problem: Problem, band: Band, budget: int, requested: str) -> Engine:
+    from pairmine.engines.hardware import triton_available
+
+    if triton_available():
+        from pairmine.engines.triton_band import FusedEngine
+
+        return FusedEngine(problem, band, budget, device="cuda")
+    from pairmine.engines.torch_cuda import TwoPassEngine
+
+    return TwoPassEngine(problem, band, budget, device="cuda")
+
+
+def _faiss(problem: Problem, band: Band, budget: int, requested: str) -> Engine:
+    from pairmine.engines.faiss_engine import FaissEngine
+
+    return FaissEngine(problem, band, budget, device_requested=requested)
+
+
+def _describe_torch_cpu() -> dict[str, Any]:
+    from pairmine.engines.hardware import cpu_capability, cpu_tile_dtype
+
+    dtype, why = cpu_tile_dtype()
+    return {"precision": dtype, "precision_reason": why, "cpu_capability": cpu_capability(),
+            "kernel": "pruned fp32 GEMM (d' chosen per data) or full fp32, row-max gated"}
+
+
+def _describe_torch_cuda() -> dict[str, Any]:
+    from pairmine.engines.hardware import triton_available
+
+    kernel = "triton fused" if triton_available() else "two-pass fp16 tiles"
+    return {"precision": "float16 inputs, float32 accumulation", "kernel": kernel}
+
+
+def _describe_faiss() -> dict[str, Any]:
+    return {"precision": "float32", "kernel": "faiss.range_search_inner_product"}
+
+
+ENGINES: dict[tuple[str, str], EngineKind] = {
+    ("torch", "cpu"): EngineKind("torch", "cpu", _torch_cpu, _describe_torch_cpu),
+    ("torch", "cuda"): EngineKind("torch", "cuda", _torch_cuda, _describe_torch_cuda),
+    ("faiss", "cpu"): EngineKind("faiss", "cpu", _faiss, _describe_faiss),
+}
+# what "auto" means per device: measured (docs/matching.md), the pruned torch engine wins
+AUTO_ENGINE = {"cpu": "torch", "cuda": "torch"}
+# an engine without a kernel for the device runs where it can (FAISS: no GPU range_search)
+DEVICE_FALLBACK = {("faiss", "cuda"): "cpu"}
+
+
+def _cuda_available() -> bool:
+    from pairmine.engines.hardware import cuda_available
+
+    return cuda_available()
+
+
+def resolve_engine(engine: str, device: str) -> tuple[str, str]:
+    """What ``auto`` picks here, as ``(engine, device)``; the device the engine really uses."""
+    if engine not in ENGINE_NAMES:
+        raise ConfigError(f"unknown engine {engine!r}", f"choose one of {', '.join(ENGINE_NAMES)}")
+    if device not in DEVICE_NAMES:
+        raise ConfigError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICE_NAMES)}")
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    elif device == "cuda" and not _cuda_available():
+        raise ConfigError("device cuda was asked for but no CUDA device is available",
+                          "use device cpu or auto")
+    name = AUTO_ENGINE[device] if engine == "auto" else engine
+    if (name, device) not in ENGINES:
+        device = DEVICE_FALLBACK[(name, device)]
+    return name, device
+
+
+def engine_info(engine: tuple[str, str] | str = "auto", device: str | None = None,
+                **search: Any) -> dict[str, Any]:
+    """What an engine records in a manifest.
+
+    ``engine_info(resolve_engine(e, d))`` describes the engine without data (precision,
+    kernel). With the search's arguments (``vectors=, lo=, hi=``, and optionally ``anchors``,
+    ``against``, ``block_rows``, ``memory_budget``) it plans the search and adds what depends on
+    the data: pruning dims and survivor rates, margin rule, block size. The most complete
+    record is ``band_search(...).info`` after iterating (margin and thresholds included).
+    """
+    if isinstance(engine, tuple):
+        name, dev = engine
+    else:
+        name, dev = resolve_engine(engine, device or "auto")
+    if "vectors" in search:
+        return band_search(engine=name, device=dev, **search).info
+    kind = ENGINES[(name, dev)]
+    return {"engine": name, "device": dev, **kind.describe(),
+            "rescore": "float64 exact (correctly rounded near bounds), stored as float32"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+
+
+@dataclass
+class BandSearch(Iterator[PairBlock]):
+    """The iterator ``band_search`` returns: PairBlocks in index order, plus ``info``."""
+
+    problem: Problem
+    band: Band
+    engine: Engine
+    skip: Container[int]
+    progress: Progress
+    info: dict[str, Any] = field(default_factory=dict)
+    _gen: Iterator[PairBlock] | None = None
+
+    def __post_init__(self) -> None:
+        self.info = self.engine.info
+        self.info.update(block_rows=self.problem.block_rows, n_blocks=self.problem.n_blocks,
+                         anchors=self.problem.n_anchors, targets=self.problem.m,
+                         rescore="float64 exact (correctly rounded near bounds), stored as "
+                                 "float32")
+
+    def __iter__(self) -> BandSearch:
+        return self
+
+    def __next__(self) -> PairBlock:
+        if self._gen is None:
+            self._gen = self._run()
+        return next(self._gen)
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()  # type: ignore[attr-defined]
+        self.engine.close()
+
+    def _run(self) -> Iterator[PairBlock]:
+        prob, band = self.problem, self.band
+        todo = [k for k in range(prob.n_blocks) if k not in self.skip]
+        try:
+            self.progress.start("band search", total=sum(prob.comparisons(k) for k in todo),
+                                unit="comparisons")
+            if todo:
+                self.engine.prepare()
+            total_pairs = total_candidates = 0
+            for k in todo:
+                s, e = prob.block_range(k)
+                parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+                candidates = 0
+                for p, t in self.engine.candidates(s, e):
+                    candidates += len(p)
+                    ra, rb = prob.target_ids[p], prob.target_ids[t]
+                    keep, score = exact_band(prob.vectors, ra, rb, band)
+                    parts.append((ra[keep], rb[keep], score[keep]))
+                block = _assemble(k, parts, candidates)
+                total_pairs += len(block.a)
+                total_candidates += candidates
+                self.info.update(candidates=total_candidates, pairs=total_pairs)
+                yield block
+                self.progress.advance(prob.comparisons(k), pairs=total_pairs)
+            self.progress.finish()
+        finally:
+            self.engine.close()
+
+
+def _assemble(index: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+              candidates: int) -> PairBlock:
+    if parts:
+        ra = np.concatenate([x for x, _, _ in parts])
+        rb = np.concatenate([y for _, y, _ in parts])
+        score = np.concatenate([s for _, _, s in parts]).astype(np.float32, copy=False)
+    else:
+        ra = rb = np.zeros(0, dtype=np.int64)
+        score = np.zeros(0, dtype=np.float32)
+    a, b = np.minimum(ra, rb), np.maximum(ra, rb)
+    order = np.lexsort((b, a))
+    return PairBlock(index, a[order].astype(np.int64), b[order].astype(np.int64),
+                     score[order], candidates)
+
+
+def band_search(
+    vectors: np.ndarray,
+    lo: float,
+    hi: float,
+    *,
+    anchors: np.ndarray | None = None,
+    against: str = "anchors",
+    engine: str = "auto",
+    device: str = "auto",
+    block_rows: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    skip_blocks: Container[int] = (),
+    progress: Progress | None = None,
+) -> BandSearch:
+    """Every pair of different rows whose exact score lies in ``[lo, hi]``, block by block.
+
+    ``vectors`` (n, d) float16/float32 (a memmap is fine). ``anchors``: sorted unique row ids
+    used as queries (None: every row); ``against="anchors"`` pairs anchors with anchors,
+    ``"all"`` anchors with every row (a pair of two anchors once). Blocks of ``block_rows``
+    anchors (None: ``default_block_rows(memory_budget)``) come in index order, those in
+    ``skip_blocks`` neither computed nor yielded. Bad arguments raise ConfigError/InputError
+    here, before any work; ``.info`` describes the engine for a manifest.
+    """
+    band = Band.checked(lo, hi)
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) \
+            or memory_budget < (16 << 20):
+        raise ConfigError(f"memory_budget={memory_budget!r} must be an integer >= 16 MiB")
+    name, dev = resolve_engine(engine, device)
+    rows = default_block_rows(memory_budget) if block_rows is None else block_rows
+    problem = make_problem(vectors, anchors, against, rows)
+    kind = ENGINES[(name, dev)]
+    built = kind.build(problem, band, memory_budget, device)
+    built.info.setdefault("device_requested", device)
+    return BandSearch(problem, band, built, skip_blocks, progress or NullProgress())

@@ -1,0 +1,228 @@
+"""The CPU engine: exact pruning with fp32 GEMM tiles of the upper triangle, row-max gated.
+
+Per row tile (``tile_rows`` queries) and column tile (``tile_cols`` targets, starting at the
+row tile's first query so only the first column tile touches the diagonal):
+
+    tile = A @ B.T              one fp32 GEMM into a preallocated, cache-sized buffer
+    rowmax = amax(tile, 1)      one read of the tile
+    rows with rowmax >= thr     usually none; only those rows are read again to extract
+                                their candidate columns
+
+With pruning, A and B are the rotated head plus tail norm (``d' + 1`` wide, prune.py) and the
+tile holds upper bounds; without (``dims=None``: pruning does not pay for this data), they are
+the stored rows in fp32 and the tile holds fp32 scores, gated on both sides of the band.
+Every candidate is rescored exactly by the caller. The tile precision is always fp32 on the
+CPU (hardware.cpu_tile_dtype says why).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pairmine.engines import prune
+from pairmine.engines.band import (
+    Band,
+    CandidateBatcher,
+    Candidates,
+    Problem,
+    round_down_f32,
+)
+from pairmine.engines.hardware import cores, cpu_capability, cpu_tile_dtype
+from pairmine.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# measured on a 2-core AVX2 EPYC (benchmarks/match.py --calibrate): for widths 17..65 a
+# 1024 x 2048 fp32 tile (8 MiB) ran the GEMM + row max fastest, 0.37-0.55 ns per pair
+TILE_ROWS = 1024
+TILE_COLS = 2048
+MIN_ROWS_TO_PRUNE = 4096  # below this the set-up (sample, rotation) costs more than it saves
+
+
+class TorchCPUEngine:
+    def __init__(self, problem: Problem, band: Band, memory_budget: int, *,
+                 dims: int | str | None = "auto", tile_rows: int = TILE_ROWS,
+                 tile_cols: int = TILE_COLS, threads: int | None = None) -> None:
+        self.problem, self.band, self.budget = problem, band, memory_budget
+        self.tile_rows, self.tile_cols = tile_rows, max(tile_cols, tile_rows)
+        self.threads = threads or cores()
+        m, d = problem.m, problem.dim
+        dtype, why = cpu_tile_dtype()
+        self.info: dict[str, Any] = {
+            "engine": "torch", "device": "cpu", "precision": dtype, "precision_reason": why,
+            "cpu_capability": cpu_capability(), "threads": self.threads,
+            "tile": [self.tile_rows, self.tile_cols],
+        }
+        self.rot: prune.Rotation | None = None
+        self.dims: int | None = None
+        if dims == "auto":
+            self.dims = self._choose_dims() if m >= MIN_ROWS_TO_PRUNE and d > 16 else None
+            if m < MIN_ROWS_TO_PRUNE or d <= 16:
+                self.info["pruning"] = {"dims": None, "reason": "problem too small to prune"}
+        elif dims is not None:
+            if not isinstance(dims, int) or not 1 <= dims < d:
+                raise ConfigError(f"pruning dims {dims!r} must be an integer in [1, {d})")
+            self.dims = dims
+            self._fit(prune.sample_positions(m, prune.SAMPLE_ROWS))
+            self.info["pruning"] = {"dims": dims, "reason": "given"}
+        else:
+            self.info["pruning"] = {"dims": None, "reason": "given"}
+        if self.dims is not None:
+            assert self.rot is not None
+            self.margin_rel = prune.pruned_margin(self.dims, self.rot, d)
+            self.info["kernel"] = f"pruned fp32 GEMM, width {self.dims + 1}, row-max gated"
+        else:
+            self.margin_rel = prune.full_margin(d)
+            self.info["kernel"] = f"full fp32 GEMM, width {d}, row-max gated, two-sided"
+        self.info["margin_rel"] = self.margin_rel
+        self.mat: torch.Tensor | None = None  # targets as tile rows (head or fp32), if resident
+        self.thr_lo = self.thr_hi = 0.0
+        self._threads_before: int | None = None
+        self._prepared = False
+
+    # -- planning ------------------------------------------------------------------------
+
+    def _fit(self, positions: np.ndarray) -> np.ndarray:
+        sample = prune.sample_rows(self.problem, positions)
+        if not np.isfinite(sample).all():
+            raise InputError("the vectors hold NaN or inf", "re-run embed; check the encoder")
+        self.rot = prune.fit_rotation(sample)
+        return sample
+
+    def _choose_dims(self) -> int | None:
+        positions = prune.sample_positions(self.problem.m, prune.SAMPLE_ROWS)
+        sample = self._fit(positions)
+        assert self.rot is not None
+        norms = np.sqrt(np.einsum("ij,ij->i", sample, sample))
+        top = float(norms.max()) ** 2 if len(norms) else 1.0
+        # gate thresholds as the search will use them (margin taken at its largest candidate)
+        slack = prune.pruned_margin(prune.LADDER[-1], self.rot, self.problem.dim) * top
+        # the pair sample must not pair a row with itself: shuffle, then halves are disjoint
+        order = np.random.default_rng(1).permutation(len(sample))
+        choice = prune.choose_dims(sample[order], self.rot, self.band.lo - slack,
+                                   self.band.hi + slack)
+        self.info["pruning"] = {
+            "dims": choice.dims, "rotation": "pca (uncentred second moment)",
+            "sample_rows": len(sample), "sample_pairs": choice.sample_pairs,
+            "survivor_rate": {str(k): v for k, v in choice.rates.items()},
+            "full_rate": choice.full_rate,
+            "modelled_ns_per_pair": {k: round(v, 4) for k, v in choice.costs.items()},
+            "energy_in_dims": None if choice.dims is None
+            else float(self.rot.energy[choice.dims - 1]),
+            "orthogonality_error": self.rot.eps,
+        }
+        return choice.dims
+
+    # -- the search ----------------------------------------------------------------------
+
+    def _tile_rows_of(self, start: int, stop: int) -> np.ndarray:
+        """Targets ``[start, stop)`` as tile rows: ``[x'_1, tail]`` or the fp32 row."""
+        x = self.problem.rows(start, stop)
+        if self.dims is None:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        assert self.rot is not None
+        return prune.head_matrix(x.astype(np.float64), self.rot, self.dims)
+
+    def prepare(self) -> None:
+        import torch
+
+        if self._prepared:
+            return
+        p = self.problem
+        width = p.dim if self.dims is None else self.dims + 1
+        resident = p.m * width * 4 <= self.budget // 2
+        chunk = max(1, self.budget // 8 // (8 * p.dim))
+        mat = np.empty((p.m, width), dtype=np.float32) if resident else None
+        top_q = top_t = 0.0
+        for s, e in p.chunks(chunk):
+            x = p.rows(s, e).astype(np.float64)
+            n = np.sqrt(np.einsum("ij,ij->i", x, x))
+            if not np.isfinite(n).all():
+                bad = s + int(np.flatnonzero(~np.isfinite(n))[0])
+                raise InputError(f"row {int(p.target_ids[bad])} holds NaN or inf",
+                                 "re-run embed; check the encoder")
+            if len(n):
+                top_t = max(top_t, float(n.max()))
+                if s < p.n_anchors:
+                    top_q = max(top_q, float(n[: p.n_anchors - s].max()))
+            if mat is not None:
+                if self.dims is None:
+                    mat[s:e] = x
+                else:
+                    assert self.rot is not None
+                    mat[s:e] = prune.head_matrix(x, self.rot, self.dims)
+        self.mat = torch.from_numpy(mat) if mat is not None else None
+        margin = self.margin_rel * max(top_q * top_t, 1e-30)
+        self.thr_lo = round_down_f32(self.band.lo - margin)
+        self.thr_hi = -round_down_f32(-(self.band.hi + margin))  # rounded up
+        self.info.update(max_norm=top_t, margin=margin, threshold=self.thr_lo,
+                         targets_resident=resident)
+        self._threads_before = torch.get_num_threads()
+        if self._threads_before != self.threads:
+            torch.set_num_threads(self.threads)
+        self._prepared = True
+
+    def _block(self, start: int, stop: int) -> torch.Tensor:
+        import torch
+
+        if self.mat is not None:
+            return self.mat[start:stop]
+        return torch.from_numpy(self._tile_rows_of(start, stop))
+
+    def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
+        import torch
+
+        self.prepare()
+        m = self.problem.m
+        tr, tc = self.tile_rows, self.tile_cols
+        buf = torch.empty(tr * tc, dtype=torch.float32)
+        rowmax = torch.empty(tr, dtype=torch.float32)
+        # t <= p inside the first column tile of a row tile (columns start at its first row)
+        lower = torch.ones(tr, tc, dtype=torch.bool).tril()
+        two_sided = self.dims is None
+        batcher = CandidateBatcher()
+        with torch.inference_mode():
+            for r0 in range(start, stop, tr):
+                r1 = min(r0 + tr, stop)
+                a = self._block(r0, r1)
+                for c0 in range(r0, m, tc):
+                    c1 = min(c0 + tc, m)
+                    b = self._block(c0, c1)
+                    tile = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+                    torch.mm(a, b.t(), out=tile)
+                    if c0 == r0:
+                        tile.masked_fill_(lower[: r1 - r0, : c1 - c0], float("-inf"))
+                    mx = rowmax[: r1 - r0]
+                    torch.amax(tile, 1, out=mx)
+                    rows = torch.nonzero(mx >= self.thr_lo).squeeze(1)
+                    if rows.numel() == 0:
+                        continue
+                    sub = tile.index_select(0, rows)
+                    hit = sub >= self.thr_lo
+                    if two_sided:
+                        hit &= sub <= self.thr_hi
+                    ij = torch.nonzero(hit)
+                    p = (rows[ij[:, 0]] + r0).numpy()
+                    t = (ij[:, 1] + c0).numpy()
+                    out = batcher.add(p, t)
+                    if out is not None:
+                        yield out
+        last = batcher.flush()
+        if last is not None:
+            yield last
+
+    def close(self) -> None:
+        import torch
+
+        if self._threads_before is not None and self._threads_before != torch.get_num_threads():
+            torch.set_num_threads(self._threads_before)
+        self._threads_before = None
+        self.mat = None
+        self._prepared = False

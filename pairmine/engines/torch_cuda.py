@@ -1,0 +1,203 @@
+"""The GPU engine: fp16 tiles of the upper triangle, two passes per block, a proven margin.
+
+GPUs multiply fp16 at ~750 TFLOP/s, so no pruning: the whole row is one tile row and the cost
+is writing and reading the score tile (DESIGN.md, performance anchors). Per block:
+
+    pass 1   for each column tile: tile = A @ B.T (fp16 out, fp32 accumulate); row max of the
+             tile into a (tiles, rows) buffer. No host sync in this loop.
+    sync     rows whose max over any tile reaches the threshold (one nonzero).
+    pass 2   only those rows, recomputed against every column in budget-sized chunks, compared
+             and extracted. Few rows: a few per cent of pass 1.
+
+Margin (relative to max|x| max|y|): rounding the stored rows to fp16 (none for a float16 store;
+``2u + u^2`` plus a subnormal term otherwise, u = 2^-11), fp32 accumulation (tensor cores
+align addends with truncation: counted as ``4 (d + 2) 2^-24``), and rounding the result to
+fp16 (``2^-11``). All doubled. The threshold is rounded *down* to an fp16 value and the
+comparison is made between fp16 values, so it is exact: comparing a half tensor with a Python
+float would round the threshold to nearest, possibly up, and lose pairs.
+
+The same code runs on the CPU with ``device="cpu"`` (and fp16 or fp32 tiles), which is how the
+tests exercise it on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pairmine.engines.band import (
+    MARGIN_FLOOR,
+    Band,
+    CandidateBatcher,
+    Candidates,
+    Problem,
+    round_down_f16,
+    round_down_f32,
+    row_norms,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+U32 = 2.0**-24
+U16 = 2.0**-11
+TILE_COLS = 1 << 15
+FP16_MAX_DOT = 2.0**14  # beyond this an fp16 score tile could overflow: use fp32 tiles
+
+
+class DeviceTilesBase:
+    """Targets uploaded once to the device in the tile dtype; norms, margin, thresholds."""
+
+    kernel = "base"
+
+    def __init__(self, problem: Problem, band: Band, memory_budget: int, *,
+                 device: str = "cuda", dtype: str = "float16", out_rounding: bool = True) -> None:
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"tile dtype {dtype!r}")
+        self.problem, self.band, self.budget = problem, band, memory_budget
+        self.device, self.dtype_name = device, dtype
+        self.out_rounding = out_rounding  # the score passes through a tile of dtype
+        self.x: torch.Tensor | None = None
+        self.thr = 0.0
+        self._prepared = False
+        self.info: dict[str, Any] = {"engine": "torch", "device": device, "kernel": self.kernel,
+                                     "precision": f"{dtype} inputs, float32 accumulation"}
+
+    def margin(self, top_q: float, top_t: float) -> float:
+        """Absolute prefilter margin for queries of norm <= top_q and targets <= top_t."""
+        d = self.problem.dim
+        stored = np.dtype(self.problem.vectors.dtype)
+        exact = self.dtype_name == "float32" or stored == np.float16
+        u = U16 if self.dtype_name == "float16" else U32
+        rounding = 0.0 if exact else 2 * u + u * u
+        accumulate = 4.0 * (d + 2) * U32
+        out = u if (self.out_rounding and self.dtype_name == "float16") else 0.0
+        rel = rounding + accumulate + out * (1 + accumulate)
+        # fp16 subnormals lose relative accuracy: absolute error <= 2^-25 per coordinate of an
+        # input (|x|_1 <= sqrt(d)|x|) and 2^-25 on an fp16 result
+        sub = 0.0
+        if self.dtype_name == "float16":
+            sub = 2.0**-25 * (1.0 if self.out_rounding else 0.0)
+            if not exact:
+                sub += 2.0**-25 * math.sqrt(d) * (top_q + top_t) * (1 + u)
+        top = top_q * top_t
+        return max(2.0 * rel, MARGIN_FLOOR) * top + 2.0 * sub
+
+    def prepare(self) -> None:
+        import torch
+
+        if self._prepared:
+            return
+        p = self.problem
+        norms = row_norms(p, self.budget // 8)
+        top_t = float(norms.max()) if p.m else 0.0
+        top_q = float(norms[: p.n_anchors].max()) if p.n_anchors else 0.0
+        if self.dtype_name == "float16" and top_q * top_t >= FP16_MAX_DOT:
+            # fp16 scores (or inputs) could overflow: fp32 tiles for this data
+            log.info("row norms up to %.3g: float32 tiles instead of float16", top_t)
+            self.dtype_name = "float32"
+            self.info["precision"] = "float32 (norms too large for float16)"
+        dev = torch.device(self.device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dtype = getattr(torch, self.dtype_name)
+        x = torch.empty((p.m, p.dim), dtype=dtype, device=dev)
+        rows = max(1, self.budget // 8 // (8 * max(p.dim, 1)))
+        for s, e in p.chunks(rows):
+            x[s:e] = torch.from_numpy(np.ascontiguousarray(p.rows(s, e))).to(dev).to(dtype)
+        margin = self.margin(top_q, top_t)
+        lo = self.band.lo - margin
+        self.thr = round_down_f16(lo) if self.dtype_name == "float16" and self.out_rounding \
+            else round_down_f32(lo)
+        self.x = x
+        self.info.update(max_norm=top_t, margin=margin, threshold=self.thr)
+        self._prepared = True
+
+    def close(self) -> None:
+        self.x = None
+        self._prepared = False
+
+
+class TwoPassEngine(DeviceTilesBase):
+    kernel = "two-pass fp16 tiles (row max, then flagged rows recomputed)"
+
+    def __init__(self, problem: Problem, band: Band, memory_budget: int, *,
+                 device: str = "cuda", dtype: str = "float16", tile_cols: int = TILE_COLS,
+                 tile_rows: int | None = None) -> None:
+        super().__init__(problem, band, memory_budget, device=device, dtype=dtype)
+        esize = 2 if dtype == "float16" else 4
+        self.tile_rows = tile_rows or problem.block_rows
+        # a score tile takes at most a quarter of the budget; columns >= rows (diagonal tile)
+        cols = max(self.tile_rows, min(tile_cols, memory_budget // 4 // (esize * self.tile_rows)))
+        self.tile_cols = cols
+        self.info["tile"] = [self.tile_rows, self.tile_cols]
+
+    def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
+        import torch
+
+        self.prepare()
+        assert self.x is not None
+        x = self.x
+        flags = torch.backends.cuda.matmul
+        before = flags.allow_fp16_reduced_precision_reduction
+        flags.allow_fp16_reduced_precision_reduction = False
+        try:
+            batcher = CandidateBatcher()
+            for r0 in range(start, stop, self.tile_rows):
+                r1 = min(r0 + self.tile_rows, stop)
+                for p, t in self._rows(x, r0, r1):
+                    out = batcher.add(p, t)
+                    if out is not None:
+                        yield out
+            last = batcher.flush()
+            if last is not None:
+                yield last
+        finally:
+            flags.allow_fp16_reduced_precision_reduction = before
+
+    def _rows(self, x: torch.Tensor, r0: int, r1: int) -> Iterator[Candidates]:
+        import torch
+
+        m = self.problem.m
+        rows, tc = r1 - r0, self.tile_cols
+        thr = torch.tensor(self.thr, dtype=x.dtype, device=x.device)  # exact: rounded down
+        with torch.inference_mode():
+            a = x[r0:r1]
+            n_tiles = -(-(m - r0) // tc)
+            rowmax = torch.empty((n_tiles, rows), dtype=x.dtype, device=x.device)
+            buf = torch.empty(rows * tc, dtype=x.dtype, device=x.device)
+            lower = torch.ones(rows, rows, dtype=torch.bool, device=x.device).tril()
+            # pass 1: the row max of every tile; no host sync
+            for j in range(n_tiles):
+                c0 = r0 + j * tc
+                c1 = min(c0 + tc, m)
+                tile = buf[: rows * (c1 - c0)].view(rows, c1 - c0)
+                torch.mm(a, x[c0:c1].t(), out=tile)
+                if j == 0:
+                    tile[:, :rows].masked_fill_(lower[:, : c1 - c0], float("-inf"))
+                torch.amax(tile, 1, out=rowmax[j])
+            flagged = torch.nonzero((rowmax >= thr).any(0)).squeeze(1)  # one sync
+            if flagged.numel() == 0:
+                return
+            # pass 2: flagged rows against every column, in chunks that fit the budget
+            af = a.index_select(0, flagged)
+            pf = (flagged + r0).view(-1, 1)
+            esize = x.element_size()
+            chunk = max(tc, self.budget // 4 // (esize * max(len(flagged), 1)))
+            for c0 in range(r0, m, chunk):
+                c1 = min(c0 + chunk, m)
+                sub = af @ x[c0:c1].t()
+                hit = sub >= thr
+                if c0 <= r1:  # the diagonal: keep t > p only
+                    cols = torch.arange(c0, c1, device=x.device).view(1, -1)
+                    hit &= cols > pf
+                ij = torch.nonzero(hit)
+                p = pf[ij[:, 0], 0].cpu().numpy()
+                t = (ij[:, 1] + c0).cpu().numpy()
+                yield p, t

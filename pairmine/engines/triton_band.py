@@ -1,0 +1,118 @@
+"""The fused GPU kernel: scores stay in registers, tiles gated by their max, hits appended.
+
+One Triton program per ``BM x BN`` tile of the block's upper triangle: it accumulates the fp16
+dot products in fp32 registers, and only if the tile holds a score ``>= thr`` (rare) does it
+append its candidate ``(p, t)`` pairs to a bounded buffer, each hit taking a slot from one
+atomic counter. Nothing else is written: the score tile never reaches memory, which is what
+the two-pass engine pays for. If the counter ends above the buffer's capacity, the block is
+run again with a buffer large enough (the counter says exactly how large).
+
+Margin as in torch_cuda (fp16 inputs, fp32 accumulation) without the fp16 output rounding;
+the threshold is rounded down to an fp32 value, which is what a Triton float argument is.
+Runs on the CPU under ``TRITON_INTERPRET=1`` (the tests do that, in a subprocess).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from pairmine.engines.band import Band, Candidates, Problem
+from pairmine.engines.torch_cuda import DeviceTilesBase
+
+log = logging.getLogger(__name__)
+
+BM, BN = 128, 128
+INITIAL_CAPACITY = 1 << 16
+
+
+@functools.cache
+def band_kernel() -> Callable[..., Any]:
+    """The jitted kernel (built on first use, so TRITON_INTERPRET is read then)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[misc]
+    def _band_tiles(x_ptr, stride, r0, r1, m, d, thr, count_ptr, out_p_ptr, out_t_ptr,
+                    capacity, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # axis 0 walks the (many) column tiles: grid y/z are limited to 65535
+        col0 = r0 + tl.program_id(0) * BN
+        row0 = r0 + tl.program_id(1) * BM
+        if col0 + BN - 1 > row0:  # else every t <= p in this tile: nothing to do
+            rows = row0 + tl.arange(0, BM)
+            cols = col0 + tl.arange(0, BN)
+            rmask = rows < r1
+            cmask = cols < m
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, d, BK):
+                ks = k0 + tl.arange(0, BK)
+                kmask = ks < d
+                a = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride + ks[None, :],
+                            mask=rmask[:, None] & kmask[None, :], other=0.0)
+                b = tl.load(x_ptr + cols.to(tl.int64)[None, :] * stride + ks[:, None],
+                            mask=cmask[None, :] & kmask[:, None], other=0.0)
+                acc = tl.dot(a, b, acc)
+            hit = (acc >= thr) & rmask[:, None] & cmask[None, :] & (cols[None, :] > rows[:, None])
+            if tl.max(hit.to(tl.int32)) > 0:
+                slot = tl.atomic_add(count_ptr + tl.zeros((BM, BN), dtype=tl.int32), 1,
+                                     mask=hit)
+                ok = hit & (slot < capacity)
+                tl.store(out_p_ptr + slot, rows[:, None] + tl.zeros((BM, BN), dtype=tl.int32),
+                         mask=ok)
+                tl.store(out_t_ptr + slot, cols[None, :] + tl.zeros((BM, BN), dtype=tl.int32),
+                         mask=ok)
+
+    return _band_tiles  # type: ignore[no-any-return]
+
+
+class FusedEngine(DeviceTilesBase):
+    kernel = "triton fused (tile in registers, max-gated, atomic append)"
+
+    def __init__(self, problem: Problem, band: Band, memory_budget: int, *,
+                 device: str = "cuda", num_warps: int = 8, num_stages: int = 3) -> None:
+        super().__init__(problem, band, memory_budget, device=device, dtype="float16",
+                         out_rounding=False)
+        self.capacity = INITIAL_CAPACITY
+        self.num_warps, self.num_stages = num_warps, num_stages
+        self.info["tile"] = [BM, BN]
+        self.info["relaunches"] = 0
+        if problem.m >= 2**31 - BN:
+            raise ValueError("too many rows for int32 positions")
+
+    def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
+        import torch
+
+        self.prepare()
+        assert self.x is not None
+        x, m, d = self.x, self.problem.m, self.problem.dim
+        if stop <= start or m - start < 2:
+            return
+        kernel = band_kernel()
+        bk = 16
+        while bk < min(d, 64):
+            bk *= 2
+        count = torch.zeros(1, dtype=torch.int32, device=x.device)
+        grid = (-(-(m - start) // BN), -(-(stop - start) // BM))
+        while True:
+            out_p = torch.empty(self.capacity, dtype=torch.int32, device=x.device)
+            out_t = torch.empty(self.capacity, dtype=torch.int32, device=x.device)
+            count.zero_()
+            extra = {} if x.device.type == "cpu" else {"num_warps": self.num_warps,
+                                                        "num_stages": self.num_stages}
+            kernel[grid](x, x.stride(0), start, stop, m, d, self.thr, count, out_p, out_t,
+                         self.capacity, BM=BM, BN=BN, BK=bk, **extra)
+            n = int(count.item())  # the one sync of the block
+            if n <= self.capacity:
+                break
+            self.capacity = 1 << (n - 1).bit_length()
+            self.info["relaunches"] += 1
+            log.debug("candidate buffer overflow (%d hits): relaunching with %d slots", n,
+                      self.capacity)
+        if n:
+            p = out_p[:n].to(torch.int64).cpu().numpy()
+            t = out_t[:n].to(torch.int64).cpu().numpy()
+            yield np.asarray(p), np.asarray(t)

@@ -1,0 +1,452 @@
+"""The reference trainer: Eq. 1/Eq. 2, MoCo-v2 mechanics, augmentations, data, resume, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from pairmine.cli import cli
+from pairmine.errors import CheckpointError, ConfigError, StoreError
+from pairmine.train import augment as A
+from pairmine.train.data import DUPLICATE, INSTANCE, SEMANTIC, TwoViews, open_train_data
+from pairmine.train.loss import eq2, info_nce, sepp_id_loss
+from pairmine.train.moco import MoCo, SplitBatchNorm2d
+from pairmine.train.trainer import LAST, load_training_checkpoint, train, train_step
+
+# a tiny but real setting: resnet18-cifar on 16-px crops, batch 16, a short queue
+TINY = {"arch": "resnet18-cifar", "image_size": 8, "batch_size": 16, "moco_k": 64,
+        "workers": 0, "bn_groups": 4}
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 random 20x18 images in 2 classes (PNG)."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(7)
+    for i in range(32):
+        d = root / f"c{i % 2}"
+        d.mkdir(exist_ok=True)
+        (d / f"{i:03d}.png").write_bytes(_png(rng.integers(0, 256, (18, 20, 3), np.uint8)))
+    return root
+
+
+def _write_export(root: Path, n_images: int = 24, n_pairs: int = 5, combined: bool = True,
+                  seed: int = 3) -> Path:
+    """An export store laid out as `pairmine export --combined` writes it: manifest.json and
+    WebDataset tar shards with image samples and pair samples."""
+    rng = np.random.default_rng(seed)
+    images = [_png(rng.integers(0, 256, (18, 18, 3), np.uint8)) for _ in range(n_images)]
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    for p in range(n_pairs):
+        a, b = 2 * p, 2 * p + 1
+        samples.append((f"pair-{p:09d}", {"anchor.png": images[a], "positive.png": images[b],
+                                          "json": json.dumps({"a": a, "b": b}).encode()}))
+    if combined:
+        for i, data in enumerate(images):
+            samples.append((f"image-{i:09d}", {"image.png": data,
+                                               "json": json.dumps({"id": i}).encode()}))
+    order = rng.permutation(len(samples))
+    shards = []
+    for s, chunk in enumerate(np.array_split(order, 2)):
+        rel = f"shards/spps-{s:06d}.tar"
+        (root / "shards").mkdir(parents=True, exist_ok=True)
+        with tarfile.open(root / rel, "w") as tf:
+            for j in chunk:
+                key, members = samples[j]
+                for suffix, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{suffix}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        shards.append({"tar": rel, "samples": len(chunk)})
+    (root / "manifest.json").write_text(json.dumps({"format": "pairmine/export", "version": 1,
+                                                    "shards": shards}))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 1 and Eq. 2
+
+
+def test_info_nce_is_eq1_against_the_queue() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(5, 8, generator=gen), dim=1)
+    k = F.normalize(torch.randn(5, 8, generator=gen), dim=1)
+    queue = F.normalize(torch.randn(8, 11, generator=gen), dim=0)
+    tau = 0.2
+    got = info_nce(q, k, queue, tau)
+    for i in range(5):
+        pos = math.exp(float(q[i] @ k[i]) / tau)
+        neg = sum(math.exp(float(q[i] @ queue[:, j]) / tau) for j in range(11))
+        assert got[i].item() == pytest.approx(-math.log(pos / (pos + neg)), rel=1e-5)
+    # MoCo's own formulation: cross entropy with the positive as class 0
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / tau
+    moco = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+    assert sepp_id_loss(q, k, queue, tau, torch.zeros(5, dtype=torch.bool), 1.0).item() == \
+        pytest.approx(moco.item(), rel=1e-6)
+
+
+def test_eq2_on_a_hand_built_batch_equals_a_direct_computation() -> None:
+    """Three images: image 0 has two semantic positives, image 1 one, image 2 none."""
+    gen = torch.Generator().manual_seed(1)
+    d, tau, lam = 6, 0.1, 0.7
+    u = F.normalize(torch.randn(3, d, generator=gen), dim=1)  # query views u_i
+    v = F.normalize(torch.randn(3, d, generator=gen), dim=1)  # second views v_i
+    vm = F.normalize(torch.randn(3, d, generator=gen), dim=1)  # semantic positives v_m
+    queue = F.normalize(torch.randn(d, 9, generator=gen), dim=0)
+    positives = {0: [0, 1], 1: [2], 2: []}
+
+    def ell(a: torch.Tensor, b: torch.Tensor) -> float:  # Eq. 1, written out
+        num = math.exp(float(a @ b) / tau)
+        return -math.log(num / (num + sum(math.exp(float(a @ queue[:, j]) / tau)
+                                          for j in range(queue.shape[1]))))
+
+    direct = sum(ell(u[i], v[i]) + sum(lam * ell(u[i], vm[m]) for m in positives[i])
+                 for i in range(3)) / 3
+    # the merged batch: 3 instance rows, then one semantic row per (image, positive)
+    rows_q = [u[0], u[1], u[2], u[0], u[0], u[1]]
+    rows_k = [v[0], v[1], v[2], vm[0], vm[1], vm[2]]
+    semantic = torch.tensor([False, False, False, True, True, True])
+    merged = sepp_id_loss(torch.stack(rows_q), torch.stack(rows_k), queue, tau, semantic, lam)
+    assert merged.item() == pytest.approx(direct, rel=1e-5)
+    # and eq2() (the printed formula with a λ_im matrix) agrees
+    inst = info_nce(u, v, queue, tau)
+    sem = torch.zeros(3, 2)
+    lam_im = torch.zeros(3, 2)
+    for i, ms in positives.items():
+        for j, m in enumerate(ms):
+            sem[i, j] = info_nce(u[i:i + 1], vm[m:m + 1], queue, tau)[0]
+            lam_im[i, j] = lam
+    assert eq2(inst, sem, lam_im).item() == pytest.approx(direct, rel=1e-5)
+
+
+def test_lambda_zero_is_vanilla_moco_v2_on_the_same_batch() -> None:
+    torch.manual_seed(0)
+    model = MoCo("resnet18-cifar", dim=16, k=32, m=0.99, bn_groups=1).train()
+    x_q, x_k = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
+    semantic = torch.tensor([False, True, False, True, False, False])
+    gen = torch.Generator().manual_seed(5)
+    q, k = model(x_q, x_k, gen)
+    queue = model.queue.clone()
+    seppid = sepp_id_loss(q, k, queue, 0.1, semantic, 0.0)
+    inst = ~semantic
+    logits = torch.cat([(q[inst] * k[inst]).sum(1, keepdim=True), q[inst] @ queue], 1) / 0.1
+    vanilla = F.cross_entropy(logits, torch.zeros(int(inst.sum()), dtype=torch.long))
+    assert seppid.item() == pytest.approx(vanilla.item(), rel=1e-6)
+    # the semantic rows get no gradient at λ = 0, and do at λ > 0
+    g0 = torch.autograd.grad(seppid, q, retain_graph=True)[0]
+    assert torch.all(g0[semantic] == 0) and torch.any(g0[inst] != 0)
+    g1 = torch.autograd.grad(sepp_id_loss(q, k, queue, 0.1, semantic, 0.5), q)[0]
+    assert torch.all(g1[semantic].abs().sum(1) > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# MoCo mechanics
+
+
+def test_shuffle_bn_groups_are_applied_to_queries_and_shuffled_keys() -> None:
+    torch.manual_seed(0)
+    groups = 4
+    model = MoCo("resnet18-cifar", dim=16, k=32, m=0.99, bn_groups=groups).train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, SplitBatchNorm2d) and m.groups == groups for m in bns)
+    x_q, x_k = torch.randn(8, 3, 8, 8), torch.randn(8, 3, 8, 8)
+
+    # reference: the same weights with plain BN, run on each group on its own
+    import copy
+
+    def plain(enc: torch.nn.Module) -> torch.nn.Module:
+        ref = copy.deepcopy(enc)
+        for m in ref.modules():
+            if isinstance(m, SplitBatchNorm2d):
+                m.groups = 1
+        return ref
+
+    ref_q = plain(model.encoder_q).train()
+    expect_q = torch.empty(8, 16)
+    for g in range(groups):
+        expect_q[g::groups] = F.normalize(ref_q(x_q[g::groups]), dim=1)
+    gen = torch.Generator().manual_seed(11)
+    q, k = model(x_q, x_k, gen)
+    assert torch.allclose(q, expect_q, atol=1e-5)
+
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(11))
+    ref_k = plain(model.encoder_k).train()  # after the momentum update of this forward
+    shuffled = x_k[perm]
+    out = torch.empty(8, 16)
+    for g in range(groups):
+        out[g::groups] = F.normalize(ref_k(shuffled[g::groups]), dim=1)
+    expect_k = out[torch.argsort(perm)]  # unshuffle: row i is image i's key again
+    assert torch.allclose(k, expect_k, atol=1e-5)
+    # full-batch statistics would give other features: the grouping matters
+    full = F.normalize(ref_k(x_k), dim=1)
+    assert not torch.allclose(k, full, atol=1e-3)
+
+
+def test_momentum_update_and_queue() -> None:
+    torch.manual_seed(0)
+    model = MoCo("resnet18-cifar", dim=8, k=10, m=0.9, bn_groups=1)
+    p_q = next(model.encoder_q.parameters())
+    p_k = next(model.encoder_k.parameters())
+    assert torch.equal(p_q, p_k) and not p_k.requires_grad
+    with torch.no_grad():
+        p_q.add_(1.0)
+    before = p_k.clone()
+    model.momentum_update()
+    assert torch.allclose(p_k, 0.9 * before + 0.1 * p_q)
+    keys = F.normalize(torch.randn(4, 8), dim=1)
+    for step in range(3):  # 12 keys through a queue of 10: wraps around
+        model.enqueue(keys + step)
+    assert int(model.queue_ptr) == 2
+    assert torch.equal(model.queue[:, 0], (keys[2] + 2))
+    assert torch.equal(model.queue[:, 9], (keys[1] + 2))
+
+
+def test_loss_is_finite_and_decreases_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    model = MoCo("resnet18-cifar", dim=32, k=64, m=0.99, bn_groups=2).train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05,
+                          momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    aug = A.DeviceAugment(A.moco_v2(8), geometric=True)
+    with torch.no_grad():  # negatives like the positives: keys of other images of the kind
+        for _ in range(8):
+            other = (torch.rand(8, 3, 12, 12, generator=gen) * 255).to(torch.uint8)
+            model.enqueue(model.keys(aug(other, gen), gen))
+    views = (torch.rand(8, 3, 12, 12, generator=gen) * 255).to(torch.uint8)
+    x_q, x_k = aug(views, gen), aug(views, gen)
+    semantic = torch.zeros(8, dtype=torch.bool)
+    losses = [float(train_step(model, model, opt, x_q, x_k, semantic, lam=1.0, temperature=0.1,
+                               shuffle=torch.Generator().manual_seed(s), enqueue=False))
+              for s in range(6)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[0] > 2.0 and losses[-1] < losses[0] - 0.5, losses
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentations
+
+
+def test_batched_colour_ops_match_torchvision() -> None:
+    import torchvision.transforms.functional as TF
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 12, 10, generator=gen)
+    f = torch.tensor([0.6, 0.9, 1.0, 1.2, 1.4])
+    h = torch.tensor([-0.1, -0.03, 0.0, 0.05, 0.1])
+    for i in range(5):
+        fi, hi = float(f[i]), float(h[i])
+        assert torch.allclose(A.adjust_brightness(x, f)[i], TF.adjust_brightness(x[i], fi),
+                              atol=1e-6)
+        assert torch.allclose(A.adjust_contrast(x, f)[i], TF.adjust_contrast(x[i], fi),
+                              atol=1e-5)
+        assert torch.allclose(A.adjust_saturation(x, f)[i], TF.adjust_saturation(x[i], fi),
+                              atol=1e-5)
+        assert torch.allclose(A.adjust_hue(x, h)[i], TF.adjust_hue(x[i], hi), atol=1e-4)
+        assert torch.allclose(A.grayscale(x)[i], TF.rgb_to_grayscale(x[i]), atol=1e-6)
+    sigma = torch.tensor([0.5, 1.0, 1.5, 2.0, 0.1])
+    cfg = A.moco_v2(224)
+    blurred = A.gaussian_blur(x, sigma, cfg)
+    size = 2 * math.ceil(3 * cfg.blur_sigma[1]) + 1  # 13 taps cover 3σ of the largest σ
+    for i in range(5):
+        ref = TF.gaussian_blur(x[i], [size, size], [float(sigma[i])] * 2)
+        assert torch.allclose(blurred[i], ref, atol=1e-5)
+    flat = torch.full((2, 3, 12, 12), 0.3)  # a blur keeps a constant image constant
+    assert torch.allclose(A.gaussian_blur(flat, torch.tensor([0.7, 2.0]), cfg), flat, atol=1e-6)
+
+
+def test_photometric_pipeline_and_seeding() -> None:
+    cfg = A.moco_v2(32)
+    assert cfg.blur_p == 0 and A.moco_v2(224).blur_p == 0.5  # no blur at CIFAR scale
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    p = A.sample_photometric(64, cfg, torch.Generator().manual_seed(1))
+    y = A.photometric(x, p, cfg)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    untouched = ~p.jitter & ~p.gray
+    assert torch.equal(y[untouched], x[untouched])
+    gray = p.gray
+    assert torch.allclose(y[gray][:, 0], y[gray][:, 1]) and gray.any()
+    q = A.sample_photometric(64, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(A.photometric(x, q, cfg), y)  # same seed, same views
+    # order: a random permutation of the four jitter ops per sample
+    assert torch.equal(p.order.sort(1).values, torch.arange(4).expand(64, 4))
+
+
+def test_crop_flip_and_batched_crop() -> None:
+    from PIL import Image
+
+    img = Image.fromarray(np.arange(40 * 30 * 3, dtype=np.uint8).reshape(30, 40, 3) % 251)
+    cfg = A.moco_v2(16)
+    v1 = A.crop_flip(img, cfg, A.generator(0, "views", 0, 5))
+    v2 = A.crop_flip(img, cfg, A.generator(0, "views", 0, 5))
+    v3 = A.crop_flip(img, cfg, A.generator(0, "views", 1, 5))
+    assert v1.shape == (3, 16, 16) and v1.dtype == torch.uint8
+    assert torch.equal(v1, v2) and not torch.equal(v1, v3)
+    for seed in range(50):  # boxes stay inside the image and within the scale range
+        left, top, w, h = A.crop_box(torch.Generator().manual_seed(seed), 40, 30, (0.2, 1.0),
+                                     (3 / 4, 4 / 3))
+        assert 0 <= left and left + w <= 40 and 0 <= top and top + h <= 30
+    # the batched crop of the whole image without flip is a plain resize
+    full = A.AugmentConfig(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
+    x = torch.rand(3, 3, 8, 8)
+    assert torch.allclose(A.batched_crop_flip(x, full, torch.Generator()), x, atol=1e-6)
+    flip = A.AugmentConfig(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0)
+    assert torch.allclose(A.batched_crop_flip(x, flip, torch.Generator()), x.flip(-1),
+                          atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def test_combined_export_items(tmp_path: Path) -> None:
+    root = _write_export(tmp_path / "spps", n_images=24, n_pairs=5)
+    data = open_train_data(root)
+    assert data.counts() == {"instance": 24, "semantic": 10, "duplicate": 0}
+    once = open_train_data(root, pair_directions=1)
+    assert once.counts()["semantic"] == 5
+    # a pair item's views are the anchor and the positive: different images
+    sem = np.flatnonzero(data.kind == SEMANTIC)
+    reads = {(data.reader.read(int(data.a[i])), data.reader.read(int(data.b[i]))) for i in sem}
+    assert all(a != b for a, b in reads)
+    # both directions of every pair
+    pairs = {(int(data.a[i]), int(data.b[i])) for i in sem}
+    assert all((b, a) in pairs for a, b in pairs)
+    ds = TwoViews(data, A.moco_v2(16), seed=0)
+    vq, vk, kind = ds[(0, int(sem[0]))]
+    assert vq.shape == (3, 16, 16) and kind == SEMANTIC
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(ds))  # travels to DataLoader workers
+    assert torch.equal(clone[(0, int(sem[0]))][0], vq)
+
+
+def test_export_without_images_and_random_duplicates(tmp_path: Path,
+                                                      tiny_folder: Path) -> None:
+    pairs_only = _write_export(tmp_path / "pairs-only", combined=False)
+    with pytest.raises(ConfigError, match="--combined"):
+        open_train_data(pairs_only)
+    data = open_train_data(tiny_folder, random_duplicates=6, seed=1)
+    assert data.counts() == {"instance": 32, "semantic": 0, "duplicate": 6}
+    dup = data.kind == DUPLICATE
+    assert np.array_equal(data.a[dup], data.b[dup]) and len(set(data.a[dup].tolist())) == 6
+    assert np.array_equal(open_train_data(tiny_folder, random_duplicates=6, seed=1).a, data.a)
+    with pytest.raises(ConfigError):
+        open_train_data(tiny_folder, random_duplicates=33)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    (emb / "manifest.json").write_text(json.dumps({"format": "pairmine/embeddings"}))
+    with pytest.raises(StoreError, match="not an export"):
+        open_train_data(emb)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop: checkpoints, exact resume, encoder round trip
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return dict(load_training_checkpoint(path)["state_dict"])
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path) -> None:
+    opts = {**TINY, "epochs": 2, "seed": 3}
+    full = train(tiny_folder, tmp_path / "full", **opts)
+    assert full.complete and full.epochs_done == 2
+    part = train(tiny_folder, tmp_path / "part", stop_after=1, **opts)
+    assert not part.complete and part.epochs_done == 1
+    with pytest.raises(StoreError, match="--resume"):
+        train(tiny_folder, tmp_path / "part", **opts)
+    with pytest.raises(ConfigError, match="lr"):
+        train(tiny_folder, tmp_path / "part", resume=True, **{**opts, "lr": 0.1})
+    resumed = train(tiny_folder, tmp_path / "part", resume=True, **opts)
+    assert resumed.complete and resumed.epochs_done == 2
+    a, b = _state(tmp_path / "full" / LAST), _state(tmp_path / "part" / LAST)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    logs = [[json.loads(ln) for ln in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+            for d in ("full", "part")]
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    assert len(logs[0]) == 2 and all(math.isfinite(r["loss"]) for r in logs[0])
+    summary = json.loads((tmp_path / "full" / "train.json").read_text())
+    assert summary["complete"] and summary["config"]["moco_m"] == 0.99  # CIFAR defaults
+    assert summary["config"]["temperature"] == 0.1 and (tmp_path / "full" /
+                                                        "checkpoint-0002.pt").exists()
+    # the checkpoint holds plain types and tensors only
+    raw = torch.load(tmp_path / "full" / LAST, weights_only=True)
+    assert raw["epoch"] == 2 and "queue" in raw["state_dict"] and "rng" in raw
+    assert resumed.checkpoint.exists()
+
+
+def test_checkpoint_loads_as_encoder(tmp_path: Path, tiny_folder: Path) -> None:
+    from pairmine.encoders import load_encoder
+
+    train(tiny_folder, tmp_path / "run", **{**TINY, "epochs": 1})
+    torch.manual_seed(0)
+    model = MoCo("resnet18-cifar", dim=128, k=64, m=0.99, bn_groups=4)
+    model.load_state_dict(_state(tmp_path / "run" / LAST))
+    model.eval()
+    x = torch.randn(4, 3, 8, 8)
+    head = load_encoder(f"pairmine:{tmp_path / 'run' / LAST}")
+    assert head.dim == 128 and head.features == "head" and head.arch == "resnet18-cifar"
+    assert head.preprocess.crop == 8 and head.preprocess.resize == 8
+    with torch.no_grad():
+        assert torch.allclose(head.model(x), model.encoder_q(x), atol=1e-5)
+        backbone = load_encoder(f"pairmine:{tmp_path / 'run'}", features="backbone")
+        assert backbone.dim == 512
+        fc = model.encoder_q.fc
+        model.encoder_q.fc = torch.nn.Identity()
+        assert torch.allclose(backbone.model(x), model.encoder_q(x), atol=1e-5)
+        model.encoder_q.fc = fc
+    with pytest.raises(CheckpointError):
+        load_encoder(f"pairmine:{tiny_folder / 'c0' / '000.png'}")
+
+
+def test_sepp_id_training_on_a_combined_export(tmp_path: Path) -> None:
+    root = _write_export(tmp_path / "spps", n_images=24, n_pairs=8)
+    result = train(root, tmp_path / "run", **{**TINY, "epochs": 1, "lam": 0.5})
+    record = result.history[0]
+    assert result.data["semantic"] == 16 and record["semantic_items"] > 0
+    assert math.isfinite(record["loss"])
+
+
+@pytest.mark.parametrize("bad", [{"lam": 1.5}, {"precision": "bf16", "device": "cpu"},
+                                 {"batch_size": 64}, {"batch_size": 10, "bn_groups": 4},
+                                 {"arch": "vgg16"}])
+def test_bad_options_are_config_errors(tmp_path: Path, tiny_folder: Path,
+                                       bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        train(tiny_folder, tmp_path / "run", **{**TINY, "epochs": 1, **bad})
+    assert not (tmp_path / "run" / LAST).exists()
+
+
+def test_cli_train(tmp_path: Path, tiny_folder: Path) -> None:
+    runner = CliRunner()
+    args = ["train", str(tiny_folder), str(tmp_path / "run"), "--arch", "resnet18-cifar",
+            "--epochs", "1", "--batch-size", "16", "--image-size", "8", "--moco-k", "32",
+            "--workers", "0", "--bn-groups", "2", "--lambda", "0.5"]
+    ok = runner.invoke(cli, args)
+    assert ok.exit_code == 0, ok.output
+    assert "1 / 1" in ok.output and (tmp_path / "run" / LAST).exists()
+    again = runner.invoke(cli, args)  # an existing run without --resume: one clear line
+    assert again.exit_code == 1 and "--resume" in again.output
+    assert "Traceback" not in again.output
+    bad = runner.invoke(cli, [*args[:3], "--lambda", "2", "--epochs", "1"])
+    assert bad.exit_code == 1 and "lambda" in bad.output
+    assert INSTANCE == 0
