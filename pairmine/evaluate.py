@@ -69,6 +69,7 @@ def evaluate(encoder: str, train: str | Path, test: str | Path, *,
     """kNN accuracy and linear-probe accuracy of ``encoder``'s frozen features."""
     import torch
 
+    import pairmine.encoders.pairmine_ckpt  # noqa: F401 - registers `pairmine:` (idempotent)
     from pairmine.encoders import load_encoder
     from pairmine.runtime import resolve_device
     from pairmine.sources import open_source

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import tarfile
@@ -24,6 +25,7 @@ from pairmine.errors import SourceError
 from pairmine.images import decode_rgb
 from pairmine.sources import ImageSource, open_source, ref_reader
 from pairmine.sources import arrays as arrays_mod
+from pairmine.sources.base import absolute_spec
 from pairmine.sources import wds as wds_mod
 
 
@@ -274,6 +276,19 @@ def test_webdataset_single_and_joined(shards: tuple[Path, dict[str, bytes]]) -> 
     assert column(open_source(joined), "key") == ["dir/s4", "s6", "s0", "s1", "s3", "w0"]
 
 
+def test_absolute_spec(shards: tuple[Path, dict[str, bytes]],
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    d, _ = shards
+    monkeypatch.chdir(d.parent)
+    relative = "wds/shard-000002.tar::wds/shard-{000000..000001}.tar"
+    spec = absolute_spec(relative)
+    assert spec == f"{d}/shard-000002.tar::{d}/shard-{{000000..000001}}.tar"
+    assert absolute_spec("/x/{a,b}/c.tar") == "/x/{a,b}/c.tar"
+    monkeypatch.chdir("/")
+    assert column(open_source(spec), "source") == [str(d / "shard-000002.tar")] * 2 + \
+        [str(d / "shard-000000.tar")] * 3 + [str(d / "shard-000001.tar")]
+
+
 def test_webdataset_errors(shards: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
     d, img = shards
     write_tar(d / "dup.tar", [("s1.png", img["s1.png"])])
@@ -298,6 +313,37 @@ def test_webdataset_errors(shards: tuple[Path, dict[str, bytes]], tmp_path: Path
         open_source(tmp_path / "noimg" / "x.tar")
 
 
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT,
+                                 tarfile.PAX_FORMAT])
+def test_tar_index_matches_tarfile(tmp_path: Path, fmt: int) -> None:
+    """The fast header scan (or its tarfile fallback) lists exactly what tarfile does."""
+    path = tmp_path / "t.tar"
+    names = ["a.jpg", "d/" + "p" * 120 + "/b.png",  # ustar prefix/name split
+             "long_" + "n" * 110 + ".jpg", "ünï.png", "empty.cls", "c.txt"]
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for i, name in enumerate(names):
+            if fmt == tarfile.USTAR_FORMAT and (name.startswith("long") or "ü" in name):
+                continue  # not representable in plain ustar
+            data = bytes(range(i * 37 % 256)) * (i + 1)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("d")
+        folder.type = tarfile.DIRTYPE
+        tf.addfile(folder)
+        link = tarfile.TarInfo("l.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
+        tf.addfile(link)
+    with tarfile.open(path) as tf:
+        expected = [(m.name, m.offset_data, m.size) for m in tf if m.isreg()]
+    assert [tuple(m) for m in wds_mod._members(str(path))] == expected
+    if fmt == tarfile.USTAR_FORMAT:  # every header plain: the fast path alone
+        assert [tuple(m) for m in wds_mod._scan_plain(str(path))] == expected
+    else:
+        with pytest.raises(wds_mod._NotPlain):  # pax and GNU long names: left to tarfile
+            wds_mod._scan_plain(str(path))
+
+
 def test_webdataset_reopens_handles_in_a_new_process(
         shards: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
     src = open_source(shards[0] / "shard-000000.tar")
@@ -315,16 +361,32 @@ def test_webdataset_reopens_handles_in_a_new_process(
 # CIFAR and STL-10 arrays
 
 
+class Py2Pickler(pickle._Pickler):
+    """Pickles bytes the way Python 2 pickled its str (BINSTRING opcodes), as in the real
+    CIFAR batches; Python 3's protocol 2 would call _codecs.encode instead."""
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch[bytes] = save_bytes
+
+
 def cifar_batch(path: Path, n: int, seed: int, labels_key: bytes = b"labels") -> np.ndarray:
-    """Write a batch exactly like the real format (a protocol-2 pickle of a dict with bytes
-    keys); return its images as (n, 32, 32, 3)."""
+    """Write a batch exactly like the real format (a Python 2 protocol-2 pickle of a dict with
+    bytes keys); return its images as (n, 32, 32, 3)."""
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     batch = {b"batch_label": b"training batch", labels_key: [int(v) for v in rng.integers(
         0, 10, n)], b"data": data, b"filenames": [b"f%d.png" % i for i in range(n)]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
+        Py2Pickler(f, protocol=2).dump(batch)
     images: np.ndarray = data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1)
     return images
 

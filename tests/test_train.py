@@ -6,6 +6,7 @@ import io
 import json
 import math
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,16 @@ from pairmine.train.trainer import LAST, load_training_checkpoint, train, train_
 # a tiny but real setting: resnet18-cifar on 16-px crops, batch 16, a short queue
 TINY = {"arch": "resnet18-cifar", "image_size": 8, "batch_size": 16, "moco_k": 64,
         "workers": 0, "bn_groups": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """These models are tiny: one thread is as fast, and far faster on a busy machine (idle
+    OpenMP threads spin while another process holds the core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -395,6 +406,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path) 
 
 
 def test_checkpoint_loads_as_encoder(tmp_path: Path, tiny_folder: Path) -> None:
+    import pairmine.encoders.pairmine_ckpt  # noqa: F401 - registers pairmine: (idempotent)
     from pairmine.encoders import load_encoder
 
     train(tiny_folder, tmp_path / "run", **{**TINY, "epochs": 1})

@@ -63,6 +63,7 @@ def command(emb: Path, target_precision: float | None, target_yield: float | Non
 
     The paper's [0.97, 0.99] suits its encoder; this makes the band a measured choice.
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from pairmine.quality.bands import BAND_HEADERS, format_row
@@ -77,11 +78,12 @@ def command(emb: Path, target_precision: float | None, target_yield: float | Non
     pick = result.suggestion
     his = sorted({max_cap} | ({pick.hi} if pick is not None else set()))
     for hi in his:
-        table = Table(title=f"bands [lo, {hi:g}] — {result.anchors:,} of {result.n_rows:,} "
-                            f"images, {result.pairs_above_floor:,} pairs >= {floor:g}",
-                      title_justify="left")
+        table = Table(title=escape(f"bands [lo, {hi:g}] — {result.anchors:,} of "
+                                   f"{result.n_rows:,} images, {result.pairs_above_floor:,} "
+                                   f"pairs >= {floor:g}"), title_justify="left")
         for name in BAND_HEADERS:
-            table.add_column(name, justify="left" if name == "band" else "right")
+            table.add_column(name, justify="left" if name == "band" else "right",
+                             no_wrap=name in ("band", "95% CI"))
         for row in result.column(hi):
             chosen = pick is not None and (row.lo, row.hi) == (pick.lo, pick.hi)
             table.add_row(*format_row(row), style="bold green" if chosen else None)
@@ -95,13 +97,13 @@ def command(emb: Path, target_precision: float | None, target_yield: float | Non
         precision = "" if s.precision is None else f", precision {s.precision:.2%}"
         out.print(f"[bold green]suggested band: --min {pick.lo:g} --max {pick.hi:g}[/] "
                   f"({s.per_image:.3f} positives per image, {s.pairs:,} pairs{precision})")
-        out.print(f"rule: {pick.rule}")
+        out.print(f"rule: {escape(pick.rule)}")
     else:
-        out.print(f"[yellow]no suggestion:[/] {result.note}")
+        out.print(f"[yellow]no suggestion:[/] {escape(result.note)}")
     if result.paper_band is not None and (pick is None or (pick.lo, pick.hi) != (0.97, 0.99)):
         s = result.paper_band
         precision = "" if s.precision is None else f", precision {s.precision:.2%}"
-        out.print(f"paper's band [0.97, 0.99]: {s.per_image:.3f} positives per image, "
-                  f"{s.pairs:,} pairs{precision}")
+        out.print(escape(f"paper's band [0.97, 0.99]: {s.per_image:.3f} positives per "
+                         f"image, {s.pairs:,} pairs{precision}"))
     if out_json is not None:
         out.print(f"written: {out_json}")

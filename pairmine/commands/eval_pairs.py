@@ -52,6 +52,7 @@ def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: f
     unordered pairs, ordered pairs as the paper's Algorithm 1 counts them, and averaged per
     anchor. The baselines and the grid use the same embeddings and the same images.
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from pairmine.quality.accuracy import eval_pairs
@@ -63,7 +64,8 @@ def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: f
                             device=device, out=out_json, progress=progress)
     acc = report.accuracy
     lo, hi = report.band
-    out.print(summary_table(f"pair accuracy of {report.pairs_path}  band [{lo:g}, {hi:g}]", [
+    out.print(summary_table(escape(f"pair accuracy of {report.pairs_path}  "
+                                   f"band [{lo:g}, {hi:g}]"), [
         ("pairs (unordered)", acc.pairs),
         ("labelled pairs", acc.labelled),
         ("accuracy, unordered pairs", _pct(acc.unordered)),
@@ -93,10 +95,11 @@ def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: f
                         _pct(c.accuracy))
     out.print(classes)
     if report.bands:
-        grid = Table(title=f"precision–yield over bands [lo, {hi:g}] and [lo, 1]",
+        grid = Table(title=escape(f"precision–yield over bands [lo, {hi:g}] and [lo, 1]"),
                      title_justify="left")
         for name in BAND_HEADERS:
-            grid.add_column(name, justify="left" if name == "band" else "right")
+            grid.add_column(name, justify="left" if name == "band" else "right",
+                            no_wrap=name in ("band", "95% CI"))
         for row in sorted(report.bands, key=lambda r: (r.hi, r.lo)):
             style = "bold" if (row.lo, row.hi) == (lo, hi) else None
             grid.add_row(*format_row(row), style=style)

@@ -95,19 +95,25 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def _kwargs_for_state(arch: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Builder arguments a weights file implies: class count, and a ViT's image size."""
-    from torchvision import models
+def _kwargs_for_state(arch: str, model: nn.Module,
+                      state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Builder arguments a weights file implies where they differ from ``model``'s: the class
+    count (a fine-tuned head) and a ViT's image size (read from its position embedding)."""
+    from torch import nn
 
     kwargs: dict[str, Any] = {}
-    probe = models.get_model(arch, weights=None, **_aux_kwargs(arch))
-    classifier = _last_linear(probe)
-    if classifier and f"{classifier}.weight" in state:
-        kwargs["num_classes"] = int(state[f"{classifier}.weight"].shape[0])
+    classifier = _last_linear(model)
+    weight = state.get(f"{classifier}.weight") if classifier else None
+    if classifier and weight is not None and weight.ndim == 2:
+        own = model.get_submodule(classifier)
+        if isinstance(own, nn.Linear) and weight.shape[0] != own.out_features:
+            kwargs["num_classes"] = int(weight.shape[0])
     pos = state.get("encoder.pos_embedding")  # ViT: (1, 1 + (side/patch)², width)
     patch = state.get("conv_proj.weight")
     if arch.startswith("vit_") and pos is not None and patch is not None:
-        kwargs["image_size"] = math.isqrt(int(pos.shape[1]) - 1) * int(patch.shape[-1])
+        side = math.isqrt(int(pos.shape[1]) - 1) * int(patch.shape[-1])
+        if side != getattr(model, "image_size", side):
+            kwargs["image_size"] = side
     return kwargs
 
 
@@ -133,10 +139,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
     if enum is None or weights not in enum.__members__ or Path(weights).exists():
         source = weights  # a weights file
         state = load_state_file(weights)
-        kwargs |= _kwargs_for_state(arch, state)
         preprocess = _preprocess(enum.DEFAULT if enum is not None else None)
-        if "image_size" in kwargs and kwargs["image_size"] != preprocess.crop:
-            preprocess = Preprocess(resize=kwargs["image_size"], crop=kwargs["image_size"])
     else:
         member, cache = cached_weights_file(arch, weights)
         if not cache.is_file():
@@ -156,6 +159,13 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
         preprocess = _preprocess(member)
 
     model = models.get_model(arch, weights=None, **kwargs)
+    if member is None:
+        implied = _kwargs_for_state(arch, model, state)
+        if implied:  # rebuild to fit the file (rare: a fine-tuned head, a larger ViT)
+            kwargs |= implied
+            model = models.get_model(arch, weights=None, **kwargs)
+        if "image_size" in implied:
+            preprocess = Preprocess(resize=implied["image_size"], crop=implied["image_size"])
     load_state_strict(model, state, source, ignore=_AUX_PREFIXES.get(arch, ()))
     if features == "backbone":
         classifier = _last_linear(model)

@@ -73,14 +73,16 @@ class FusedEngine(DeviceTilesBase):
     kernel = "triton fused (tile in registers, max-gated, atomic append)"
 
     def __init__(self, problem: Problem, band: Band, memory_budget: int, *,
-                 device: str = "cuda", num_warps: int = 8, num_stages: int = 3) -> None:
+                 device: str = "cuda", block: tuple[int, int] = (BM, BN), num_warps: int = 8,
+                 num_stages: int = 3) -> None:
         super().__init__(problem, band, memory_budget, device=device, dtype="float16",
                          out_rounding=False)
         self.capacity = INITIAL_CAPACITY
         self.num_warps, self.num_stages = num_warps, num_stages
-        self.info["tile"] = [BM, BN]
+        self.bm, self.bn = block
+        self.info["tile"] = [self.bm, self.bn]
         self.info["relaunches"] = 0
-        if problem.m >= 2**31 - BN:
+        if problem.m >= 2**31 - self.bn:
             raise ValueError("too many rows for int32 positions")
 
     def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
@@ -96,7 +98,7 @@ class FusedEngine(DeviceTilesBase):
         while bk < min(d, 64):
             bk *= 2
         count = torch.zeros(1, dtype=torch.int32, device=x.device)
-        grid = (-(-(m - start) // BN), -(-(stop - start) // BM))
+        grid = (-(-(m - start) // self.bn), -(-(stop - start) // self.bm))
         while True:
             out_p = torch.empty(self.capacity, dtype=torch.int32, device=x.device)
             out_t = torch.empty(self.capacity, dtype=torch.int32, device=x.device)
@@ -104,7 +106,7 @@ class FusedEngine(DeviceTilesBase):
             extra = {} if x.device.type == "cpu" else {"num_warps": self.num_warps,
                                                         "num_stages": self.num_stages}
             kernel[grid](x, x.stride(0), start, stop, m, d, self.thr, count, out_p, out_t,
-                         self.capacity, BM=BM, BN=BN, BK=bk, **extra)
+                         self.capacity, BM=self.bm, BN=self.bn, BK=bk, **extra)
             n = int(count.item())  # the one sync of the block
             if n <= self.capacity:
                 break

@@ -10,10 +10,13 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import tarfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -22,6 +25,7 @@ from pairmine import artefacts as art
 from pairmine.export import layout as lay
 from pairmine.export.fetch import Fetcher, Original, Problem
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan
+from pairmine.export.prefetch import Prefetcher
 from pairmine.progress import Progress
 
 if TYPE_CHECKING:
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD = 20 * lay.BLOCK  # tarfile pads a closed archive to whole 10 KiB records
+SampleAt = Callable[[int], "Sample | list[Problem]"]  # plan position -> sample (or problems)
 
 
 @dataclass(frozen=True)
@@ -114,11 +119,13 @@ def write_shards(out: Path, plan: Plan, fetcher: Fetcher, limits: ShardLimits, *
                  plan.samples)
     meter = _Meter(progress)
     progress.start("export", total=plan.samples - position, unit="samples")
-    while position < plan.samples:
-        record = _write_shard(out, len(shards), position, plan, fetcher, limits,
-                              skip_missing=skip_missing, meter=meter)
-        shards.append(record)
-        position = record.next_position
+    with Prefetcher(lambda p: _make_sample(plan, fetcher, p), position, plan.samples) as ahead, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairmine-tar-hash") as hasher:
+        while position < plan.samples:
+            record = _write_shard(out, len(shards), position, plan, ahead.get, hasher, limits,
+                                  skip_missing=skip_missing, meter=meter)
+            shards.append(record)
+            position = record.next_position
     meter.flush()
     progress.finish()
     return shards, resumed
@@ -151,47 +158,97 @@ class _Meter:
 
 
 class _HashingWriter:
-    """A write-only file that hashes what passes through: the tar's sha256 comes free."""
+    """A write-only file that hashes what passes through, so the tar is not read again.
 
-    def __init__(self, fh: IO[bytes]) -> None:
+    Writes go straight to the file; the written pieces are hashed in batches of ~1 MiB on a
+    single background thread (FIFO, so in order; hashlib releases the GIL on large inputs).
+    """
+
+    BATCH = 1 << 20
+
+    def __init__(self, fh: IO[bytes], hasher: ThreadPoolExecutor) -> None:
         self._fh: IO[bytes] | None = fh
-        self.sha256 = hashlib.sha256()
+        self._hasher = hasher
+        self._sha256 = hashlib.sha256()
+        self._parts: list[bytes] = []
+        self._pending = 0
+        self._last: Future[None] | None = None
         self.bytes = 0
 
     def write(self, data: bytes) -> int:
         if self._fh is None:
             return len(data)
-        self.sha256.update(data)
+        self._fh.write(data)
+        self._parts.append(data)  # tarfile hands over immutable bytes: no copy needed
+        self._pending += len(data)
         self.bytes += len(data)
-        return self._fh.write(data)
+        if self._pending >= self.BATCH:
+            self._flush()
+        return len(data)
+
+    def tell(self) -> int:  # tarfile's plain "w" mode asks where it starts
+        return self.bytes
+
+    def _flush(self) -> None:
+        if not self._parts:
+            return
+        parts, self._parts, self._pending = self._parts, [], 0
+        self._last = self._hasher.submit(_update, self._sha256, parts)
+
+    def finish(self) -> str:
+        """Write what is left and return the sha256 of everything written."""
+        self._flush()
+        if self._last is not None:
+            self._last.result()
+        return self._sha256.hexdigest()
 
     def detach(self) -> None:
         """Drop later writes: a tar stream abandoned by an error flushes its buffer when it
         is garbage-collected, after the file is gone."""
         self._fh = None
+        self._parts = []
 
 
-def _write_shard(out: Path, number: int, start: int, plan: Plan, fetcher: Fetcher,
-                 limits: ShardLimits, *, skip_missing: bool, meter: _Meter) -> ShardRecord:
+def _update(sha: Any, parts: list[bytes]) -> None:
+    for part in parts:
+        sha.update(part)
+
+
+def _tar_writer(sink: _HashingWriter) -> Any:
+    """WebDataset's TarWriter, writing in tarfile's plain ``w`` mode.
+
+    TarWriter opens its tar in stream mode (``w|``), which re-buffers every member through
+    10 KiB records; plain mode writes headers and data straight to the sink. The bytes are
+    the same: both write one USTAR header per member here (short ASCII names, int mtime).
+    """
     import webdataset as wds
 
+    writer = wds.TarWriter(io.BytesIO(), user=lay.TAR_USER, group=lay.TAR_GROUP,
+                           mode=lay.TAR_MODE, mtime=lay.TAR_MTIME, encoder=False)
+    writer.tarstream = tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT)
+    writer.tarstream.copybufsize = 1 << 20  # copy a member's data in one piece, not 16 KiB
+    return writer
+
+
+def _write_shard(out: Path, number: int, start: int, plan: Plan, sample_at: SampleAt,
+                 hasher: ThreadPoolExecutor, limits: ShardLimits, *, skip_missing: bool,
+                 meter: _Meter) -> ShardRecord:
     rows = _IndexRows()
     skips = _Skips()
     tar_path = out / lay.shard_tar(number)
     with art.atomic_path(tar_path) as tmp, open(tmp, "wb") as fh:
-        sink = _HashingWriter(fh)
-        writer = wds.TarWriter(sink, user=lay.TAR_USER, group=lay.TAR_GROUP,
-                               mode=lay.TAR_MODE, mtime=lay.TAR_MTIME, encoder=False)
+        sink = _HashingWriter(fh, hasher)
+        writer = _tar_writer(sink)
         try:
-            position, offset = _fill(writer, rows, skips, start, plan, fetcher, limits,
+            position, offset = _fill(writer, rows, skips, start, plan, sample_at, limits,
                                      skip_missing=skip_missing, meter=meter)
             writer.close()
+            tar_sha = sink.finish()
         finally:
             sink.detach()
     if sink.bytes != _closed_size(offset):
         raise RuntimeError(f"{tar_path.name}: {sink.bytes} bytes written, "
                            f"{_closed_size(offset)} expected")
-    tar_sha = sink.sha256.hexdigest()
 
     table = rows.table().replace_schema_metadata({
         lay.META_NEXT_POSITION: str(position).encode(),
@@ -224,13 +281,13 @@ class _Skips:
 
 
 def _fill(writer: Any, rows: _IndexRows, skips: _Skips, position: int, plan: Plan,
-          fetcher: Fetcher, limits: ShardLimits, *, skip_missing: bool,
+          sample_at: SampleAt, limits: ShardLimits, *, skip_missing: bool,
           meter: _Meter) -> tuple[int, int]:
     """Write samples from ``position`` on until the shard is full. Returns the position after
     the last sample taken and the tar offset where the members end."""
     offset = 0
     while position < plan.samples and rows.count < limits.samples:
-        sample = _make_sample(plan, fetcher, position)
+        sample = sample_at(position)
         if isinstance(sample, list):  # problems with its images
             if not skip_missing:
                 raise StoppedAt(sample[0], position)

@@ -225,6 +225,6 @@ def format_row(row: BandStats) -> tuple[str, ...]:
     """One band as the text cells of ``BAND_HEADERS`` (the CLI draws the table)."""
     precision = "—" if row.precision is None else f"{row.precision:.2%}"
     ci = ("—" if row.ci_low is None or row.ci_high is None
-          else f"{row.ci_low:.1%}–{row.ci_high:.1%}")
+          else f"{100 * row.ci_low:.1f}–{100 * row.ci_high:.1f}%")
     return (f"[{row.lo:g}, {row.hi:g}]", f"{row.pairs:,}", f"{row.per_image:.3f}",
             f"{row.coverage:.1%}", f"{row.labelled:,}", precision, ci)

@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PNG_COMPRESS_LEVEL = 1  # fixed: part of what makes the bytes (and their sha256) reproducible
+# Fixed, and 0: the pixels are stored uncompressed inside the zlib stream, so no compressor
+# heuristics (which differ between zlib builds) reach the bytes or their sha256, and encoding
+# and decoding are as cheap as PNG gets. Tiny images barely compress anyway.
+PNG_COMPRESS_LEVEL = 0
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _CIFAR_FILE = re.compile(r"^(data_batch_\d+|test_batch|train|test)$")
 STL_SIDE = 96

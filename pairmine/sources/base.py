@@ -8,6 +8,7 @@ bytes. Sources must pickle (they travel to DataLoader workers): open file handle
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -163,6 +164,22 @@ def register_source(kind: SourceKind) -> SourceKind:
 def _load_builtin() -> None:
     # importing the modules registers their kinds; order = detection priority
     from pairmine.sources import arrays, filelist, folder, wds  # noqa: F401
+
+
+def absolute_spec(spec: str | Path) -> str:
+    """``spec`` with every path made absolute, patterns kept: each ``::`` part, and in a brace
+    pattern the folders before the first brace (``shards/x-{0..9}.tar`` →
+    ``/abs/shards/x-{0..9}.tar``). What the embeddings manifest should record."""
+    parts = []
+    for part in str(spec).split("::"):
+        brace = part.find("{")
+        if brace < 0:
+            parts.append(os.path.abspath(part))
+            continue
+        cut = part.rfind("/", 0, brace)
+        head = os.path.abspath(part[:cut] if cut > 0 else "/" if cut == 0 else ".")
+        parts.append(head.rstrip("/") + "/" + part[cut + 1:])
+    return "::".join(parts)
 
 
 def ref_reader(kind: str) -> RefReader:

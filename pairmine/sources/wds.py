@@ -14,9 +14,8 @@ import os
 import re
 import tarfile
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from pairmine.errors import SourceError
 from pairmine.sources.base import (
@@ -74,15 +73,79 @@ def _split(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2).lower()) if match else None
 
 
-def _members(path: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    """The regular members of an uncompressed tar, in order, without keeping their headers."""
+class Member(NamedTuple):
+    name: str
+    offset: int  # of the data, from the start of the tar
+    size: int
+
+
+def _members(path: str) -> list[Member]:
+    """The regular-file members of an uncompressed tar, in order (what ``tarfile`` lists as
+    ``isreg()``, with its ``name``, ``offset_data`` and ``size``)."""
     try:
-        tf = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the `with` below
+        return _scan_plain(path)
     except FileNotFoundError:
         raise SourceError(f"shard {path} does not exist") from None
+    except _NotPlain:
+        return _scan_tarfile(path)
+
+
+class _NotPlain(Exception):
+    """A header the fast scanner leaves to tarfile (pax, GNU long names, sparse, damage)."""
+
+
+_ZERO_BLOCK = bytes(512)
+_REGULAR = (b"0", b"\0", b"7")  # tarfile's REGULAR_TYPES, less GNU sparse
+_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, folders, fifos
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] in (b"\x80", b"\xff"):
+        raise _NotPlain  # base-256 sizes (> 8 GiB): rare, leave them to tarfile
+    try:
+        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        raise _NotPlain from None
+
+
+def _scan_plain(path: str) -> list[Member]:
+    """Read ustar/GNU/v7 headers directly: ~10x faster than tarfile, which parses every
+    field of every header in Python. Anything unusual raises _NotPlain."""
+    out: list[Member] = []
+    with open(path, "rb") as f:
+        pos = 0
+        while True:
+            f.seek(pos)
+            block = f.read(512)
+            if not block or block == _ZERO_BLOCK:
+                return out  # end of archive (tarfile also accepts a missing end marker)
+            if len(block) < 512:
+                raise _NotPlain
+            # the checksum counts its own 8 bytes as spaces (8 * 32 = 256)
+            if _octal(block[148:156]) != sum(block) - sum(block[148:156]) + 256:
+                raise _NotPlain
+            kind = block[156:157]
+            size = _octal(block[124:136])
+            name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = block[345:500].split(b"\0", 1)[0]
+            if prefix:  # ustar splits long paths into prefix/name
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+            if kind in _REGULAR and not (kind == b"\0" and name.endswith("/")):
+                out.append(Member(name, pos + 512, size))
+                pos += 512 + -(-size // 512) * 512
+            elif kind in _NO_DATA or kind == b"\0":
+                pos += 512  # tarfile skips no data after these either
+            else:
+                raise _NotPlain
+
+
+def _scan_tarfile(path: str) -> list[Member]:
+    try:
+        tf = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the `with` below
     except tarfile.ReadError as exc:
         raise SourceError(f"{path} is not an uncompressed tar file ({exc})",
                           "WebDataset shards are read by offset: decompress them first") from None
+    out: list[Member] = []
     with tf:
         while True:
             try:
@@ -90,12 +153,11 @@ def _members(path: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
             except tarfile.TarError as exc:
                 raise SourceError(f"shard {path} is corrupt: {exc}") from None
             if info is None:
-                return
-            # tarfile keeps every header it reads; an index needs none of them (a tar of a
-            # million members would otherwise hold a million TarInfo objects)
+                return out
+            # tarfile keeps every header it reads; we keep only (name, offset, size)
             tf.members = []  # type: ignore[attr-defined]
             if info.isreg() and not info.issparse():
-                yield tf, info
+                out.append(Member(info.name, info.offset_data, info.size))
 
 
 @dataclass
@@ -115,7 +177,7 @@ class _Index:
 
 def _index_shard(idx: _Index, shard: int, path: str, labels: bool,
                  seen: dict[str, int], shards: list[str]) -> None:
-    group: dict[str, tarfile.TarInfo] = {}
+    group: dict[str, Member] = {}
     key: str | None = None
     label: int | None = None
 
@@ -130,39 +192,39 @@ def _index_shard(idx: _Index, shard: int, path: str, labels: bool,
         if ext is None:
             idx.without_image += 1
             return
-        info = group[ext]
+        member = group[ext]
         idx.keys.append(key)
-        idx.members.append(info.name)
+        idx.members.append(member.name)
         idx.exts.append(ext)
         idx.labels.append(label)
         idx.shard.append(shard)
-        idx.offset.append(info.offset_data)
-        idx.size.append(info.size)
+        idx.offset.append(member.offset)
+        idx.size.append(member.size)
 
-    for tf, info in _members(path):
-        split = _split(info.name)
-        if split is None:
-            idx.ignored_members += 1
-            continue
-        member_key, ext = split
-        if member_key != key:
-            flush()
-            key, group, label = member_key, {}, None
-        if ext in group:
-            raise SourceError(f"shard {path} holds {info.name} twice in one sample")
-        group[ext] = info
-        if ext == "cls" and labels:
-            label = _read_cls(tf, info, path)
-    flush()
+    with open(path, "rb") as f:  # for cls members: a few bytes each
+        for member in _members(path):
+            split = _split(member.name)
+            if split is None:
+                idx.ignored_members += 1
+                continue
+            member_key, ext = split
+            if member_key != key:
+                flush()
+                key, group, label = member_key, {}, None
+            if ext in group:
+                raise SourceError(f"shard {path} holds {member.name} twice in one sample")
+            group[ext] = member
+            if ext == "cls" and labels:
+                f.seek(member.offset)
+                label = _parse_cls(f.read(member.size), member.name, path)
+        flush()
 
 
-def _read_cls(tf: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> int:
-    f = tf.extractfile(info)
-    text = f.read() if f is not None else b""
+def _parse_cls(text: bytes, name: str, path: str) -> int:
     try:
         return int(text.decode("utf-8").strip())
     except (UnicodeDecodeError, ValueError):
-        raise SourceError(f"{info.name} in {path} is not an integer class label: {text[:20]!r}",
+        raise SourceError(f"{name} in {path} is not an integer class label: {text[:20]!r}",
                           "give --no-labels to ignore cls members") from None
 
 
@@ -285,7 +347,7 @@ def tar_ref_reader() -> RefReader:
             if not os.path.isfile(source):
                 raise SourceError(f"shard {source} no longer exists",
                                   "was the source moved or deleted after embedding?")
-            index = {info.name: (info.offset_data, info.size) for _, info in _members(source)}
+            index = {m.name: (m.offset, m.size) for m in _members(source)}
             indexes[source] = index
         if member not in index:
             raise SourceError(f"shard {source} has no member {member}",

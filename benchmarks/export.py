@@ -1,0 +1,241 @@
+"""Export throughput: `pairmine export` against a plain tar write of the same bytes, one run.
+
+The baseline reads the same source files and writes the same members (same names, same JSON
+bytes, same shard boundaries) with Python's tarfile and nothing else: no hash checks, no
+indexes, no manifest. Target: export >= 80% of the baseline's pairs/s. Workloads:
+  jpeg    generated 500x375 JPEGs (photo-like content, quality 90), e.g. 2,000 images and
+          5,000 pairs
+  cifar   the CIFAR-10 test JPEGs from ../shared/data (10,000 images, 32x32, ~1 KB each)
+Pairs are drawn at random (throughput does not depend on which images pair up). Each
+workload runs the export once to warm the page cache, then alternates baseline and export
+`--repeats` times and reports the medians. Writes its table between the `export` markers in
+docs/benchmarks.md.
+
+    python benchmarks/export.py [--workload jpeg --workload cifar] [--images 2000]
+                                [--pairs 5000] [--repeats 3] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _report import update_section  # noqa: E402
+
+
+def make_jpegs(root: Path, n: int) -> None:
+    """Distinct photo-like 500x375 JPEGs: an upscaled random field plus fine noise."""
+    from PIL import Image
+
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        field = rng.integers(0, 256, size=(375 // 8, 500 // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(field).resize((500, 375), Image.BICUBIC)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-6, 7, size=(375, 500, 3))
+        path = root / f"c{i % 10}" / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def cifar_images(tmp: Path) -> Path:
+    with tarfile.open(SHARED / "cifar10-test-jpeg.tar.gz") as tar:
+        tar.extractall(tmp, filter="data")
+    return tmp / "cifar10" / "test"
+
+
+def build_stores(images: Path, work: Path, n_pairs: int) -> Path:
+    """Embeddings store (meta from the folder source, random unit vectors) and a pairs store
+    of ``n_pairs`` random distinct pairs, written with the artefacts helpers."""
+    import pyarrow as pa
+
+    from pairmine import artefacts as art
+    from pairmine.sources import open_source
+
+    src = open_source(str(images))
+    refs = src.refs()
+    n = refs.num_rows
+    sha = [hashlib.sha256(src.read(i)).hexdigest() for i in range(n)]
+    emb = work / "emb"
+    emb.mkdir(parents=True)
+    vec = np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    art.save_npy_atomic(emb / "emb" / "emb-00000.npy", vec.astype(np.float16))
+    art.write_parquet_atomic(emb / "meta" / "meta-00000.parquet", pa.table(
+        {"id": np.arange(n, dtype=np.int64), "key": refs.column("key"),
+         "source": refs.column("source"), "member": refs.column("member"),
+         "label": refs.column("label"), "sha256": sha}, schema=art.META_SCHEMA()))
+    art.finish_store(emb, {
+        "format": art.EMBEDDINGS_FORMAT, "count": n, "dim": 16, "dtype": "float16",
+        "shards": [{"emb": "emb/emb-00000.npy", "meta": "meta/meta-00000.parquet", "rows": n,
+                    "id_start": 0}],
+        "source": {"kind": src.kind, "spec": str(images.resolve()), **src.describe()},
+        "encoder": {"spec": "benchmark:random"}})
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, n, size=3 * n_pairs)
+    b = rng.integers(0, n, size=3 * n_pairs)
+    keep = a != b
+    lo, hi = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    packed = np.unique(lo * n + hi)[:n_pairs]
+    rng.shuffle(packed)
+    pairs = work / "pairs"
+    pairs.mkdir()
+    art.write_parquet_atomic(pairs / "pairs" / "pairs-00000.parquet", pa.table(
+        {"a": packed // n, "b": packed % n,
+         "score": rng.uniform(0.97, 0.99, packed.shape[0]).astype(np.float32)},
+        schema=art.PAIRS_SCHEMA()))
+    art.finish_store(pairs, {"format": art.PAIRS_FORMAT,
+                             "inputs": {"embeddings": art.input_record(emb)},
+                             "shards": ["pairs/pairs-00000.parquet"], "min": 0.97, "max": 0.99})
+    return pairs
+
+
+def plain_tar(export_dir: Path, out: Path) -> float:
+    """Write the export's samples again with tarfile alone: read the source files, write the
+    same members in the same shards. Returns seconds."""
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    emb = json.loads((Path(manifest["inputs"]["embeddings"]["path"]) / "manifest.json")
+                     .read_text())
+    meta = pq.read_table(Path(manifest["inputs"]["embeddings"]["path"]) /
+                         emb["shards"][0]["meta"]).to_pydict()
+    jobs = []
+    for rec in manifest["shards"]:
+        rows = pq.read_table(export_dir / rec["index"]).to_pylist()
+        members = []
+        for r in rows:
+            json_bytes = _member(export_dir / rec["tar"], r["offset_json"], r["size_json"])
+            members.append((r["key"], r["name_a"], meta["source"][r["a"]], r["name_b"],
+                            None if r["b"] is None else meta["source"][r["b"]], json_bytes))
+        jobs.append(members)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    t0 = time.perf_counter()
+    for k, members in enumerate(jobs):
+        with tarfile.open(out / f"plain-{k:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
+            for key, name_a, src_a, name_b, src_b, json_bytes in members:
+                files = {name_a: Path(src_a).read_bytes(), "json": json_bytes}
+                if name_b is not None:
+                    files[name_b] = Path(src_b).read_bytes()
+                for suffix in sorted(files):
+                    add(tf, f"{key}.{suffix}", files[suffix])
+    return time.perf_counter() - t0
+
+
+def _member(tar: Path, offset: int, size: int) -> bytes:
+    with open(tar, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
+
+
+def run(workload: str, images: int, n_pairs: int, repeats: int, combined: bool,
+        tmp: Path) -> dict[str, Any]:
+    from pairmine.export import export
+
+    work = tmp / workload
+    work.mkdir()
+    if workload == "jpeg":
+        source = work / "images"
+        make_jpegs(source, images)
+    else:
+        source = cifar_images(work)
+    pairs = build_stores(source, work, n_pairs)
+    out = work / "spps"
+    first = export(pairs, out, combined=combined)  # warm-up: page cache, imports
+    plain_s, export_s = [], []
+    for _ in range(repeats):
+        plain_s.append(plain_tar(out, work / "plain"))
+        t0 = time.perf_counter()
+        result = export(pairs, out, combined=combined, overwrite=True)
+        export_s.append(time.perf_counter() - t0)
+        assert result.bytes == first.bytes
+    plain_bytes = sum(p.stat().st_size for p in (work / "plain").glob("*.tar"))
+    p, e = statistics.median(plain_s), statistics.median(export_s)
+    return {"workload": workload, "images": len(list(source.rglob("*.jpg"))),
+            "pairs": first.pairs, "samples": first.samples, "combined": combined,
+            "shards": first.shards, "mb": first.bytes / 1e6, "plain_mb": plain_bytes / 1e6,
+            "plain_s": p, "export_s": e, "plain_pairs_s": first.pairs / p,
+            "export_pairs_s": first.pairs / e, "plain_mb_s": plain_bytes / 1e6 / p,
+            "export_mb_s": first.bytes / 1e6 / e, "ratio": p / e,
+            "all_plain_s": plain_s, "all_export_s": export_s}
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", action="append", choices=["jpeg", "cifar"])
+    ap.add_argument("--images", type=int, default=2000, help="generated JPEGs (jpeg workload)")
+    ap.add_argument("--pairs", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--combined", action="store_true", help="also time --combined exports")
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = ap.parse_args()
+    workloads = args.workload or (["jpeg", "cifar"] if
+                                  (SHARED / "cifar10-test-jpeg.tar.gz").exists() else ["jpeg"])
+    rows = []
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="pairmine-bench-export-") as tmp:
+        for w in workloads:
+            for combined in ([False, True] if args.combined else [False]):
+                sub = Path(tmp) / f"{'c' if combined else 'p'}"
+                sub.mkdir(exist_ok=True)
+                r = run(w, args.images, args.pairs, args.repeats, combined, sub)
+                print(json.dumps(r), flush=True)
+                rows.append(r)
+    load_after = os.getloadavg()[0]
+    lines = [f"Machine: {machine()}; load average {load_before:.1f} → {load_after:.1f} during "
+             f"the run; date {time.strftime('%Y-%m-%d')}; command: `python benchmarks/export.py "
+             f"{' '.join(sys.argv[1:])}`. Medians of {args.repeats} alternating runs, after a "
+             "warm-up export (sources in the page cache).", "",
+             "| workload | images | pairs | samples | shards | tar MB | plain tar pairs/s "
+             "| export pairs/s | plain tar MB/s | export MB/s | export / plain |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        name = r["workload"] + (" --combined" if r["combined"] else "")
+        lines.append(f"| {name} | {r['images']:,} | {r['pairs']:,} | {r['samples']:,} | "
+                     f"{r['shards']} | {r['mb']:,.1f} | {r['plain_pairs_s']:,.0f} | "
+                     f"{r['export_pairs_s']:,.0f} | {r['plain_mb_s']:,.0f} | "
+                     f"{r['export_mb_s']:,.0f} | {r['ratio']:.0%} |")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        update_section(ROOT / "docs" / "benchmarks.md", "export", "## export\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
