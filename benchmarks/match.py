@@ -128,11 +128,12 @@ def measure(name: str, fn: Callable[[], Any], device: str) -> dict[str, Any]:
 
         torch.cuda.reset_peak_memory_stats()
     sync(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     result = fn()
     sync(device)
-    sec = time.perf_counter() - t
-    row: dict[str, Any] = {"run": name, "seconds": sec, "peak_rss_mib": peak_rss_mib(),
+    sec, cpu = time.perf_counter() - t, time.process_time() - c
+    row: dict[str, Any] = {"run": name, "seconds": sec, "cpu_seconds": cpu,
+                           "peak_rss_mib": peak_rss_mib(),
                            "rss_before_mib": base, "peak_resettable": resettable}
     if device == "cuda":
         import torch
@@ -140,7 +141,8 @@ def measure(name: str, fn: Callable[[], Any], device: str) -> dict[str, Any]:
         row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     if isinstance(result, tuple):
         row["pairs"], row["info"] = result
-    print(f"  {name:12s} {sec:9.3f} s  peak RSS {row['peak_rss_mib']:8.1f} MiB", flush=True)
+    print(f"  {name:12s} {sec:9.3f} s  (CPU {cpu:8.3f} s)  peak RSS "
+          f"{row['peak_rss_mib']:8.1f} MiB", flush=True)
     return row
 
 
@@ -197,7 +199,8 @@ def run_faiss_full(x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     q = 4096
     for s in range(0, len(xf), q):
         lims, _, labels = index.range_search(xf[s:s + q], radius)
-        i = np.repeat(np.arange(s, min(s + q, len(xf)), dtype=np.int64), np.diff(lims.astype(np.int64)))
+        counts = np.diff(lims.astype(np.int64))
+        i = np.repeat(np.arange(s, min(s + q, len(xf)), dtype=np.int64), counts)
         j = labels.astype(np.int64)
         keep = i < j
         i, j = i[keep], j[keep]
@@ -272,6 +275,42 @@ def calibrate(reps: int) -> None:
               f"{sec / max(cands, 1) * 1e9:.0f} ns per candidate (upper bound)")
 
 
+def tune_fused(n: int, d: int) -> None:
+    """Time the fused kernel's tile shapes and launch settings on the GPU (same data each)."""
+    from pairmine.engines import DEFAULT_MEMORY_BUDGET, BandSearch, default_block_rows
+    from pairmine.engines.band import Band, make_problem
+    from pairmine.engines.triton_band import FusedEngine
+    from pairmine.progress import NullProgress
+
+    x = make_data(n, d, 0.01, dense=False)
+    band = Band(LO, HI)
+    ref = None
+    for bm, bn, warps, stages in ((128, 128, 8, 3), (128, 128, 4, 3), (128, 256, 8, 3),
+                                  (256, 128, 8, 3), (64, 256, 4, 3), (128, 64, 4, 4),
+                                  (128, 128, 8, 2), (256, 256, 8, 2)):
+        problem = make_problem(x, None, "anchors", default_block_rows())
+        times = []
+        for _ in range(3):
+            eng = FusedEngine(problem, band, DEFAULT_MEMORY_BUDGET, device="cuda",
+                              block=(bm, bn), num_warps=warps, num_stages=stages)
+            eng.prepare()
+            sync("cuda")
+            t = time.perf_counter()
+            try:
+                keys, _ = pair_set(BandSearch(problem, band, eng, (), NullProgress()))
+            except Exception as exc:  # a shape the compiler or the GPU rejects
+                print(f"  {bm}x{bn} warps={warps} stages={stages}: failed ({exc!s:.80})")
+                break
+            sync("cuda")
+            times.append(time.perf_counter() - t)
+            ref = keys if ref is None else ref
+            assert np.array_equal(keys, ref)
+        if times:
+            print(f"  {bm}x{bn} warps={warps} stages={stages}: "
+                  f"{min(times):.3f} s (of {', '.join(f'{t:.3f}' for t in times)})",
+                  flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # report
 
@@ -304,13 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--planted", type=float, default=0.01)
     ap.add_argument("--skip", default="", help="comma list of runs to skip "
                     "(faiss-full, faiss, torch, two-pass, gemm, dense)")
-    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--calibrate", action="store_true", help="CPU tile sizes and cost model")
+    ap.add_argument("--tune", action="store_true", help="fused GPU kernel settings")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="use only this many cores (CPU affinity: "
+                    "every engine sizes its thread pool from it)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     args = ap.parse_args(argv)
+    if args.threads:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     if args.calibrate:
         calibrate(args.reps)
+        return 0
+    if args.tune:
+        tune_fused((args.n or [200000])[0], args.dim)
         return 0
     skip = set(filter(None, args.skip.split(",")))
     try:
@@ -318,64 +365,74 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         skip |= {"faiss-full", "faiss"}
         print("faiss is not installed here: FAISS runs skipped")
-    sizes = args.n or [50000, 200000]
-    dev = args.device
+    import torch  # imported before any measurement: its RSS is not an engine's
+
+    torch.set_num_threads(torch.get_num_threads())
     rows: list[dict[str, Any]] = []
     ok = True
-    for n in sizes:
-        print(f"N={n} D={args.dim} device={dev}", flush=True)
-        x = make_data(n, args.dim, args.planted, dense=False)
-        results: dict[str, dict[str, Any]] = {}
-        runs: list[tuple[str, Callable[[], Any]]] = []
-        if "faiss-full" not in skip:
-            runs.append(("faiss-full", lambda: run_faiss_full(x)))
-        if "faiss" not in skip:
-            runs.append(("faiss", lambda: run_engine(x, "faiss", "cpu")))
-        if "torch" not in skip:
-            runs.append(("torch", lambda: run_engine(x, "torch", dev)))
-        if dev == "cuda" and "two-pass" not in skip:
-            runs.append(("two-pass", lambda: run_engine_obj(x, "two-pass")))
-        if "gemm" not in skip:
-            for dtype in (("float32",) if dev == "cpu" else ("float16", "bfloat16")):
-                runs.append((f"gemm-{dtype}", lambda dtype=dtype: run_gemm(x, dev, dtype)))
-        if dev == "cuda" and "torch" not in skip:  # warm-up: Triton compile, cuBLAS init
-            run_engine(x[: min(n, 20000)], "torch", dev)
-            run_engine_obj(x[: min(n, 20000)], "two-pass")
-        for name, fn in runs:
-            results[name] = measure(name, fn, dev)
-        ref = next((r["pairs"] for k, r in results.items() if not k.startswith("gemm")), None)
-        for name, r in results.items():
-            r.update(n=n, dim=args.dim, device=dev)
-            if not name.startswith("gemm") and ref is not None:
-                r["same_pairs"] = bool(np.array_equal(r["pairs"], ref))
-                ok &= r["same_pairs"]
-                r["n_pairs"] = len(r["pairs"])
-            r.pop("pairs", None)
-        base = results.get("faiss-full", {}).get("seconds")
-        for name, r in results.items():
-            if base:
-                r["speedup_vs_faiss_full"] = base / r["seconds"]
-        gemm = results.get("gemm-float32") or results.get("gemm-bfloat16")
-        if gemm:
-            for r in results.values():
-                r["gemm_fraction"] = gemm["seconds"] / r["seconds"]
-        rows.extend(results.values())
-        if "dense" not in skip and "torch" not in skip:
-            xd = make_data(n, args.dim, args.planted, dense=True)
-            del x
-            r = measure("torch-dense", lambda: run_engine(xd, "torch", dev), dev)
-            r.update(n=n, dim=args.dim, device=dev, n_pairs=len(r.pop("pairs")),
-                     note="100x planted pairs")
-            rows.append(r)
-            del xd
+    for n in args.n or [50000, 200000]:
+        size_rows, size_ok = bench_size(n, args.dim, args.device, args.planted, skip)
+        rows += size_rows
+        ok &= size_ok
     print(json.dumps([{k: v for k, v in r.items() if k != "info"} for r in rows], indent=1,
                      default=float))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
     if not args.no_docs:
-        write_docs(rows, args, dev)
+        write_docs(rows, args, args.device)
     print("pair sets identical across engines:", ok)
     return 0 if ok else 1
+
+
+def plan_runs(x: np.ndarray, dev: str, skip: set[str],
+              suffix: str = "") -> list[tuple[str, Callable[[], Any]]]:
+    runs: list[tuple[str, Callable[[], Any]]] = []
+    if "faiss-full" not in skip and not suffix:
+        runs.append(("faiss-full", lambda: run_faiss_full(x)))
+    if "faiss" not in skip:
+        runs.append(("faiss" + suffix, lambda: run_engine(x, "faiss", "cpu")))
+    if "torch" not in skip:
+        runs.append(("torch" + suffix, lambda: run_engine(x, "torch", dev)))
+    if dev == "cuda" and "two-pass" not in skip:
+        runs.append(("two-pass" + suffix, lambda: run_engine_obj(x, "two-pass")))
+    if "gemm" not in skip and not suffix:
+        for dtype in (("float32",) if dev == "cpu" else ("float16", "bfloat16")):
+            runs.append((f"gemm-{dtype}", lambda dtype=dtype: run_gemm(x, dev, dtype)))
+    return runs
+
+
+def bench_size(n: int, dim: int, dev: str, planted: float,
+               skip: set[str]) -> tuple[list[dict[str, Any]], bool]:
+    """All runs at one N: the planted data, then the dense data (100x the pairs)."""
+    out: list[dict[str, Any]] = []
+    ok = True
+    for dense in (False, True):
+        if dense and "dense" in skip:
+            continue
+        print(f"N={n} D={dim} device={dev}{' dense' if dense else ''}", flush=True)
+        x = make_data(n, dim, planted, dense=dense)
+        if dev == "cuda" and not dense:  # warm-up: Triton compile, cuBLAS initialisation
+            run_engine(x[: min(n, 20000)], "torch", dev)
+            run_engine_obj(x[: min(n, 20000)], "two-pass")
+        results = {name: measure(name, fn, dev)
+                   for name, fn in plan_runs(x, dev, skip, "-dense" if dense else "")}
+        del x
+        ref = next((r["pairs"] for k, r in results.items() if not k.startswith("gemm")), None)
+        base = results.get("faiss-full", {}).get("seconds")
+        gemm = results.get("gemm-float32") or results.get("gemm-bfloat16")
+        for name, r in results.items():
+            r.update(n=n, dim=dim, device=dev, data="dense" if dense else "planted")
+            pairs = r.pop("pairs", None)
+            if not name.startswith("gemm") and ref is not None and pairs is not None:
+                r["same_pairs"] = bool(np.array_equal(pairs, ref))
+                r["n_pairs"] = len(pairs)
+                ok &= r["same_pairs"]
+            if base:
+                r["speedup_vs_faiss_full"] = base / r["seconds"]
+            if gemm:
+                r["gemm_fraction"] = gemm["seconds"] / r["seconds"]
+        out += results.values()
+    return out, ok
 
 
 def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, dev: str) -> None:
@@ -384,21 +441,34 @@ def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, dev: str) -
     cmd = "python benchmarks/match.py " + " ".join(sys.argv[1:])
     lines = [f"## Exact band search [{LO}, {HI}] (benchmarks/match.py)", "",
              f"Machine: {machine(dev)}. Date: {dt.date.today().isoformat()}. "
-             f"Command: `{cmd}`.", "",
+             f"Command: `{cmd}`. Load average when it ended: "
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (other work on the machine "
+             "inflates wall-clock times; CPU seconds are the process's own).", "",
              "Unit vectors stored as float16, 1% of rows with a planted partner at cosine "
              "~0.98; 'dense' plants 100x more pairs (every row in a group of three). "
              "Every engine's pair set was checked equal to the others'.", "",
-             "| N | D | run | seconds | vs FAISS full | GEMM-limit fraction | pairs | "
-             "candidates | peak RSS MiB | same pairs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| N | D | data | run | seconds | CPU seconds | vs FAISS full | GEMM-limit fraction "
+             "| pairs | candidates | peak RSS MiB (growth in run) | same pairs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         info = r.get("info") or {}
         lines.append(
-            f"| {r['n']} | {r['dim']} | {r['run']} | {r['seconds']:.2f} | "
-            f"{r.get('speedup_vs_faiss_full', float('nan')):.2f}x | "
+            f"| {r['n']} | {r['dim']} | {r['data']} | {r['run']} | {r['seconds']:.2f} | "
+            f"{r['cpu_seconds']:.2f} | {r.get('speedup_vs_faiss_full', float('nan')):.2f}x | "
             f"{r.get('gemm_fraction', float('nan')):.2f} | {r.get('n_pairs', '')} | "
-            f"{info.get('candidates', '')} | {r['peak_rss_mib']:.0f} | "
+            f"{info.get('candidates', '')} | {r['peak_rss_mib']:.0f} "
+            f"(+{r['peak_rss_mib'] - r['rss_before_mib']:.0f}) | "
             f"{r.get('same_pairs', '')} |")
+    for n in sorted({r["n"] for r in rows}):
+        base = next((r for r in rows if r["n"] == n and r["run"] == "torch"), None)
+        dense = next((r for r in rows if r["n"] == n and r["run"] == "torch-dense"), None)
+        if base and dense:
+            grow = [r["peak_rss_mib"] - r["rss_before_mib"] for r in (base, dense)]
+            lines.append(f"\nPeak RSS flatness at N={n}: the torch engine's run grew the "
+                         f"process by {grow[0]:.0f} MiB with {base.get('n_pairs')} pairs and "
+                         f"by {grow[1]:.0f} MiB with {dense.get('n_pairs')} pairs (peak "
+                         f"{base['peak_rss_mib']:.0f} / {dense['peak_rss_mib']:.0f} MiB, "
+                         "torch and the data included).")
     torch_infos = [(r["n"], r["info"]) for r in rows if r.get("run") == "torch" and r.get("info")]
     if torch_infos:
         lines += ["", "Engine choices (from `band_search(...).info`):", ""]
@@ -418,7 +488,7 @@ def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, dev: str) -
     text = doc.read_text(encoding="utf-8") if doc.exists() else ""
     begin, end = "<!-- match:begin -->", "<!-- match:end -->"
     body = text.split(begin, 1)[1].split(end, 1)[0] if begin in text and end in text else ""
-    sub = f"match-{dev}-d{args.dim}"
+    sub = f"match-{dev}-d{args.dim}" + (f"-t{args.threads}" if args.threads else "")
     sb, se = f"<!-- {sub}:begin -->", f"<!-- {sub}:end -->"
     block = f"{sb}\n" + "\n".join(lines) + f"\n{se}"
     if sb in body and se in body:

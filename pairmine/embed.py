@@ -20,6 +20,7 @@ from pairmine import artefacts as art
 from pairmine.errors import ConfigError, SourceError, StoreError
 from pairmine.progress import NullProgress, Progress
 from pairmine.runtime import cpu_count, device_name, resolve_device, resolve_precision
+from pairmine.sources.base import absolute_spec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -119,7 +120,7 @@ def embed(
         raise SourceError(f"no images found in {source}")
     enc = load_encoder(encoder, arch=arch, features=features)
     config = EmbedConfig(
-        source=_absolute_spec(source), source_kind=src.kind, labels=labels,
+        source=absolute_spec(str(source)), source_kind=src.kind, labels=labels,
         encoder=encoder, arch=arch, features=enc.features, dtype=dtype, shard_size=shard_size,
         batch_size=batch_size, precision=precision, draft=draft)
 
@@ -400,11 +401,4 @@ def _default_workers(device: str) -> int:
     # model needs the cores too, so decode with fewer
     return min(16, cores) if device.startswith("cuda") else min(4, max(1, cores // 2))
 
-
-def _absolute_spec(source: str | Path) -> str:
-    text = str(source)
-    if "{" in text:  # brace patterns: make the directory part absolute
-        head, sep, tail = text.rpartition("/")
-        return str(Path(head).resolve()) + sep + tail if sep else text
-    return str(Path(text).resolve())
 

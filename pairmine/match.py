@@ -48,11 +48,15 @@ log = logging.getLogger(__name__)
 
 SUBSET_FILE = "subset.parquet"
 AGAINST = ("subset", "all")
-# the histogram "near the band": HIST_WIDTH-wide bins from min - HIST_MARGIN up to 1.0
+# The score histogram has HIST_WIDTH-wide bins over the range the one search covers: the band,
+# or with wide_histogram [min - HIST_MARGIN, 1.0], or the sweep's grid. Widening is opt-in:
+# on CIFAR-10 ResNet-20 features it put 60x more pairs in range and made the run 2-3.5x
+# slower (docs/matching.md, "The match stage").
 HIST_WIDTH = 0.005
 HIST_MARGIN = 0.05
 MAX_SWEEP_POINTS = 201
 _BLOCKS = "blocks"  # under PARTIAL_DIR: per-block statistics (and shards before --max-per-anchor)
+_ENGINE_FILE = "engine.json"  # under blocks/: the engine's plan, as the first block saw it
 _RUNNING_INFO = ("candidates", "pairs")  # engine info that counts this run only, not the store
 
 
@@ -100,27 +104,22 @@ class _Plan:
     engine: str
     device: str
     sweep: Sweep | None
-    histogram: bool
+    wide_histogram: bool
     block_rows: int | None
 
     @property
-    def hist_range(self) -> tuple[float, float]:
-        if self.histogram:
-            return max(-1.0, self.min_score - HIST_MARGIN), 1.0
-        return self.min_score, self.max_score
-
-    @property
     def search_range(self) -> tuple[float, float]:
-        """The one band the engine searches: the pair band, widened to cover the histogram
-        and the sweep; pairs are then filtered to ``[min, max]``."""
-        lo, hi = self.hist_range
-        lo, hi = min(lo, self.min_score), max(hi, self.max_score)
+        """The one band the engine searches: the pair band, widened for the histogram and the
+        sweep; pairs are then filtered to ``[min, max]``. The histogram covers all of it."""
+        lo, hi = self.min_score, self.max_score
+        if self.wide_histogram:
+            lo, hi = max(-1.0, self.min_score - HIST_MARGIN), 1.0
         if self.sweep is not None:
             lo, hi = min(lo, self.sweep.grid[0]), max(hi, self.sweep.grid[-1])
         return lo, hi
 
     def hist_edges(self) -> list[float]:
-        lo, hi = self.hist_range
+        lo, hi = self.search_range
         n = max(1, math.ceil((hi - lo) / HIST_WIDTH - 1e-9))
         return [round(lo + k * HIST_WIDTH, 10) for k in range(n)] + [hi]
 
@@ -130,7 +129,7 @@ class _Plan:
                 "max_per_anchor": self.max_per_anchor, "engine": self.engine,
                 "device": self.device,
                 "sweep": None if self.sweep is None else list(self.sweep.grid),
-                "histogram": self.histogram, "block_rows": self.block_rows}
+                "wide_histogram": self.wide_histogram, "block_rows": self.block_rows}
 
 
 def _check_band(min_score: float, max_score: float) -> None:
@@ -227,7 +226,7 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
           max_score: float = 0.99, subset: str | int | float | None = None, seed: int = 0,
           against: str = "subset", max_per_anchor: int | None = None, engine: str = "auto",
           device: str = "auto", sweep: str | Sequence[float] | None = None,
-          histogram: bool = True, block_rows: int | None = None, overwrite: bool = False,
+          wide_histogram: bool = False, block_rows: int | None = None, overwrite: bool = False,
           progress: Progress | None = None) -> MatchResult:
     """Find all pairs of the store ``emb`` scoring in ``[min_score, max_score]``; write ``out``.
 
@@ -235,10 +234,11 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
     ``"subset"`` (Algorithm 1: subset x subset) or ``"all"`` (subset anchors x every image).
     ``max_per_anchor`` keeps each image's K best positives (a pair stays when either end keeps
     it). ``sweep`` (``"LO:HI:STEP"``) also counts pairs for every band on that grid.
-    ``histogram`` widens the one search to ``[min - 0.05, 1.0]`` to record the scores near the
-    band. An interrupted run resumes from its finished blocks; the result is identical.
+    ``wide_histogram`` widens the one search to ``[min - 0.05, 1.0]`` so that the score
+    histogram shows the scores near the band (exact, at a measured cost). An interrupted run
+    resumes from its finished blocks and gives the same bytes.
     """
-    from pairmine.engines import engine_info, plan_blocks, resolve_engine
+    from pairmine.engines import plan_blocks, resolve_engine
 
     t0 = time.perf_counter()
     progress = progress or NullProgress()
@@ -258,7 +258,7 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
     plan = _Plan(min_score=float(min_score), max_score=float(max_score),
                  subset=parse_subset(subset), seed=int(seed), against=against,
                  max_per_anchor=max_per_anchor, engine=engine, device=device,
-                 sweep=None if sweep is None else Sweep.parse(sweep), histogram=histogram,
+                 sweep=None if sweep is None else Sweep.parse(sweep), wide_histogram=wide_histogram,
                  block_rows=block_rows)
     _check_paths(emb, out)
     store = open_embeddings(emb)
@@ -273,7 +273,7 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
 
     # --- the store: resume only a partial run made with the same options from the same input
     identity = {"config": plan.config(), "inputs": {"embeddings": input_record(emb)},
-                "engine": resolved_record(resolved), "blocks": n_blocks}
+                "engine": list(resolved), "blocks": n_blocks}
     resumed = prepare_output(out, overwrite=overwrite, fmt=PAIRS_FORMAT)
     partial = out / PARTIAL_DIR
     run_file = partial / "run.json"
@@ -320,6 +320,7 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
               "images_with_pairs": int((degree > 0).sum()),
               "duplicates": n_dup, "duplicate_groups": n_dup_groups}
     lo, hi = plan.search_range
+    engine_plan = read_json(block_dir / _ENGINE_FILE)
     manifest: dict[str, Any] = {
         "format": PAIRS_FORMAT,
         "inputs": identity["inputs"],
@@ -327,15 +328,15 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
         "min": plan.min_score,
         "max": plan.max_score,
         "shards": [f"{PAIRS_DIR}/{p.name}" for p in shards],
-        "duplicates": DUPLICATES_FILE,
+        "duplicates": {"file": DUPLICATES_FILE, "hash_column": hash_column, "pairs": n_dup,
+                       "groups": n_dup_groups},
         "subset": {"file": SUBSET_FILE, "count": len(anchors), "of": n, "seed": plan.seed,
                    "requested": plan.subset, "against": plan.against},
-        "engine": {**resolved_record(resolved), **engine_info(resolved),
-                   **read_json(partial / _BLOCKS / "engine.json")},
-        "search": {"lo": lo, "hi": hi, "blocks": n_blocks, "block_rows": block_rows,
+        "engine": {"name": resolved[0], "device": resolved[1], **engine_plan},
+        "search": {"lo": lo, "hi": hi, "blocks": n_blocks,
+                   "block_rows": engine_plan.get("block_rows", block_rows),
                    "candidates": sum(s["candidates"] for s in stats),
-                   "pairs_in_range": sum(s["found"] for s in stats),
-                   "hash_column": hash_column},
+                   "pairs_in_range": sum(s["found"] for s in stats)},
         "counts": counts,
         "per_anchor": per_anchor,
         "histogram": _histogram_record(plan, stats),
@@ -351,18 +352,9 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
     return MatchResult(path=out, manifest=read_json(out / MANIFEST), pairs=unordered,
                        ordered=2 * unordered, anchors=len(anchors),
                        anchors_with_pairs=counts["anchors_with_pairs"], duplicates=n_dup,
-                       engine=str(manifest["engine"].get("name", resolved)),
+                       engine=resolved[0],
                        seconds=time.perf_counter() - t0, per_anchor=per_anchor,
                        sweep=manifest["sweep"], resumed=resumed, blocks_skipped=skipped)
-
-
-def resolved_record(resolved: Any) -> dict[str, Any]:
-    """The engine resolve_engine chose, as JSON."""
-    if isinstance(resolved, dict):
-        return dict(resolved)
-    if isinstance(resolved, tuple):
-        return {"name": resolved[0], "device": resolved[1]}
-    return {"name": str(resolved)}
 
 
 def _check_paths(emb: Path, out: Path) -> None:
@@ -504,7 +496,7 @@ def _write_duplicates(path: Path, store: Embeddings, codes: np.ndarray, anchors:
 
 
 def _search(store: Embeddings, anchors: np.ndarray, codes: np.ndarray, plan: _Plan,
-            resolved: Any, n_blocks: int, block_dir: Path, shard_dir: Path,
+            resolved: tuple[str, str], n_blocks: int, block_dir: Path, shard_dir: Path,
             progress: Progress) -> tuple[list[dict[str, Any]], int]:
     """Run the engine over the blocks not yet done; return every block's statistics."""
     from pairmine.engines import band_search
@@ -526,11 +518,10 @@ def _search(store: Embeddings, anchors: np.ndarray, codes: np.ndarray, plan: _Pl
         progress.advance(len(done), pairs=pairs_so_far)
     lo, hi = plan.search_range
     edges = plan.hist_edges()
-    engine_name, engine_device = _engine_args(resolved, plan)
-    engine_file = block_dir / "engine.json"
+    engine_file = block_dir / _ENGINE_FILE
     search = band_search(store.vectors, lo, hi, anchors=_engine_anchors(anchors, len(store)),
                          against="anchors" if plan.against == "subset" else "all",
-                         engine=engine_name, device=engine_device, block_rows=plan.block_rows,
+                         engine=resolved[0], device=resolved[1], block_rows=plan.block_rows,
                          skip_blocks=frozenset(done))
     try:
         t = time.perf_counter()
@@ -560,16 +551,11 @@ def _search(store: Embeddings, anchors: np.ndarray, codes: np.ndarray, plan: _Pl
     return [stats[i] for i in range(n_blocks)], skipped
 
 
-def _engine_args(resolved: Any, plan: _Plan) -> tuple[str, str]:
-    rec = resolved_record(resolved)
-    return str(rec.get("name", plan.engine)), str(rec.get("device", plan.device))
-
-
 def _block_result(block: Any, codes: np.ndarray, plan: _Plan,
                   edges: list[float]) -> tuple[dict[str, Any], pa.Table]:
     """Filter one engine block: drop duplicates, histogram and sweep over the searched range,
-    keep the band. Rows sorted by (a, b) so the shard's bytes do not depend on the engine's
-    (possibly threaded) output order."""
+    keep the band. Engines yield a block sorted by (a, b) whatever their threading, so a
+    shard's bytes depend only on the block."""
     import numpy as np
     import pyarrow as pa
 
@@ -577,9 +563,7 @@ def _block_result(block: Any, codes: np.ndarray, plan: _Plan,
     b = np.asarray(block.b, dtype=np.int64)
     score = np.asarray(block.score, dtype=np.float32)
     keep = codes[a] != codes[b]
-    a, b, score = a[keep], b[keep], score[keep]
-    order = np.lexsort((b, a))
-    a, b, score = a[order], b[order], score[order]
+    a, b, score = a[keep], b[keep], score[keep]  # still sorted by (a, b), as engines yield
     s64 = score.astype(np.float64)  # every comparison on the exact float32 value
     in_band = (s64 >= plan.min_score) & (s64 <= plan.max_score)
 
@@ -605,7 +589,7 @@ def _histogram_record(plan: _Plan, stats: list[dict[str, Any]]) -> dict[str, Any
 
     counts = np.sum([s["hist"] for s in stats], axis=0) if stats else []
     return {"edges": plan.hist_edges(), "counts": [int(c) for c in counts],
-            "width": HIST_WIDTH, "widened": plan.histogram,
+            "width": HIST_WIDTH, "wide": plan.wide_histogram,
             "note": "unordered pairs (duplicates excluded) per bin [e_i, e_i+1), last bin "
                     "closed; before --max-per-anchor"}
 

@@ -142,7 +142,8 @@ def emb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("engine", ["torch", "faiss"])
 def test_pairs_equal_the_oracle(emb: Path, tmp_path: Path, engine: str) -> None:
     out = tmp_path / "pairs"
-    r = match(emb, out, min_score=0.97, max_score=0.99, engine=engine, device="cpu")
+    r = match(emb, out, min_score=0.97, max_score=0.99, engine=engine, device="cpu",
+              wide_histogram=True)
     scores = oracle_scores(stored(emb))
     sure, unsure = in_band(scores, 0.97, 0.99)
     found = read_pairs(out)
@@ -341,19 +342,22 @@ def test_sweep_counts_equal_the_oracle(emb: Path, tmp_path: Path) -> None:
     assert sweep["counts"][3][4] == r2.pairs
 
 
-def test_no_histogram_searches_only_the_band(emb: Path, tmp_path: Path) -> None:
-    wide = match(emb, tmp_path / "w", device="cpu")
-    narrow = match(emb, tmp_path / "n", device="cpu", histogram=False)
+def test_histogram_covers_the_one_search(emb: Path, tmp_path: Path) -> None:
+    band = match(emb, tmp_path / "n", device="cpu")
+    m = band.manifest
+    assert (m["search"]["lo"], m["search"]["hi"]) == (0.97, 0.99)
+    assert m["histogram"]["edges"] == [0.97, 0.975, 0.98, 0.985, 0.99]
+    assert sum(m["histogram"]["counts"]) == band.pairs == m["search"]["pairs_in_range"]
+    wide = match(emb, tmp_path / "w", device="cpu", wide_histogram=True)
     assert store_files(tmp_path / "w")["pairs/pairs-00000.parquet"] == \
         store_files(tmp_path / "n")["pairs/pairs-00000.parquet"]
-    assert narrow.manifest["search"]["lo"] == 0.97 and narrow.manifest["search"]["hi"] == 0.99
-    assert narrow.manifest["histogram"]["edges"][0] == 0.97
-    assert sum(narrow.manifest["histogram"]["counts"]) == narrow.pairs
-    assert wide.manifest["search"]["pairs_in_range"] > narrow.manifest["search"]["pairs_in_range"]
-    # a sweep widens the search, but the histogram stays on the band without --histogram
-    swept = match(emb, tmp_path / "s", device="cpu", histogram=False, sweep="0.9:1.0:0.05")
-    assert swept.manifest["search"]["lo"] == 0.9 and swept.manifest["search"]["hi"] == 1.0
-    assert swept.manifest["histogram"]["counts"] == narrow.manifest["histogram"]["counts"]
+    assert wide.manifest["search"]["pairs_in_range"] > 2 * band.pairs
+    # a sweep widens the one search; the histogram covers what was searched, at no extra cost
+    swept = match(emb, tmp_path / "s", device="cpu", sweep="0.9:1.0:0.05")
+    h, search = swept.manifest["histogram"], swept.manifest["search"]
+    assert (search["lo"], search["hi"]) == (0.9, 1.0)
+    assert len(h["counts"]) == 20 and sum(h["counts"]) == search["pairs_in_range"]
+    assert h["counts"][14:18] == m["histogram"]["counts"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,3 +488,33 @@ def test_output_inside_the_input_is_refused(emb: Path, tmp_path: Path) -> None:
     with pytest.raises(pairmine.ConfigError, match="overlaps"):
         match(emb, emb, overwrite=True)
     assert (emb / "manifest.json").exists()
+
+
+def test_resume_is_byte_identical_at_engine_scale(tmp_path: Path) -> None:
+    # large enough for the torch engine to plan its pruning from a sample (>= 4096 rows, D > 16)
+    emb = make_store(tmp_path / "emb", clustered(6000, 32, seed=2, clusters=40),
+                     dtype="float16")
+    opts: dict[str, Any] = {"block_rows": 1500, "device": "cpu", "max_per_anchor": 3,
+                            "sweep": "0.9:1.0:0.05"}
+    match(emb, tmp_path / "ref", **opts)
+    with pytest.raises(KeyboardInterrupt):
+        match(emb, tmp_path / "out", progress=StopAfter(2), **opts)
+    match(emb, tmp_path / "out", **opts)
+    a, b = store_files(tmp_path / "ref"), store_files(tmp_path / "out")
+    assert a.keys() == b.keys()
+    assert without_timings(a.pop("manifest.json")) == without_timings(b.pop("manifest.json"))
+    assert a == b
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_cpu_bytes(emb: Path, tmp_path: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for device in ("cpu", "cuda"):
+        match(emb, tmp_path / device, device=device, subset=0.5, sweep="0.9:1.0:0.02")
+    cpu, gpu = store_files(tmp_path / "cpu"), store_files(tmp_path / "cuda")
+    for name in ("pairs/pairs-00000.parquet", "subset.parquet", "duplicates.parquet"):
+        assert cpu[name] == gpu[name]
+    assert json.loads(cpu["manifest.json"])["sweep"] == json.loads(gpu["manifest.json"])["sweep"]

@@ -25,8 +25,8 @@ from pairmine.errors import SourceError
 from pairmine.images import decode_rgb
 from pairmine.sources import ImageSource, open_source, ref_reader
 from pairmine.sources import arrays as arrays_mod
-from pairmine.sources.base import absolute_spec
 from pairmine.sources import wds as wds_mod
+from pairmine.sources.base import absolute_spec
 
 
 def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (12, 9)) -> bytes:
@@ -345,12 +345,12 @@ def test_tar_index_matches_tarfile(tmp_path: Path, fmt: int) -> None:
 
 
 def test_webdataset_reopens_handles_in_a_new_process(
-        shards: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+        shards: tuple[Path, dict[str, bytes]]) -> None:
     src = open_source(shards[0] / "shard-000000.tar")
     assert isinstance(src, wds_mod.WebDatasetSource)
     first = src.read(0)
     parent_handle = src._handles[0]
-    monkeypatch.setattr(wds_mod.os, "getpid", lambda: -1)  # as if forked
+    src._pid = -1  # as in a forked worker: the handles belong to another process
     assert src.read(0) == first
     assert src._handles[0] is not parent_handle
     clone = pickle.loads(pickle.dumps(src))
@@ -361,20 +361,21 @@ def test_webdataset_reopens_handles_in_a_new_process(
 # CIFAR and STL-10 arrays
 
 
-class Py2Pickler(pickle._Pickler):
-    """Pickles bytes the way Python 2 pickled its str (BINSTRING opcodes), as in the real
-    CIFAR batches; Python 3's protocol 2 would call _codecs.encode instead."""
+def dump_like_python2(obj: Any, f: Any) -> None:
+    """Pickle ``obj`` as Python 2 did (protocol 2, bytes as BINSTRING opcodes), as in the real
+    CIFAR batches; Python 3's protocol 2 would call _codecs.encode for bytes instead."""
+    pure: Any = pickle._Pickler  # the pure-Python pickler, whose dispatch table can be patched
 
-    def save_bytes(self, obj: bytes) -> None:
-        n = len(obj)
-        if n < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
-        self.memoize(obj)
+    def save_bytes(self: Any, data: bytes) -> None:
+        n = len(data)
+        head = (pickle.SHORT_BINSTRING + bytes([n]) if n < 256
+                else pickle.BINSTRING + struct.pack("<i", n))
+        self.write(head + data)
+        self.memoize(data)
 
-    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
-    dispatch[bytes] = save_bytes
+    pickler = pure(f, protocol=2)
+    pickler.dispatch = {**pure.dispatch, bytes: save_bytes}
+    pickler.dump(obj)
 
 
 def cifar_batch(path: Path, n: int, seed: int, labels_key: bytes = b"labels") -> np.ndarray:
@@ -386,7 +387,7 @@ def cifar_batch(path: Path, n: int, seed: int, labels_key: bytes = b"labels") ->
         0, 10, n)], b"data": data, b"filenames": [b"f%d.png" % i for i in range(n)]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        Py2Pickler(f, protocol=2).dump(batch)
+        dump_like_python2(batch, f)
     images: np.ndarray = data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1)
     return images
 
@@ -571,8 +572,9 @@ def test_dataloader_with_two_workers(every_kind: list[ImageSource]) -> None:
     from torch.utils.data import DataLoader
 
     expected = [b for s in every_kind for b in all_bytes(s)]  # parent opens handles first
-    loader = DataLoader(_Flat(every_kind), batch_size=3, num_workers=2,  # type: ignore[arg-type]
-                        collate_fn=list)
+    dataset: Any = _Flat(every_kind)
+    loader: DataLoader[bytes] = DataLoader(dataset, batch_size=3, num_workers=2,
+                                           collate_fn=list)
     assert [b for batch in loader for b in batch] == expected
 
 
@@ -593,7 +595,12 @@ def test_ref_readers_cache_and_report_vanished_files(
     folder, _, shards, cifar, stl = every_kind
     calls: list[str] = []
     members = wds_mod._members
-    monkeypatch.setattr(wds_mod, "_members", lambda p: calls.append(p) or members(p))
+
+    def counted_members(path: str) -> list[wds_mod.Member]:
+        calls.append(path)
+        return members(path)
+
+    monkeypatch.setattr(wds_mod, "_members", counted_members)
     read = ref_reader("webdataset")
     tar = column(shards, "source")[0]
     read(tar, "s0.jpg")
@@ -604,7 +611,12 @@ def test_ref_readers_cache_and_report_vanished_files(
 
     loads: list[str] = []
     load = arrays_mod._load_cifar
-    monkeypatch.setattr(arrays_mod, "_load_cifar", lambda p: loads.append(p) or load(p))
+
+    def counted_load(path: str) -> tuple[np.ndarray, list[int] | None]:
+        loads.append(path)
+        return load(path)
+
+    monkeypatch.setattr(arrays_mod, "_load_cifar", counted_load)
     read = ref_reader("cifar")
     path = column(cifar, "source")[0]
     read(path, "0")

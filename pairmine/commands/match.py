@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
 
 from pairmine.commands.common import known_errors, out, progress_bar, summary_table
 
 # the sweep is printed as a min x max matrix up to this many grid points; beyond that only the
 # column of the run's --max is printed (the full matrix is always in the manifest)
-_SWEEP_MATRIX_MAX = 12
+_SWEEP_MATRIX_MAX = 11
 
 
 @click.command("match")
@@ -37,16 +38,16 @@ _SWEEP_MATRIX_MAX = 12
 @click.option("--sweep", default=None, metavar="LO:HI:STEP",
               help="Also count pairs for every band [m, M] (m < M) on this grid, from the "
                    "same search, e.g. 0.90:1.0:0.01.")
-@click.option("--histogram/--no-histogram", default=True, show_default=True,
-              help="Widen the search to [min-0.05, 1.0] to record a score histogram near the "
-                   "band.")
+@click.option("--wide-histogram", is_flag=True,
+              help="Widen the one search to [min-0.05, 1.0] so the manifest's score histogram "
+                   "shows the scores near the band (slower: more pairs to rescore).")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Anchors per engine block (one pair shard each). Default: the engine's.")
 @click.option("--overwrite", is_flag=True, help="Replace a complete store at OUT.")
 @known_errors
 def command(emb: str, out_dir: str, min_score: float, max_score: float, subset: str | None,
             seed: int, against: str, max_per_anchor: int | None, engine: str, device: str,
-            sweep: str | None, histogram: bool, block_rows: int | None,
+            sweep: str | None, wide_histogram: bool, block_rows: int | None,
             overwrite: bool) -> None:
     """Find every pair of images in EMB whose embeddings score in [--min, --max]; write OUT."""
     from pairmine.match import match
@@ -54,7 +55,7 @@ def command(emb: str, out_dir: str, min_score: float, max_score: float, subset: 
     with progress_bar() as bar:
         result = match(emb, out_dir, min_score=min_score, max_score=max_score, subset=subset,
                        seed=seed, against=against, max_per_anchor=max_per_anchor,
-                       engine=engine, device=device, sweep=sweep, histogram=histogram,
+                       engine=engine, device=device, sweep=sweep, wide_histogram=wide_histogram,
                        block_rows=block_rows, overwrite=overwrite, progress=bar)
     m = result.manifest
     pa_ = result.per_anchor
@@ -85,13 +86,14 @@ def _sweep_table(sweep: dict[str, Any], max_score: float) -> Table:
     grid: list[float] = sweep["grid"]
     counts: list[list[int | None]] = sweep["counts"]
     if len(grid) <= _SWEEP_MATRIX_MAX:
-        table = Table(title="sweep: unordered pairs with min <= score <= max",
-                      title_justify="left")
-        table.add_column("min \\ max", style="bold")
+        table = Table(title="sweep: unordered pairs with min <= score <= max (rows: min, "
+                            "columns: max)", title_justify="left", box=box.SIMPLE_HEAD,
+                      padding=(0, 0), pad_edge=False)
+        table.add_column("", style="bold", min_width=5, no_wrap=True)
         for g in grid[1:]:
-            table.add_column(f"{g:g}", justify="right")
+            table.add_column(f"{g:g}", justify="right", min_width=6, no_wrap=True)
         for i, g in enumerate(grid[:-1]):
-            table.add_row(f"{g:g}", *("" if c is None else f"{c:,}" for c in counts[i][1:]))
+            table.add_row(f"{g:g}", *("" if c is None else _compact(c) for c in counts[i][1:]))
         return table
     # a long grid: the column of the grid point closest to the run's --max
     j = min(range(len(grid)), key=lambda k: abs(grid[k] - max_score))
@@ -103,3 +105,14 @@ def _sweep_table(sweep: dict[str, Any], max_score: float) -> Table:
         c = counts[i][j]
         table.add_row(f"{grid[i]:g}", "" if c is None else f"{c:,}")
     return table
+
+
+def _compact(n: int) -> str:
+    """5 characters at most, so an 11-point matrix fits 80 columns: 2,631 / 83.1k / 1.25M."""
+    if n < 10_000:
+        return f"{n:,}"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.3g}{unit}"
+    return str(n)

@@ -93,6 +93,7 @@ def _load_builtin() -> None:
     from pairmine.encoders import (  # noqa: F401
         cifar_resnet,
         moco,
+        pairmine_ckpt,
         simsiam,
         timm_models,
         torchscript,

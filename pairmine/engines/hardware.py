@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 
 def cores() -> int:
@@ -54,7 +55,29 @@ def cuda_available() -> bool:
 @functools.cache
 def triton_available() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton  # type: ignore[import-untyped]  # noqa: F401
     except Exception:  # any import failure means: not usable here
         return False
     return True
+
+
+def strict_matmul() -> Callable[[], None]:
+    """Make float32 GEMMs full fp32 (no TF32, no bf16 on CPUs that have it) and fp16 GEMMs
+    accumulate in fp32 without reduced-precision reductions, as the margins assume. Returns
+    the function that restores the caller's settings. These are process-wide switches: an
+    engine holds them from ``prepare`` to ``close``."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    saved = (torch.get_float32_matmul_precision(), matmul.allow_tf32,
+             matmul.allow_fp16_reduced_precision_reduction)
+    torch.set_float32_matmul_precision("highest")
+    matmul.allow_tf32 = False
+    matmul.allow_fp16_reduced_precision_reduction = False
+
+    def restore() -> None:
+        torch.set_float32_matmul_precision(saved[0])
+        matmul.allow_tf32 = saved[1]
+        matmul.allow_fp16_reduced_precision_reduction = saved[2]
+
+    return restore

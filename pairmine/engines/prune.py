@@ -28,7 +28,9 @@ from pairmine.engines.band import MARGIN_FLOOR, U64, Problem
 U32 = 2.0**-24
 LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 SAMPLE_ROWS = 8192  # rows for the second moment
-PAIR_SAMPLE = 2048  # 2048 x 2048 sample pairs estimate survivor rates down to ~1e-6
+PAIR_SAMPLE = 1024  # 1024 x 1024 sample pairs: rates to ~1e-6, below what the costs notice
+FULL_EIGH_BELOW = 512  # a full eigendecomposition up to this dimension, top D/4 above
+SUBSPACE_ITERATIONS = 4
 # Cost model for this kind of CPU (2-core AVX2 EPYC, torch fp32 GEMM + row max, cache-sized
 # tiles; measured with benchmarks/match.py --calibrate): ns per pair for a tile of width K is
 # output-bound below K ~ 32 and compute-bound above; a surviving candidate costs a row
@@ -44,9 +46,9 @@ def ns_per_pair(width: int) -> float:
 
 @dataclass(frozen=True)
 class Rotation:
-    r: np.ndarray  # (D, D) float64, row k = k-th principal direction (energy descending)
+    r: np.ndarray  # (k, D) float64, orthonormal rows = principal directions, energy descending
     eps: float  # bound on the spectral norm of R R^T - I
-    energy: np.ndarray  # (D,) share of the sample's energy in the first k+1 coordinates
+    energy: np.ndarray  # (k,) share of the sample's energy in the first j+1 directions
 
 
 def sample_positions(m: int, size: int, seed: int = 0) -> np.ndarray:
@@ -62,23 +64,41 @@ def sample_rows(problem: Problem, positions: np.ndarray) -> np.ndarray:
     return np.asarray(problem.vectors[ids], dtype=np.float64)
 
 
-def fit_rotation(sample: np.ndarray) -> Rotation:
-    """Principal directions of the sample's second moment, as an orthogonal float64 matrix."""
+def fit_rotation(sample: np.ndarray, full_below: int = FULL_EIGH_BELOW) -> Rotation:
+    """Principal directions of the sample's second moment, as orthonormal float64 rows.
+
+    Up to ``full_below`` dimensions: all D directions (one float64 eigh). Above: only the top
+    ``D/4`` (the most a head can usefully have), by subspace iteration and Rayleigh-Ritz,
+    which costs a few GEMMs instead of a D x D eigendecomposition. The bound needs nothing
+    more: the tail norm comes from ``|x|^2 - |R_1 x|^2``.
+    """
     import torch
 
     d = sample.shape[1]
     x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
-    # fp32 GEMM for speed: M only has to be symmetric; eigh makes R orthogonal regardless
-    m = (x.T @ x).double().numpy()
+    # fp32 GEMM for speed: M only has to be symmetric; orthogonality comes from eigh/QR
+    m = (x.T @ x).double()
     m = (m + m.T) / 2.0
-    w, v = np.linalg.eigh(m)
-    order = np.argsort(w)[::-1]
-    r = np.ascontiguousarray(v[:, order].T)
-    e = r @ r.T - np.eye(d)
-    eps = float(d * np.abs(e).max()) + d * U64  # |E|_2 <= |E|_F <= d max|E_ij|
-    w = np.clip(w[order], 0.0, None)
-    energy = np.cumsum(w) / max(float(w.sum()), 1e-300)
-    return Rotation(r=r, eps=eps, energy=energy)
+    trace = max(float(torch.trace(m)), 1e-300)
+    if d < full_below:
+        w, v = torch.linalg.eigh(m)
+        r = v.flip(1).T.contiguous()
+        w = w.flip(0)
+    else:
+        k = d // 4
+        gen = torch.Generator().manual_seed(0)
+        q = torch.linalg.qr(torch.randn(d, k + 16, generator=gen, dtype=torch.float64))[0]
+        for _ in range(SUBSPACE_ITERATIONS):
+            q = torch.linalg.qr(m @ q)[0]
+        w, v = torch.linalg.eigh(q.T @ m @ q)  # Rayleigh-Ritz in the subspace
+        r = (q @ v.flip(1)[:, :k]).T.contiguous()
+        r = torch.linalg.qr(r.T)[0].T.contiguous()  # re-orthonormalise in float64
+        w = w.flip(0)[:k]
+    r_np = r.numpy()
+    e = r_np @ r_np.T - np.eye(len(r_np))
+    eps = float(len(r_np) * np.abs(e).max()) + d * U64  # |E|_2 <= |E|_F <= k max|E_ij|
+    energy = np.cumsum(np.clip(w.numpy(), 0.0, None)) / trace
+    return Rotation(r=r_np, eps=eps, energy=energy)
 
 
 def tail_inflation(rot: Rotation, d: int) -> float:
@@ -117,7 +137,7 @@ def head_matrix(x64: np.ndarray, rot: Rotation, dims: int) -> np.ndarray:
 class DimsChoice:
     dims: int | None  # None: no pruning, full-D fp32 tiles
     rates: dict[int, float]  # survivor rate of the bound per d' on the sample pairs
-    full_rate: float  # rate of pairs passing the two-sided full-D gate
+    full_rate: float | None  # rate passing the two-sided full-D gate (None: not needed)
     costs: dict[str, float]  # modelled ns per pair
     sample_pairs: int
 
@@ -128,29 +148,38 @@ def choose_dims(sample: np.ndarray, rot: Rotation, thr_rel_lo: float, thr_rel_hi
 
     ``thr_rel_lo``/``thr_rel_hi`` are the gate thresholds (band bounds widened by the margin).
     Rates are measured in float64 on the exact bound; the fp32 details only move them by the
-    margin, which is far below the sampling noise.
+    margin, far below the sampling noise. Modelled cost grows with ``d'`` while the rate only
+    falls, so the walk up the ladder stops once no larger ``d'`` can be cheaper.
     """
     n, d = sample.shape
     half = min(n // 2, PAIR_SAMPLE)
-    dims_ok = [k for k in ladder if k + 1 < d]
+    dims_ok = [k for k in ladder if k + 1 < d and k <= len(rot.r)]
     if half < 16 or not dims_ok:
-        return DimsChoice(None, {}, 1.0, {}, 0)
+        return DimsChoice(None, {}, None, {}, 0)
     a, b = sample[:half], sample[half:2 * half]
-    ya, yb = a @ rot.r.T, b @ rot.r.T
+    top = dims_ok[-1]
+    ya, yb = a @ rot.r[:top].T, b @ rot.r[:top].T
     na2, nb2 = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)
+    ha2, hb2 = np.cumsum(ya * ya, axis=1), np.cumsum(yb * yb, axis=1)
     g = np.zeros((half, half))
     rates: dict[int, float] = {}
+    costs: dict[str, float] = {}
     prev = 0
     for k in dims_ok:
+        if costs and ns_per_pair(k + 1) >= min(costs.values()):
+            break
         g += ya[:, prev:k] @ yb[:, prev:k].T
         prev = k
-        ta = np.sqrt(np.maximum(na2 - np.einsum("ij,ij->i", ya[:, :k], ya[:, :k]), 0.0))
-        tb = np.sqrt(np.maximum(nb2 - np.einsum("ij,ij->i", yb[:, :k], yb[:, :k]), 0.0))
-        rates[k] = float(np.mean(g + np.outer(ta, tb) >= thr_rel_lo))
-    s = a @ b.T
-    full_rate = float(np.mean((s >= thr_rel_lo) & (s <= thr_rel_hi)))
-    costs = {str(k): ns_per_pair(k + 1) + rates[k] * NS_PER_CANDIDATE for k in dims_ok}
-    costs["full"] = ns_per_pair(d) + full_rate * NS_PER_CANDIDATE
+        ta = np.sqrt(np.maximum(na2 - ha2[:, k - 1], 0.0))
+        tb = np.sqrt(np.maximum(nb2 - hb2[:, k - 1], 0.0))
+        bound = g + ta[:, None] * tb[None, :]
+        rates[k] = float(np.count_nonzero(bound >= thr_rel_lo)) / bound.size
+        costs[str(k)] = ns_per_pair(k + 1) + rates[k] * NS_PER_CANDIDATE
+    full_rate = None
+    if ns_per_pair(d) < min(costs.values()):
+        s = a @ b.T
+        full_rate = float(np.mean((s >= thr_rel_lo) & (s <= thr_rel_hi)))
+        costs["full"] = ns_per_pair(d) + full_rate * NS_PER_CANDIDATE
     best = min(costs, key=lambda c: costs[c])
     return DimsChoice(None if best == "full" else int(best), rates, full_rate, costs,
                       half * half)

@@ -18,7 +18,7 @@ CPU (hardware.cpu_tile_dtype says why).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from pairmine.engines.band import (
     Problem,
     round_down_f32,
 )
-from pairmine.engines.hardware import cores, cpu_capability, cpu_tile_dtype
+from pairmine.engines.hardware import cores, cpu_capability, cpu_tile_dtype, strict_matmul
 from pairmine.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class TorchCPUEngine:
         }
         self.rot: prune.Rotation | None = None
         self.dims: int | None = None
+        self.margin_rel: float
         if dims == "auto":
             self.dims = self._choose_dims() if m >= MIN_ROWS_TO_PRUNE and d > 16 else None
             if m < MIN_ROWS_TO_PRUNE or d <= 16:
@@ -85,6 +86,7 @@ class TorchCPUEngine:
         self.mat: torch.Tensor | None = None  # targets as tile rows (head or fp32), if resident
         self.thr_lo = self.thr_hi = 0.0
         self._threads_before: int | None = None
+        self._restore: Callable[[], None] | None = None
         self._prepared = False
 
     # -- planning ------------------------------------------------------------------------
@@ -167,6 +169,7 @@ class TorchCPUEngine:
         self._threads_before = torch.get_num_threads()
         if self._threads_before != self.threads:
             torch.set_num_threads(self.threads)
+        self._restore = strict_matmul()
         self._prepared = True
 
     def _block(self, start: int, stop: int) -> torch.Tensor:
@@ -184,8 +187,10 @@ class TorchCPUEngine:
         tr, tc = self.tile_rows, self.tile_cols
         buf = torch.empty(tr * tc, dtype=torch.float32)
         rowmax = torch.empty(tr, dtype=torch.float32)
-        # t <= p inside the first column tile of a row tile (columns start at its first row)
-        lower = torch.ones(tr, tc, dtype=torch.bool).tril()
+        # t <= p: only in the first rows x rows square of a row tile's first column tile;
+        # adding -inf there is 6x faster than masked_fill_ on the CPU (scores are finite)
+        lower = torch.zeros(tr, tr).masked_fill_(torch.ones(tr, tr, dtype=torch.bool).tril(),
+                                                 float("-inf"))
         two_sided = self.dims is None
         batcher = CandidateBatcher()
         with torch.inference_mode():
@@ -197,8 +202,8 @@ class TorchCPUEngine:
                     b = self._block(c0, c1)
                     tile = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
                     torch.mm(a, b.t(), out=tile)
-                    if c0 == r0:
-                        tile.masked_fill_(lower[: r1 - r0, : c1 - c0], float("-inf"))
+                    if c0 == r0:  # c1 - c0 >= r1 - r0: tile_cols >= tile_rows, m >= r1
+                        tile[:, : r1 - r0].add_(lower[: r1 - r0, : r1 - r0])
                     mx = rowmax[: r1 - r0]
                     torch.amax(tile, 1, out=mx)
                     rows = torch.nonzero(mx >= self.thr_lo).squeeze(1)
@@ -224,5 +229,8 @@ class TorchCPUEngine:
         if self._threads_before is not None and self._threads_before != torch.get_num_threads():
             torch.set_num_threads(self._threads_before)
         self._threads_before = None
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
         self.mat = None
         self._prepared = False

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from pairmine.engines.band import (
     round_down_f32,
     row_norms,
 )
+from pairmine.engines.hardware import strict_matmul
 
 if TYPE_CHECKING:
     import torch
@@ -66,6 +67,7 @@ class DeviceTilesBase:
         self.x: torch.Tensor | None = None
         self.thr = 0.0
         self._prepared = False
+        self._restore: Callable[[], None] | None = None
         self.info: dict[str, Any] = {"engine": "torch", "device": device, "kernel": self.kernel,
                                      "precision": f"{dtype} inputs, float32 accumulation"}
 
@@ -117,9 +119,13 @@ class DeviceTilesBase:
             else round_down_f32(lo)
         self.x = x
         self.info.update(max_norm=top_t, margin=margin, threshold=self.thr)
+        self._restore = strict_matmul()
         self._prepared = True
 
     def close(self) -> None:
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
         self.x = None
         self._prepared = False
 
@@ -137,42 +143,46 @@ class TwoPassEngine(DeviceTilesBase):
         cols = max(self.tile_rows, min(tile_cols, memory_budget // 4 // (esize * self.tile_rows)))
         self.tile_cols = cols
         self.info["tile"] = [self.tile_rows, self.tile_cols]
+        self._thr_t: torch.Tensor | None = None
+        self._lower: torch.Tensor | None = None
+        self._buf: torch.Tensor | None = None
+
+    def close(self) -> None:
+        super().close()
+        self._thr_t = self._lower = self._buf = None
 
     def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
-        import torch
 
         self.prepare()
         assert self.x is not None
-        x = self.x
-        flags = torch.backends.cuda.matmul
-        before = flags.allow_fp16_reduced_precision_reduction
-        flags.allow_fp16_reduced_precision_reduction = False
-        try:
-            batcher = CandidateBatcher()
-            for r0 in range(start, stop, self.tile_rows):
-                r1 = min(r0 + self.tile_rows, stop)
-                for p, t in self._rows(x, r0, r1):
-                    out = batcher.add(p, t)
-                    if out is not None:
-                        yield out
-            last = batcher.flush()
-            if last is not None:
-                yield last
-        finally:
-            flags.allow_fp16_reduced_precision_reduction = before
+        batcher = CandidateBatcher()
+        for r0 in range(start, stop, self.tile_rows):
+            r1 = min(r0 + self.tile_rows, stop)
+            for p, t in self._rows(self.x, r0, r1):
+                out = batcher.add(p, t)
+                if out is not None:
+                    yield out
+        last = batcher.flush()
+        if last is not None:
+            yield last
 
     def _rows(self, x: torch.Tensor, r0: int, r1: int) -> Iterator[Candidates]:
         import torch
 
         m = self.problem.m
         rows, tc = r1 - r0, self.tile_cols
-        thr = torch.tensor(self.thr, dtype=x.dtype, device=x.device)  # exact: rounded down
+        if self._thr_t is None:  # made once: a host-to-device copy can stall the stream
+            self._thr_t = torch.tensor(self.thr, dtype=x.dtype, device=x.device)
+            self._lower = torch.ones(self.tile_rows, self.tile_rows, dtype=torch.bool,
+                                     device=x.device).tril()
+            self._buf = torch.empty(self.tile_rows * tc, dtype=x.dtype, device=x.device)
+        thr, buf = self._thr_t, self._buf  # thr exact in x.dtype: rounded down
+        assert self._lower is not None and buf is not None
+        lower = self._lower[:rows, :rows]
         with torch.inference_mode():
             a = x[r0:r1]
             n_tiles = -(-(m - r0) // tc)
             rowmax = torch.empty((n_tiles, rows), dtype=x.dtype, device=x.device)
-            buf = torch.empty(rows * tc, dtype=x.dtype, device=x.device)
-            lower = torch.ones(rows, rows, dtype=torch.bool, device=x.device).tril()
             # pass 1: the row max of every tile; no host sync
             for j in range(n_tiles):
                 c0 = r0 + j * tc

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,14 +31,16 @@ INITIAL_CAPACITY = 1 << 16
 
 
 @functools.cache
-def band_kernel() -> Callable[..., Any]:
+def band_kernel() -> Any:
     """The jitted kernel (built on first use, so TRITON_INTERPRET is read then)."""
-    import triton
-    import triton.language as tl
+    import triton  # type: ignore[import-untyped]
+    import triton.language as tl  # type: ignore[import-untyped]
 
-    @triton.jit  # type: ignore[misc]
-    def _band_tiles(x_ptr, stride, r0, r1, m, d, thr, count_ptr, out_p_ptr, out_t_ptr,
-                    capacity, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # Triton reads the parameters' annotations itself: only the constexpr ones carry one
+    @triton.jit  # type: ignore[untyped-decorator]
+    def _band_tiles(x_ptr, stride, r0, r1, m, d, thr, count_ptr, out_p_ptr,  # type: ignore[no-untyped-def]
+                    out_t_ptr, capacity, BM: tl.constexpr, BN: tl.constexpr,
+                    BK: tl.constexpr):
         # axis 0 walks the (many) column tiles: grid y/z are limited to 65535
         col0 = r0 + tl.program_id(0) * BN
         row0 = r0 + tl.program_id(1) * BM
@@ -66,7 +68,7 @@ def band_kernel() -> Callable[..., Any]:
                 tl.store(out_t_ptr + slot, cols[None, :] + tl.zeros((BM, BN), dtype=tl.int32),
                          mask=ok)
 
-    return _band_tiles  # type: ignore[no-any-return]
+    return _band_tiles
 
 
 class FusedEngine(DeviceTilesBase):
@@ -84,6 +86,11 @@ class FusedEngine(DeviceTilesBase):
         self.info["relaunches"] = 0
         if problem.m >= 2**31 - self.bn:
             raise ValueError("too many rows for int32 positions")
+        self._out: tuple[Any, Any, Any] | None = None
+
+    def close(self) -> None:
+        super().close()
+        self._out = None
 
     def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
         import torch
@@ -97,11 +104,13 @@ class FusedEngine(DeviceTilesBase):
         bk = 16
         while bk < min(d, 64):
             bk *= 2
-        count = torch.zeros(1, dtype=torch.int32, device=x.device)
         grid = (-(-(m - start) // self.bn), -(-(stop - start) // self.bm))
         while True:
-            out_p = torch.empty(self.capacity, dtype=torch.int32, device=x.device)
-            out_t = torch.empty(self.capacity, dtype=torch.int32, device=x.device)
+            if self._out is None or len(self._out[0]) < self.capacity:
+                self._out = (torch.empty(self.capacity, dtype=torch.int32, device=x.device),
+                             torch.empty(self.capacity, dtype=torch.int32, device=x.device),
+                             torch.zeros(1, dtype=torch.int32, device=x.device))
+            out_p, out_t, count = self._out
             count.zero_()
             extra = {} if x.device.type == "cpu" else {"num_warps": self.num_warps,
                                                         "num_stages": self.num_stages}

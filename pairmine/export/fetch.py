@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MISSING = "missing"
 CHANGED = "changed"
+DEFAULT_CACHE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -56,16 +59,30 @@ class Original:
 class Fetcher:
     """Fetches images by embeddings-store id through the source kind's reader.
 
-    Problems are remembered, so an image in many pairs is read and reported once.
+    Problems are remembered, so an image in many pairs is read and reported once. Images
+    that passed the check stay in a small LRU cache (``cache_bytes``): an image is usually in
+    several pairs, and pairs sorted by anchor reuse it back to back. Serving the verified
+    bytes again is also what the export should write, even if the file changes meanwhile.
+    Safe to call from several threads.
     """
 
-    def __init__(self, source_kind: str, images: Catalogue) -> None:
+    def __init__(self, source_kind: str, images: Catalogue, *,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._read = _reader(source_kind)
         self._images = images
         self.problems: dict[int, Problem] = {}
+        self._cache: OrderedDict[int, Original] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._cached = 0
+        self._lock = threading.Lock()
 
     def get(self, image_id: int) -> Original | Problem:
-        known = self.problems.get(image_id)
+        with self._lock:
+            hit = self._cache.get(image_id)
+            if hit is not None:
+                self._cache.move_to_end(image_id)
+                return hit
+            known = self.problems.get(image_id)
         if known is not None:
             return known
         source = self._images.sources[image_id]
@@ -78,13 +95,29 @@ class Fetcher:
         if digest != self._images.sha256[image_id]:
             return self._problem(image_id, CHANGED,
                                  f"sha256 {digest[:12]}… ≠ {self._images.sha256[image_id][:12]}…")
-        return Original(data=data, ext=normalise_ext(ext), sha256=digest)
+        original = Original(data=data, ext=normalise_ext(ext), sha256=digest)
+        self._remember(image_id, original)
+        return original
+
+    def _remember(self, image_id: int, original: Original) -> None:
+        size = len(original.data)
+        if size > self._cache_bytes // 4:  # a huge image would flush everything else
+            return
+        with self._lock:
+            if image_id in self._cache:
+                return
+            self._cache[image_id] = original
+            self._cached += size
+            while self._cached > self._cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= len(old.data)
 
     def _problem(self, image_id: int, reason: str, detail: str) -> Problem:
         problem = Problem(id=image_id, key=self._images.keys[image_id],
                           source=self._images.sources[image_id],
                           member=self._images.members[image_id], reason=reason, detail=detail)
-        self.problems[image_id] = problem
+        with self._lock:
+            self.problems[image_id] = problem
         log.info("image %s (%s) is %s: %s", problem.key, problem.where(), reason, detail)
         return problem
 

@@ -2,7 +2,8 @@
 
 Reading a file and hashing it both release the GIL, so a few threads that fetch and check
 the next samples keep the single tar writer busy; results still come back strictly in plan
-order, so the output does not depend on thread timing.
+order, so the output does not depend on thread timing. Work is handed out in chunks of
+consecutive positions: one task per sample would cost more than reading a small image.
 """
 
 from __future__ import annotations
@@ -14,39 +15,46 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-WINDOW = 32  # samples in flight: enough to hide file latency, little memory for large photos
-THREADS = 4
+CHUNK = 16  # positions per task
+AHEAD = 4  # tasks in flight beyond the one being consumed
+THREADS = 2  # the machine's other core does the reading; more threads only fight for the GIL
 
 
 class Prefetcher(Generic[T]):
-    """``get(p)`` returns ``make(p)``, computed ahead for positions ``p+1 .. p+window``.
+    """``get(p)`` returns ``make(p)``, computed ahead in chunks of ``chunk`` positions.
 
-    Positions must be asked for in increasing order; the last one may be asked for again
-    (a sample that did not fit into a full shard starts the next one).
+    Positions must be asked for in increasing order from ``start``; the last one may be asked
+    for again (a sample that did not fit into a full shard starts the next one).
     """
 
     def __init__(self, make: Callable[[int], T], start: int, stop: int, *,
-                 window: int = WINDOW, threads: int = THREADS) -> None:
+                 chunk: int = CHUNK, ahead: int = AHEAD, threads: int = THREADS) -> None:
         self._make = make
-        self._next = start
+        self._start = start
         self._stop = stop
-        self._window = window
-        self._futures: dict[int, Future[T]] = {}
-        self._last: tuple[int, T] | None = None
+        self._chunk = chunk
+        self._ahead = ahead
+        self._submitted = 0  # chunks handed out so far
+        self._futures: dict[int, Future[list[T]]] = {}
+        self._current: tuple[int, list[T]] | None = None
         self._pool = ThreadPoolExecutor(max_workers=threads,
                                         thread_name_prefix="pairmine-export-read")
 
+    def _run(self, first: int) -> list[T]:
+        return [self._make(p) for p in range(first, min(first + self._chunk, self._stop))]
+
     def get(self, position: int) -> T:
-        if self._last is not None and self._last[0] == position:
-            return self._last[1]
-        self._next = max(self._next, position)
-        while self._next < min(position + 1 + self._window, self._stop):
-            self._futures[self._next] = self._pool.submit(self._make, self._next)
-            self._next += 1
-        future = self._futures.pop(position, None)
-        value = self._make(position) if future is None else future.result()
-        self._last = (position, value)
-        return value
+        if position < self._start or position >= self._stop:
+            raise IndexError(position)
+        number = (position - self._start) // self._chunk
+        if self._current is None or self._current[0] != number:
+            last = min(number + self._ahead, (self._stop - self._start - 1) // self._chunk)
+            while self._submitted <= last:
+                first = self._start + self._submitted * self._chunk
+                self._futures[self._submitted] = self._pool.submit(self._run, first)
+                self._submitted += 1
+            self._current = (number, self._futures.pop(number).result())
+        return self._current[1][(position - self._start) % self._chunk]
 
     def close(self) -> None:
         for future in self._futures.values():

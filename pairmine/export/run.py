@@ -154,8 +154,7 @@ def export(
         "shards": [s.to_manifest() for s in written.shards],
         "files": written.files,
         "skipped": [p.to_json() for p in written.skipped],
-        "timings": {"seconds": round(seconds, 3), "resumed_shards": written.resumed_shards},
-    }
+    }  # no timings: a re-run or a resumed run writes the very same manifest
     art.finish_store(out, manifest)
     log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
              out, seconds)

@@ -306,7 +306,7 @@ def _verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
     catalogue = Catalogue(keys=[refs[i][0] for i in ids], sources=[refs[i][1] for i in ids],
                           members=[refs[i][2] for i in ids], labels=[None] * len(ids),
                           sha256=[refs[i][3] for i in ids])
-    fetcher = Fetcher(str(manifest["source"]["kind"]), catalogue)
+    fetcher = Fetcher(str(manifest["source"]["kind"]), catalogue, cache_bytes=0)
     progress.start("verify sources", total=len(ids), unit="images")
     for local in range(len(ids)):
         got = fetcher.get(local)
