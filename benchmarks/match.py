@@ -331,7 +331,8 @@ def machine(device: str) -> str:
         pass
     from pairmine.engines.hardware import cores, cpu_capability
 
-    return f"{cores()}-core {model} ({cpu_capability()}), {platform.machine()}"
+    return (f"{model} ({cpu_capability()}, {platform.machine()}), {cores()} of "
+            f"{os.cpu_count()} cores used")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,8 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     args = ap.parse_args(argv)
-    if args.threads:
+    if args.threads and os.environ.get("PAIRMINE_BENCH_PINNED") != str(args.threads):
+        # affinity set by one thread binds only threads created after it: pin, then restart
+        # so that every pool (numpy's BLAS included) starts inside the mask
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+        os.environ["PAIRMINE_BENCH_PINNED"] = str(args.threads)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.calibrate:
         calibrate(args.reps)
         return 0
@@ -429,6 +434,8 @@ def bench_size(n: int, dim: int, dev: str, planted: float,
                 ok &= r["same_pairs"]
             if base:
                 r["speedup_vs_faiss_full"] = base / r["seconds"]
+                r["cpu_speedup_vs_faiss_full"] = results["faiss-full"]["cpu_seconds"] / max(
+                    r["cpu_seconds"], 1e-9)
             if gemm:
                 r["gemm_fraction"] = gemm["seconds"] / r["seconds"]
         out += results.values()
@@ -450,12 +457,18 @@ def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, dev: str) -
              "| N | D | data | run | seconds | CPU seconds | vs FAISS full | GEMM-limit fraction "
              "| pairs | candidates | peak RSS MiB (growth in run) | same pairs |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def fmt(v: float | None, unit: str = "") -> str:
+        return "-" if v is None else f"{v:.2f}{unit}"
+
     for r in rows:
         info = r.get("info") or {}
+        speed = fmt(r.get("speedup_vs_faiss_full"), "x")
+        if "cpu_speedup_vs_faiss_full" in r:
+            speed += f" (CPU {r['cpu_speedup_vs_faiss_full']:.2f}x)"
         lines.append(
             f"| {r['n']} | {r['dim']} | {r['data']} | {r['run']} | {r['seconds']:.2f} | "
-            f"{r['cpu_seconds']:.2f} | {r.get('speedup_vs_faiss_full', float('nan')):.2f}x | "
-            f"{r.get('gemm_fraction', float('nan')):.2f} | {r.get('n_pairs', '')} | "
+            f"{r['cpu_seconds']:.2f} | {speed} | "
+            f"{fmt(r.get('gemm_fraction'))} | {r.get('n_pairs', '')} | "
             f"{info.get('candidates', '')} | {r['peak_rss_mib']:.0f} "
             f"(+{r['peak_rss_mib'] - r['rss_before_mib']:.0f}) | "
             f"{r.get('same_pairs', '')} |")

@@ -31,22 +31,18 @@ __version__ = "0.1.0"
 # the functions here, eagerly, makes `pairmine.embed` the function for good. Stage modules
 # import torch/faiss only inside functions, so this stays cheap.
 from pairmine.embed import EmbedResult, embed  # noqa: E402
+from pairmine.export import ExportResult, VerifyResult, export, verify  # noqa: E402
+from pairmine.match import MatchResult, match  # noqa: E402
 
 # stage entry points, imported on first use so `import pairmine` stays light
 _LAZY = {
     "load_encoder": ("pairmine.encoders", "load_encoder"),
     "list_encoders": ("pairmine.encoders", "list_encoders"),
     "open_source": ("pairmine.sources", "open_source"),
-    "match": ("pairmine.match", "match"),
-    "MatchResult": ("pairmine.match", "MatchResult"),
-    "export": ("pairmine.export", "export"),
-    "verify": ("pairmine.export", "verify"),
 }
 
 if TYPE_CHECKING:
     from pairmine.encoders import list_encoders, load_encoder
-    from pairmine.export import export, verify
-    from pairmine.match import MatchResult, match
     from pairmine.sources import open_source
 
 
@@ -65,12 +61,14 @@ __all__ = [
     "EmbedResult",
     "Embeddings",
     "EncoderError",
+    "ExportResult",
     "InputError",
     "MatchResult",
     "PairmineError",
     "Pairs",
     "SourceError",
     "StoreError",
+    "VerifyResult",
     "__version__",
     "embed",
     "export",

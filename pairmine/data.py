@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch.utils.data import Dataset
+
 from pairmine import artefacts as art
 from pairmine.errors import StoreError
 from pairmine.images import decode_rgb
@@ -63,7 +65,7 @@ def _target(label: Any) -> int:
 # map-style
 
 
-class SPPSDataset:
+class SPPSDataset(Dataset[Item]):
     """Random access over an export: ``dataset[i] -> (views, target)``.
 
     ``kinds`` picks pairs, single images (combined exports) or both. Item order: shard

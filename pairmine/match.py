@@ -689,5 +689,6 @@ def _distribution(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {}
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"min": int(values.min()), "median": float(p50), "mean": round(float(values.mean()), 6),
-            "p90": float(p90), "p99": float(p99), "max": int(values.max())}
+    return {"min": int(values.min()), "median": round(float(p50), 6),
+            "mean": round(float(values.mean()), 6), "p90": round(float(p90), 6),
+            "p99": round(float(p99), 6), "max": int(values.max())}

@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -47,8 +48,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stores, Path, Pa
     return s, shards, table
 
 
-def _meta(s: Stores) -> dict[str, list[object]]:
-    return art.open_embeddings(s.emb).meta.to_pydict()
+def _meta(s: Stores) -> dict[str, list[Any]]:
+    meta: dict[str, list[Any]] = art.open_embeddings(s.emb).meta.to_pydict()
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +160,7 @@ def test_webdataset_pipeline_streams_every_sample_once(
     seen = 0
     for (v1, v2), target in loader:
         assert v1.shape[1:] == v2.shape[1:] == (3, SIZE, SIZE)
-        assert ((0 <= target) & (target < 3)).all()
+        assert ((target >= 0) & (target < 3)).all()
         seen += v1.shape[0]
     assert seen == 27
 

@@ -374,6 +374,36 @@ def test_info_records_the_choices() -> None:
     assert "kernel" in engine_info("faiss", "cpu")
 
 
+def test_wide_band_falls_back_to_full_tiles() -> None:
+    """With lo = 0.1 the tail bound prunes nothing: the engine must choose full-D tiles."""
+    rng = np.random.default_rng(3)
+    v = unit(rng.standard_normal((5000, 24)) + 0.5).astype(np.float16)
+    search = band_search(v, 0.1, 0.5, device="cpu")
+    assert search.info["pruning"]["dims"] is None
+    assert search.info["kernel"].startswith("full fp32")
+
+
+def test_engines_restore_global_torch_state() -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        v = make_vectors("random", 60, 8, 0, "float32")
+        search = band_search(v, 0.5, 1.0, device="cpu", block_rows=16)
+        next(search)
+        # the margins assume true fp32 GEMMs
+        assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        list(search)
+        assert torch.get_float32_matmul_precision() == "medium"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
 def test_default_block_rows_is_data_independent() -> None:
     assert default_block_rows() == 4096
     assert default_block_rows(1 << 40) == 1 << 16 and default_block_rows(16 << 20) == 256

@@ -452,7 +452,10 @@ def _bad_stores(tmp: Path) -> dict[str, Path]:
     v = clustered(20, 4, seed=0)
     no_manifest = make_store(tmp / "nomanifest", v)
     (no_manifest / "manifest.json").unlink()
+    nan = v.copy()
+    nan[7, 2] = np.nan
     return {"ok": make_store(tmp / "ok", v), "nomanifest": no_manifest,
+            "nan": make_store(tmp / "nan", nan),
             "mixed": make_store(tmp / "mixed", v, shards=2, dims=[4, 5]),
             "missing": tmp / "does-not-exist"}
 
@@ -464,6 +467,7 @@ def _bad_stores(tmp: Path) -> dict[str, Path]:
     ("nomanifest", [], "no manifest.json"),
     ("missing", [], "does not exist"),
     ("mixed", [], "mixes dimensions"),
+    ("nan", [], "NaN"),
     ("ok", ["--subset", "0.01"], "subset is empty"),
     ("ok", ["--subset", "21"], "larger than the store"),
     ("ok", ["--subset", "0"], "not a count"),

@@ -178,7 +178,7 @@ def exact_band(vectors: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, band
     keep = np.zeros(k, dtype=bool)
     score = np.zeros(k, dtype=np.float32)
     d = vectors.shape[1]
-    chunk = max(1, min(chunk, (1 << 26) // max(d, 1)))
+    chunk = max(1, min(chunk, (1 << 22) // max(d, 1)))  # <= 32 MiB per float64 matrix
     for s0 in range(0, k, chunk):
         s1 = min(s0 + chunk, k)
         ia, ib = rows_a[s0:s1], rows_b[s0:s1]
@@ -186,9 +186,12 @@ def exact_band(vectors: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, band
         y = np.asarray(vectors[ib], dtype=np.float64)
         s = np.einsum("ij,ij->i", x, y)
         err = 2.0 * ((d + 1) * U64 * np.einsum("ij,ij->i", np.abs(x), np.abs(y)) + 2.0**-1070)
+        # the band test can only flip within err of a bound; the float32 score only matters
+        # for pairs that may be kept (near zero float32 steps are tiny: leave those out)
+        maybe = (s + err >= band.lo) & (s - err <= band.hi)
         near = ((s - err <= band.lo) & (band.lo <= s + err)) \
             | ((s - err <= band.hi) & (band.hi <= s + err)) \
-            | ((s - err).astype(np.float32) != (s + err).astype(np.float32))
+            | (maybe & ((s - err).astype(np.float32) != (s + err).astype(np.float32)))
         for i in np.flatnonzero(near):
             s[i] = math.fsum((x[i] * y[i]).tolist())
         keep[s0:s1] = (s >= band.lo) & (s <= band.hi)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def cores() -> int:
@@ -62,22 +63,49 @@ def triton_available() -> bool:
 
 
 def strict_matmul() -> Callable[[], None]:
-    """Make float32 GEMMs full fp32 (no TF32, no bf16 on CPUs that have it) and fp16 GEMMs
-    accumulate in fp32 without reduced-precision reductions, as the margins assume. Returns
-    the function that restores the caller's settings. These are process-wide switches: an
-    engine holds them from ``prepare`` to ``close``."""
+    """Make float32 GEMMs full fp32 (no TF32 on GPUs, no bf16 on CPUs that have it) and fp16
+    GEMMs reduce in fp32, as the margins assume. Returns the function that restores the
+    caller's settings. These are process-wide switches: an engine holds them from
+    ``prepare`` to ``close``. Uses torch's per-backend ``fp32_precision`` API where it exists
+    (mixing it with the legacy ``allow_tf32`` flags makes torch raise), the legacy one before.
+    """
     import torch
 
+    backends = [b for b in (torch.backends.cuda.matmul, getattr(torch.backends, "mkldnn", None))
+                if b is not None and hasattr(getattr(b, "matmul", b), "fp32_precision")]
+    targets = [getattr(b, "matmul", b) for b in backends]
+    saved_new = [t.fp32_precision for t in targets]
+    saved_legacy = None if targets else torch.get_float32_matmul_precision()
     matmul = torch.backends.cuda.matmul
-    saved = (torch.get_float32_matmul_precision(), matmul.allow_tf32,
-             matmul.allow_fp16_reduced_precision_reduction)
-    torch.set_float32_matmul_precision("highest")
-    matmul.allow_tf32 = False
+    saved_fp16 = matmul.allow_fp16_reduced_precision_reduction
+    for t in targets:
+        t.fp32_precision = "ieee"
+    if saved_legacy is not None:
+        torch.set_float32_matmul_precision("highest")
     matmul.allow_fp16_reduced_precision_reduction = False
 
     def restore() -> None:
-        torch.set_float32_matmul_precision(saved[0])
-        matmul.allow_tf32 = saved[1]
-        matmul.allow_fp16_reduced_precision_reduction = saved[2]
+        for t, v in zip(targets, saved_new, strict=True):
+            t.fp32_precision = v
+        if saved_legacy is not None:
+            torch.set_float32_matmul_precision(saved_legacy)
+        matmul.allow_fp16_reduced_precision_reduction = saved_fp16
 
     return restore
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU kernels on ``n`` threads for a while. torch sizes its pool by the
+    machine's cores, not the process's CPU affinity: more threads than usable cores make
+    every GEMM wait on descheduled threads (measured: 10x slower eigh and QR)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)

@@ -179,35 +179,35 @@ class TwoPassEngine(DeviceTilesBase):
         thr, buf = self._thr_t, self._buf  # thr exact in x.dtype: rounded down
         assert self._lower is not None and buf is not None
         lower = self._lower[:rows, :rows]
-        with torch.inference_mode():
-            a = x[r0:r1]
-            n_tiles = -(-(m - r0) // tc)
-            rowmax = torch.empty((n_tiles, rows), dtype=x.dtype, device=x.device)
-            # pass 1: the row max of every tile; no host sync
-            for j in range(n_tiles):
-                c0 = r0 + j * tc
-                c1 = min(c0 + tc, m)
-                tile = buf[: rows * (c1 - c0)].view(rows, c1 - c0)
-                torch.mm(a, x[c0:c1].t(), out=tile)
-                if j == 0:
-                    tile[:, :rows].masked_fill_(lower[:, : c1 - c0], float("-inf"))
-                torch.amax(tile, 1, out=rowmax[j])
-            flagged = torch.nonzero((rowmax >= thr).any(0)).squeeze(1)  # one sync
-            if flagged.numel() == 0:
-                return
-            # pass 2: flagged rows against every column, in chunks that fit the budget
-            af = a.index_select(0, flagged)
-            pf = (flagged + r0).view(-1, 1)
-            esize = x.element_size()
-            chunk = max(tc, self.budget // 4 // (esize * max(len(flagged), 1)))
-            for c0 in range(r0, m, chunk):
-                c1 = min(c0 + chunk, m)
-                sub = af @ x[c0:c1].t()
-                hit = sub >= thr
-                if c0 <= r1:  # the diagonal: keep t > p only
-                    cols = torch.arange(c0, c1, device=x.device).view(1, -1)
-                    hit &= cols > pf
-                ij = torch.nonzero(hit)
-                p = pf[ij[:, 0], 0].cpu().numpy()
-                t = (ij[:, 1] + c0).cpu().numpy()
-                yield p, t
+        a = x[r0:r1]
+        n_tiles = -(-(m - r0) // tc)
+        rowmax = torch.empty((n_tiles, rows), dtype=x.dtype, device=x.device)
+        # pass 1: the row max of every tile; no host sync
+        for j in range(n_tiles):
+            c0 = r0 + j * tc
+            c1 = min(c0 + tc, m)
+            tile = buf[: rows * (c1 - c0)].view(rows, c1 - c0)
+            torch.mm(a, x[c0:c1].t(), out=tile)
+            if j == 0:
+                tile[:, :rows].masked_fill_(lower[:, : c1 - c0], float("-inf"))
+            torch.amax(tile, 1, out=rowmax[j])
+        flagged = torch.nonzero((rowmax >= thr).any(0)).squeeze(1)  # one sync
+        if flagged.numel() == 0:
+            return
+        # pass 2: flagged rows against every column, in chunks that fit the budget
+        af = a.index_select(0, flagged)
+        pf = (flagged + r0).view(-1, 1)
+        esize = x.element_size()
+        chunk = max(tc, self.budget // 4 // (esize * max(len(flagged), 1)))
+        for c0 in range(r0, m, chunk):
+            c1 = min(c0 + chunk, m)
+            sub = af @ x[c0:c1].t()
+            hit = sub >= thr
+            if c0 <= r1:  # the diagonal: keep t > p only
+                cols = torch.arange(c0, c1, device=x.device).view(1, -1)
+                hit &= cols > pf
+            ij = torch.nonzero(hit)
+            p = pf[ij[:, 0], 0].cpu().numpy()
+            t = (ij[:, 1] + c0).cpu().numpy()
+            yield p, t
+

@@ -79,7 +79,7 @@ def normalise_ext(ext: str) -> str:
     """``.JPEG`` → ``jpg``: one spelling per format, so a trainer can ask for ``anchor.jpg``.
     Only the member name changes; the bytes are the original ones."""
     ext = ext.lower().rsplit(".", 1)[-1]  # "cls.jpg"-style WebDataset suffixes: the last part
-    if not ext or "/" in ext:
+    if not ext or "/" in ext or len(ext) > 8:  # not an image extension: keep names short
         return "bin"
     return _EXT_ALIASES.get(ext, ext)
 
@@ -112,11 +112,6 @@ def member_spans(key: str, start: int, members: dict[str, int]) -> list[MemberSp
         spans.append(MemberSpan(name=name, offset=pos + BLOCK, size=size))
         pos += BLOCK + padded(size)
     return spans
-
-
-def sample_bytes(members: dict[str, int]) -> int:
-    """Bytes a sample takes in a tar: headers, data and padding."""
-    return sum(BLOCK + padded(size) for size in members.values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -313,14 +313,15 @@ def _fill(writer: Any, rows: _IndexRows, skips: _Skips, position: int, plan: Pla
                 skips.pairs += 1
             position += 1
             continue
-        size = lay.sample_bytes(sample.member_sizes())
+        where = sample.layout(offset)
+        size = where[0]
         if limits.bytes is not None and rows.count > 0 and \
                 _closed_size(offset + size) > limits.bytes:
             break
         writer.write(sample.members())
         if writer.tarstream.offset != offset + size:  # the layout assumption broke
             raise RuntimeError(f"tar layout mismatch at {sample.key}")
-        rows.add(sample, position, offset)
+        rows.add(sample, position, offset, where)
         offset += size
         position += 1
         meter.add(1, size)
@@ -362,11 +363,18 @@ class Sample:
             obj[self.second_name] = self.second.data
         return obj
 
-    def member_sizes(self) -> dict[str, int]:
-        sizes = {self.first_name: len(self.first.data), lay.JSON: len(self.json)}
-        if self.second is not None and self.second_name is not None:
-            sizes[self.second_name] = len(self.second.data)
-        return sizes
+    def layout(self, offset: int) -> tuple[int, int, int, int | None]:
+        """(bytes the sample takes, data offsets of its first image, json and second image)
+        when it starts at ``offset``. TarWriter writes members sorted by name, and
+        ``anchor.*``/``image.*`` < ``json`` < ``positive.*``: one header block each."""
+        block = lay.BLOCK
+        first = offset + block
+        js = first + lay.padded(len(self.first.data)) + block
+        end = js + lay.padded(len(self.json))
+        if self.second is None:
+            return end - offset, first, js, None
+        second = end + block
+        return second + lay.padded(len(self.second.data)) - offset, first, js, second
 
 
 def sample_json(obj: dict[str, Any]) -> bytes:
@@ -426,29 +434,34 @@ class _IndexRows:
         self.columns: dict[str, list[Any]] = {f.name: [] for f in lay.INDEX_SCHEMA()}
         self.count = 0
 
-    def add(self, sample: Sample, position: int, offset: int) -> None:
-        spans = {s.name.split(".", 1)[1]: s
-                 for s in lay.member_spans(sample.key, offset, sample.member_sizes())}
-        first = spans[sample.first_name]
-        second = spans[sample.second_name] if sample.second_name else None
-        js = spans[lay.JSON]
-        values: dict[str, Any] = {
-            "key": sample.key, "kind": sample.kind, "position": position,
-            "pair_id": sample.pair_id, "a": sample.a, "b": sample.b, "score": sample.score,
-            "key_a": sample.key_a, "key_b": sample.key_b, "label_a": sample.label_a,
-            "label_b": sample.label_b,
-            "offset": offset, "size": lay.sample_bytes(sample.member_sizes()),
-            "name_a": sample.first_name, "offset_a": first.offset, "size_a": first.size,
-            "sha256_a": sample.first.sha256,
-            "name_b": sample.second_name,
-            "offset_b": None if second is None else second.offset,
-            "size_b": None if second is None else second.size,
-            "sha256_b": None if sample.second is None else sample.second.sha256,
-            "offset_json": js.offset, "size_json": js.size,
-            "sha256_json": hashlib.sha256(sample.json).hexdigest(),
-        }
-        for name, column in self.columns.items():
-            column.append(values[name])
+    def add(self, sample: Sample, position: int, offset: int,
+            where: tuple[int, int, int, int | None]) -> None:
+        size, offset_a, offset_json, offset_b = where
+        c = self.columns
+        c["key"].append(sample.key)
+        c["kind"].append(sample.kind)
+        c["position"].append(position)
+        c["pair_id"].append(sample.pair_id)
+        c["a"].append(sample.a)
+        c["b"].append(sample.b)
+        c["score"].append(sample.score)
+        c["key_a"].append(sample.key_a)
+        c["key_b"].append(sample.key_b)
+        c["label_a"].append(sample.label_a)
+        c["label_b"].append(sample.label_b)
+        c["offset"].append(offset)
+        c["size"].append(size)
+        c["name_a"].append(sample.first_name)
+        c["offset_a"].append(offset_a)
+        c["size_a"].append(len(sample.first.data))
+        c["sha256_a"].append(sample.first.sha256)
+        c["name_b"].append(sample.second_name)
+        c["offset_b"].append(offset_b)
+        c["size_b"].append(None if sample.second is None else len(sample.second.data))
+        c["sha256_b"].append(None if sample.second is None else sample.second.sha256)
+        c["offset_json"].append(offset_json)
+        c["size_json"].append(len(sample.json))
+        c["sha256_json"].append(hashlib.sha256(sample.json).hexdigest())
         self.count += 1
 
     def table(self) -> pa.Table:

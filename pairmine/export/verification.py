@@ -91,12 +91,12 @@ def _verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult
             indexes.append(table)
     progress.finish()
     result.shards = len(manifest["shards"])
+    if result.problems:  # totals of damaged shards would only repeat those problems
+        return
     for name in ("samples", "pairs", "images", "bytes"):
         if int(counts[name]) != getattr(result, name):
             result.problems.append(f"the manifest counts {counts[name]} {name}, the shards hold "
                                    f"{getattr(result, name)}")
-    if len(indexes) != len(manifest["shards"]):
-        return
     index = pa.concat_tables(indexes) if indexes else lay.INDEX_SCHEMA().empty_table()
     _verify_tables(out, manifest, index, result)
 
