@@ -57,6 +57,15 @@ def pairmine_version() -> str:
 # atomic writes: write a temporary file beside the target, fsync, rename over it
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success."""
@@ -66,6 +75,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with open(tmp_path, "rb+") as fh:  # the data reaches the disk before the name does
+            os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files owner-only
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

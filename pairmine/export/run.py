@@ -18,8 +18,9 @@ from typing import Any
 from pairmine import artefacts as art
 from pairmine.errors import ConfigError, SourceError, StoreError
 from pairmine.export import layout as lay
-from pairmine.export.fetch import Fetcher, Problem, describe_problems
+from pairmine.export.fetch import DEFAULT_CACHE_BYTES, Fetcher, Problem, describe_problems
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan, make_plan
+from pairmine.export.prefetch import Prefetcher
 from pairmine.export.shards import RECORD, ShardLimits, ShardRecord, StoppedAt, write_shards
 from pairmine.export.tables import images_table, pairs_table
 from pairmine.progress import NullProgress, Progress
@@ -91,6 +92,7 @@ class ExportFormat:
     name: str
     write: Callable[[Path, Plan, Fetcher, ExportOptions, bool, Progress], Written]
     help: str
+    cache_bytes: int  # verified images kept for reuse (shards read an image once per sample)
 
 
 def export(
@@ -128,7 +130,8 @@ def export(
     resume = art.prepare_output(out, overwrite=overwrite, fmt=art.EXPORT_FORMAT)
     _start(out, {**options.as_dict(), "pairs_manifest_sha256":
                  inputs["pairs"]["manifest_sha256"]}, resume)
-    fetcher = Fetcher(plan.source_kind, plan.images)
+    fetcher = Fetcher(plan.source_kind, plan.images,
+                      cache_bytes=FORMATS[options.format].cache_bytes)
     written = FORMATS[options.format].write(out, plan, fetcher, options, skip_missing, progress)
     seconds = time.perf_counter() - t0
 
@@ -294,10 +297,11 @@ def _write_parquet(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptio
                                                                           plan.pair_b]))
     checked = 0
     progress.start("checking sources", total=int(ids.shape[0]), unit="images")
-    for i in ids.tolist():
-        got = fetcher.get(i)
-        checked += 0 if isinstance(got, Problem) else len(got.data)
-        progress.advance(1)
+    with Prefetcher(lambda k: fetcher.get(int(ids[k])), 0, int(ids.shape[0])) as ahead:
+        for k in range(int(ids.shape[0])):
+            got = ahead.get(k)
+            checked += 0 if isinstance(got, Problem) else len(got.data)
+            progress.advance(1)
     progress.finish()
     problems = sorted(fetcher.problems.values(), key=lambda p: p.id)
     if problems and not skip_missing:
@@ -329,8 +333,10 @@ def _write_table(out: Path, name: str, table: Any) -> dict[str, Any]:
 FORMATS: dict[str, ExportFormat] = {
     "webdataset": ExportFormat(
         "webdataset", _write_webdataset,
-        "tar shards holding the original bytes (+ spps.parquet and per-shard indexes)"),
+        "tar shards holding the original bytes (+ spps.parquet and per-shard indexes)",
+        cache_bytes=DEFAULT_CACHE_BYTES),
     "parquet": ExportFormat(
         "parquet", _write_parquet,
-        "spps.parquet only: one row per pair pointing at the original files"),
+        "spps.parquet only: one row per pair pointing at the original files",
+        cache_bytes=0),  # each image is checked once
 }

@@ -25,6 +25,7 @@ from pairmine.errors import StoreError
 from pairmine.export import layout as lay
 from pairmine.export.fetch import Fetcher, Problem
 from pairmine.export.plan import Catalogue
+from pairmine.export.prefetch import Prefetcher
 from pairmine.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -308,12 +309,13 @@ def _verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
                           sha256=[refs[i][3] for i in ids])
     fetcher = Fetcher(str(manifest["source"]["kind"]), catalogue, cache_bytes=0)
     progress.start("verify sources", total=len(ids), unit="images")
-    for local in range(len(ids)):
-        got = fetcher.get(local)
-        if not isinstance(got, Problem):
-            result.bytes += len(got.data)
-            result.sources += 1
-        progress.advance(1)
+    with Prefetcher(fetcher.get, 0, len(ids)) as ahead:
+        for local in range(len(ids)):
+            got = ahead.get(local)
+            if not isinstance(got, Problem):
+                result.bytes += len(got.data)
+                result.sources += 1
+            progress.advance(1)
     progress.finish()
     result.problems.extend(f"{p.where()} ({p.reason}: {p.detail})"
                            for p in sorted(fetcher.problems.values(), key=lambda p: p.id))
