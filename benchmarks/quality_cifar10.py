@@ -87,7 +87,7 @@ def main() -> None:
                                         "--target-precision", str(args.target_precision),
                                         "--out", str(work / "calibration.json"))
         cal = json.loads((work / "calibration.json").read_text())
-        results = [band_summary("paper [0.97, 0.99]",
+        results = [band_summary("paper",
                                 json.loads((work / "eval-paper.json").read_text()))]
         if cal["suggestion"] is not None:
             lo, hi = cal["suggestion"]["lo"], cal["suggestion"]["hi"]

@@ -312,7 +312,7 @@ def test_crop_flip_and_batched_crop() -> None:
     for seed in range(50):  # boxes stay inside the image and within the scale range
         left, top, w, h = A.crop_box(torch.Generator().manual_seed(seed), 40, 30, (0.2, 1.0),
                                      (3 / 4, 4 / 3))
-        assert 0 <= left and left + w <= 40 and 0 <= top and top + h <= 30
+        assert left >= 0 and left + w <= 40 and top >= 0 and top + h <= 30
     # the batched crop of the whole image without flip is a plain resize
     full = A.AugmentConfig(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
     x = torch.rand(3, 3, 8, 8)
@@ -341,7 +341,7 @@ def test_combined_export_items(tmp_path: Path) -> None:
     assert all((b, a) in pairs for a, b in pairs)
     ds = TwoViews(data, A.moco_v2(16), seed=0)
     vq, vk, kind = ds[(0, int(sem[0]))]
-    assert vq.shape == (3, 16, 16) and kind == SEMANTIC
+    assert vq.shape == vk.shape == (3, 16, 16) and kind == SEMANTIC
     import pickle
 
     clone = pickle.loads(pickle.dumps(ds))  # travels to DataLoader workers

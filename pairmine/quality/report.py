@@ -305,7 +305,7 @@ def histogram_svg(store: Pairs, score: np.ndarray, width: int = 560, height: int
         edges = np.linspace(lo, lo + span, 41)
         counts = np.histogram(score.astype(np.float64), bins=edges)[0].astype(np.float64)
         caption = "scores of the pairs in the store"
-    pad_l, pad_r, pad_t, pad_b = 48, 12, 12, 36
+    pad_l, pad_r, pad_t, pad_b = 48, 22, 12, 36
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     x0, x1 = float(edges[0]), float(edges[-1])
     top = max(float(counts.max(initial=0)), 1.0)
