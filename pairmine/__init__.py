@@ -30,9 +30,9 @@ __version__ = "0.1.0"
 # The stage modules share their function's name (pairmine/embed.py defines embed): importing
 # the functions here, eagerly, makes `pairmine.embed` the function for good. Stage modules
 # import torch/faiss only inside functions, so this stays cheap.
-from pairmine.embed import EmbedResult, embed  # noqa: E402
-from pairmine.export import ExportResult, VerifyResult, export, verify  # noqa: E402
-from pairmine.match import MatchResult, match  # noqa: E402
+from pairmine.embed import EmbedResult, embed
+from pairmine.export import ExportResult, VerifyResult, export, verify
+from pairmine.match import MatchResult, match
 
 # stage entry points, imported on first use so `import pairmine` stays light
 _LAZY = {

@@ -99,7 +99,7 @@ def pair_accuracy(pairs_path: Path) -> dict[str, Any]:
     same = labels[a][known] == labels[b][known]
     _, counts = np.unique(labels[labels >= 0], return_counts=True)
     p = counts / max(1, counts.sum())
-    return {"pairs": int(len(a)), "pair_accuracy": float(same.mean()) if len(same) else None,
+    return {"pairs": len(a), "pair_accuracy": float(same.mean()) if len(same) else None,
             "chance": float((p ** 2).sum())}
 
 

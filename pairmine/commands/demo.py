@@ -23,7 +23,7 @@ def command(out: Path, device: str, train_epochs: int, overwrite: bool) -> None:
     embed → match [0.97, 0.99] → export (combined WebDataset) → verify → short SePP-ID training
     → kNN evaluation → OUT/report.md. Takes under 10 minutes on a 2-core CPU; a rerun resumes.
     """
-    from pairmine.demo import short, demo
+    from pairmine.demo import demo, short
 
     console.print("[bold]pairmine demo[/]: the full pipeline on 2,000 embedded CIFAR-10 images, "
                   "offline; under 10 minutes on a 2-core CPU, far less on a GPU.")

@@ -106,7 +106,7 @@ class DeviceTilesBase:
             self.dtype_name = "float32"
             self.info["precision"] = "float32 (norms too large for float16)"
         dev = torch.device(self.device)
-        if dev.type == "cuda":
+        if dev.type == "cuda" and dev.index is not None:
             torch.cuda.set_device(dev)
         dtype = getattr(torch, self.dtype_name)
         x = torch.empty((p.m, p.dim), dtype=dtype, device=dev)
