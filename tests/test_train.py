@@ -438,6 +438,28 @@ def test_sepp_id_training_on_a_combined_export(tmp_path: Path) -> None:
     assert math.isfinite(record["loss"])
 
 
+def test_on_device_augmentation_path(tmp_path: Path, tiny_folder: Path) -> None:
+    result = train(tiny_folder, tmp_path / "run", **{**TINY, "epochs": 1, "augment": "device"})
+    assert math.isfinite(result.history[0]["loss"]) and result.history[0]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_on_cpu(tmp_path: Path, tiny_folder: Path) -> None:
+    """DDP with gloo: keys shuffled across processes, one checkpoint, one log."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+           "pairmine", "train", str(tiny_folder), str(tmp_path / "run"), "--arch",
+           "resnet18-cifar", "--epochs", "1", "--batch-size", "16", "--image-size", "8",
+           "--moco-k", "64", "--workers", "0", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["images"] == 32
+    assert load_training_checkpoint(tmp_path / "run" / LAST)["config"]["bn_groups"] == 1
+
+
 @pytest.mark.parametrize("bad", [{"lam": 1.5}, {"precision": "bf16", "device": "cpu"},
                                  {"batch_size": 64}, {"batch_size": 10, "bn_groups": 4},
                                  {"arch": "vgg16"}])

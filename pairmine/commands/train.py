@@ -84,6 +84,8 @@ def command(data: str, out: Path, arch: str, epochs: int, batch_size: int, lr: f
                        precision=precision, workers=workers, seed=seed,
                        save_every=save_every, resume=resume, stop_after=stop_after,
                        progress=progress)
+    if result.rank != 0:
+        return  # under torchrun, process 0 reports
     d = result.data
     console.print(summary_table(f"training → {result.out}", [
         ("epochs", f"{result.epochs_done} / {result.epochs}"

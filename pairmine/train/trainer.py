@@ -102,6 +102,7 @@ class TrainResult:
     data: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
+    rank: int = 0  # this process under torchrun (0 = the one that writes and reports)
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -225,7 +226,8 @@ def train(data: str | Path, out: str | Path, *, resume: bool = False,
                          last_loss=history[-1]["loss"] if history else None,
                          images_per_s=history[-1]["images_per_s"] if history else None,
                          device=str(device), precision=precision,
-                         data=train_data.describe(), history=history, complete=complete)
+                         data=train_data.describe(), history=history, complete=complete,
+                         rank=rank)
     if rank == 0 and complete:
         write_json_atomic(out / SUMMARY, {
             "format": "pairmine/train", "complete": True, "epochs": cfg.epochs,
