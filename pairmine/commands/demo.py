@@ -13,7 +13,7 @@ from pairmine.commands.common import console, known_errors, progress_bar, summar
 @click.argument("out", type=click.Path(path_type=Path), default="pairmine-demo")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
-@click.option("--train-epochs", default=2, show_default=True, type=click.IntRange(min=0),
+@click.option("--train-epochs", default=3, show_default=True, type=click.IntRange(min=0),
               help="Epochs of the short SePP-ID training (0 skips training).")
 @click.option("--overwrite", is_flag=True, help="Start again from nothing.")
 @known_errors

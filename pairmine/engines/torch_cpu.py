@@ -18,7 +18,10 @@ CPU (hardware.cpu_tile_dtype says why).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +78,9 @@ class TorchCPUEngine:
         self.thr_lo = self.thr_hi = 0.0
         self._threads_before: int | None = None
         self._restore: Callable[[], None] | None = None
+        self._lower: torch.Tensor | None = None
+        self._local = threading.local()
+        self.pool: ThreadPoolExecutor | None = None
         self._prepared = False
 
     # -- planning ------------------------------------------------------------------------
@@ -182,9 +188,18 @@ class TorchCPUEngine:
         self.thr_hi = -round_down_f32(-(self.band.hi + margin))  # rounded up
         self.info.update(max_norm=top_t, margin=margin, threshold=self.thr_lo,
                          targets_resident=resident)
+        # t <= p only in the first rows x rows square of a row tile's first column tile;
+        # adding -inf there is 6x faster than masked_fill_ on the CPU (scores are finite)
+        tr = self.tile_rows
+        self._lower = torch.zeros(tr, tr).masked_fill_(
+            torch.ones(tr, tr, dtype=torch.bool).tril(), float("-inf"))
+        # One single-threaded worker per core, each on whole tiles: no barrier after every
+        # GEMM as with torch's own pool, so a worker descheduled by other load delays only
+        # its tile (measured: up to 9x slower runs with the intra-op pool on a busy host).
         self._threads_before = torch.get_num_threads()
-        if self._threads_before != self.threads:
-            torch.set_num_threads(self.threads)
+        torch.set_num_threads(1)
+        if self.threads > 1:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="band-tiles")
         self._restore = strict_matmul()
         self._prepared = True
 
@@ -196,51 +211,67 @@ class TorchCPUEngine:
         return torch.from_numpy(self._tile_rows_of(start, stop))
 
     def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
-        import torch
-
         self.prepare()
-        m = self.problem.m
-        tr, tc = self.tile_rows, self.tile_cols
-        buf = torch.empty(tr * tc, dtype=torch.float32)
-        rowmax = torch.empty(tr, dtype=torch.float32)
-        # t <= p: only in the first rows x rows square of a row tile's first column tile;
-        # adding -inf there is 6x faster than masked_fill_ on the CPU (scores are finite)
-        lower = torch.zeros(tr, tr).masked_fill_(torch.ones(tr, tr, dtype=torch.bool).tril(),
-                                                 float("-inf"))
-        two_sided = self.dims is None
+        m, tr, tc = self.problem.m, self.tile_rows, self.tile_cols
+        tiles = ((r0, min(r0 + tr, stop), c0, min(c0 + tc, m))
+                 for r0 in range(start, stop, tr) for c0 in range(r0, m, tc))
+        results = self._parallel(tiles) if self.pool is not None \
+            else (self._tile(*t) for t in tiles)
         batcher = CandidateBatcher()
-        for r0 in range(start, stop, tr):
-            r1 = min(r0 + tr, stop)
-            a = self._block(r0, r1)
-            for c0 in range(r0, m, tc):
-                c1 = min(c0 + tc, m)
-                b = self._block(c0, c1)
-                tile = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-                torch.mm(a, b.t(), out=tile)
-                if c0 == r0:  # c1 - c0 >= r1 - r0: tile_cols >= tile_rows, m >= r1
-                    tile[:, : r1 - r0].add_(lower[: r1 - r0, : r1 - r0])
-                mx = rowmax[: r1 - r0]
-                torch.amax(tile, 1, out=mx)
-                rows = torch.nonzero(mx >= self.thr_lo).squeeze(1)
-                if rows.numel() == 0:
-                    continue
-                sub = tile.index_select(0, rows)
-                hit = sub >= self.thr_lo
-                if two_sided:
-                    hit &= sub <= self.thr_hi
-                ij = torch.nonzero(hit)
-                p = (rows[ij[:, 0]] + r0).numpy()
-                t = (ij[:, 1] + c0).numpy()
-                out = batcher.add(p, t)
+        for res in results:
+            if res is not None:
+                out = batcher.add(*res)
                 if out is not None:
                     yield out
         last = batcher.flush()
         if last is not None:
             yield last
 
+    def _parallel(self, tiles: Iterator[tuple[int, int, int, int]]
+                  ) -> Iterator[Candidates | None]:
+        """Tiles on the worker pool, at most a few per worker in flight (bounded memory)."""
+        assert self.pool is not None
+        pending: deque[Future[Candidates | None]] = deque()
+        for t in tiles:
+            pending.append(self.pool.submit(self._tile, *t))
+            if len(pending) >= 4 * self.threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def _tile(self, r0: int, r1: int, c0: int, c1: int) -> Candidates | None:
+        """One tile: GEMM into this thread's buffer, row max, extract the rows that reach
+        the threshold. Runs on a worker thread (torch ops release the GIL)."""
+        import torch
+
+        local = self._local
+        if not hasattr(local, "buf"):
+            local.buf = torch.empty(self.tile_rows * self.tile_cols, dtype=torch.float32)
+            local.rowmax = torch.empty(self.tile_rows, dtype=torch.float32)
+        rows = r1 - r0
+        tile = local.buf[: rows * (c1 - c0)].view(rows, c1 - c0)
+        torch.mm(self._block(r0, r1), self._block(c0, c1).t(), out=tile)
+        if c0 == r0:  # the diagonal square; c1 - c0 >= rows as tile_cols >= tile_rows, m >= r1
+            tile[:, :rows].add_(self._lower[:rows, :rows])
+        mx = local.rowmax[:rows]
+        torch.amax(tile, 1, out=mx)
+        flagged = torch.nonzero(mx >= self.thr_lo).squeeze(1)
+        if flagged.numel() == 0:
+            return None
+        sub = tile.index_select(0, flagged)
+        hit = sub >= self.thr_lo
+        if self.dims is None:  # exact fp32 scores: gate both sides
+            hit &= sub <= self.thr_hi
+        ij = torch.nonzero(hit)
+        return (flagged[ij[:, 0]] + r0).numpy(), (ij[:, 1] + c0).numpy()
+
     def close(self) -> None:
         import torch
 
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+        self._local = threading.local()
         if self._threads_before is not None and self._threads_before != torch.get_num_threads():
             torch.set_num_threads(self._threads_before)
         self._threads_before = None
