@@ -99,8 +99,10 @@ ENGINES: dict[str, EngineFactory] = {
                                               tile_cols=16),
     "torch-pruned-2": lambda p, b: TorchCPUEngine(p, b, 1 << 28, dims=2, tile_rows=8,
                                                   tile_cols=16) if p.dim > 2 else None,
+    # one thread: tiles run inline instead of on the worker pool
     "torch-pruned-8": lambda p, b: TorchCPUEngine(p, b, 1 << 28, dims=8, tile_rows=16,
-                                                  tile_cols=16) if p.dim > 8 else None,
+                                                  tile_cols=16, threads=1) if p.dim > 8
+    else None,
     # a budget too small to hold the targets: tile rows converted on the fly
     "torch-pruned-stream": lambda p, b: TorchCPUEngine(p, b, 4096, dims=4, tile_rows=8,
                                                        tile_cols=24) if p.dim > 4 else None,

@@ -245,6 +245,7 @@ class TorchCPUEngine:
         import torch
 
         local = self._local
+        assert self._lower is not None
         if not hasattr(local, "buf"):
             local.buf = torch.empty(self.tile_rows * self.tile_cols, dtype=torch.float32)
             local.rowmax = torch.empty(self.tile_rows, dtype=torch.float32)
