@@ -188,7 +188,7 @@ def run_faiss_full(x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     import faiss
 
     from pairmine.engines.band import Band, exact_band
-    from pairmine.engines.hardware import cores
+    from pairmine.runtime import cpu_count as cores
 
     faiss.omp_set_num_threads(cores())
     xf = np.ascontiguousarray(x, dtype=np.float32)
@@ -213,7 +213,7 @@ def run_gemm(x: np.ndarray, device: str, dtype: str) -> tuple[np.ndarray, dict[s
     """The triangle's GEMM alone: same tiles, scores written, nothing read back."""
     import torch
 
-    from pairmine.engines.hardware import cores
+    from pairmine.runtime import cpu_count as cores
 
     if device == "cpu":
         torch.set_num_threads(cores())
@@ -242,7 +242,7 @@ def run_gemm(x: np.ndarray, device: str, dtype: str) -> tuple[np.ndarray, dict[s
 def calibrate(reps: int) -> None:
     import torch
 
-    from pairmine.engines.hardware import cores
+    from pairmine.runtime import cpu_count as cores
 
     torch.set_num_threads(cores())
     print("ns per pair, fp32 GEMM + row max (best of", reps, "repeats; spread in brackets)")
@@ -329,7 +329,8 @@ def machine(device: str) -> str:
                     break
     except OSError:
         pass
-    from pairmine.engines.hardware import cores, cpu_capability
+    from pairmine.engines.hardware import cpu_capability
+    from pairmine.runtime import cpu_count as cores
 
     return (f"{model} ({cpu_capability()}, {platform.machine()}), {cores()} of "
             f"{os.cpu_count()} cores used")

@@ -11,11 +11,15 @@ Steps (each skipped when its output is complete, so an interrupted run resumes):
 4. match: `pairmine match` band [0.97, 0.99] on a 10% subset (the paper's K)
 5. export: `pairmine export --combined` (the merged dataset)
 6. seppid: `pairmine train` on the export (Eq. 2, λ = 1), from scratch, same settings
+   (when the band gives fewer than --min-yield positives per anchor, also: a label-free
+   `pairmine calibrate --no-labels --target-yield` band, matched, exported and trained as
+   `seppid-calibrated`: the issue's "if the band yields too few pairs")
 7. random-dup: `pairmine train` on the train images plus as many randomly chosen duplicated
    images as SePP-ID added semantic items (the paper's Table 6 control)
 8. eval: `pairmine eval` kNN (k 200, t 0.07) and linear probe of each run on the test images
 Every stage runs as the `pairmine` CLI in a subprocess: the benchmark imports no stage.
-Results: WORK/results.json and a table printed next to the paper's figures.
+Results: WORK/results.json, a table printed next to the paper's figures, and the same table
+with machine and settings in docs/benchmarks.md (section sepp-id-cifar10; --no-write skips it).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ PAPER_TABLE4 = {"vanilla": {200: 65.27, 400: 69.50, 800: 73.88},
 # Table 6 (ResNet-50, ImageNet, 800 epochs): adding random duplicates barely helps
 PAPER_TABLE6 = {"vanilla": 72.2, "random-dup": 72.4, "seppid": 76.3}
 RUNS = ("vanilla", "seppid", "random-dup")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--augment", choices=("cpu", "device"), default="cpu")
     p.add_argument("--runs", default=",".join(RUNS), help="which trainings to run")
+    p.add_argument("--min-yield", type=float, default=0.1,
+                   help="positives per anchor below which the band counts as too few and a "
+                        "calibrated band is run as well")
+    p.add_argument("--calibrated-yield", type=float, default=1.0,
+                   help="positives per image (anchors against all) the calibrated band must "
+                        "give; it is chosen without labels")
+    p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = p.parse_args(argv)
     smoke = a.smoke
     per_class = a.per_class or (50 if smoke else 5000)
@@ -95,12 +107,40 @@ def main(argv: list[str] | None = None) -> int:
     step(timings, "export", work / "spps" / "manifest.json", [
         "export", str(work / "pairs"), str(work / "spps"), "--format", "webdataset",
         "--combined"])
-    quality = pair_quality(work)
+    quality = pair_quality(work, "pairs")
     n_train = per_class * 10
     if "seppid" in runs:
         step(timings, "seppid", work / "seppid" / "train.json", [
             "train", str(work / "spps"), str(work / "seppid"), *train_opts, "--lambda",
             str(a.lam), "--resume"])
+    calibrated = None
+    if "seppid" in runs and 2 * quality["pairs"] < a.min_yield * (quality["anchors"] or 0):
+        # too few pairs for SePP-ID to matter: pick a band from the sampler's own score
+        # distribution (no labels: the protocol stays self-supervised), then run it too
+        print(f"== the band gives {quality['pairs']} pairs on {quality['anchors']} anchors "
+              f"(< {a.min_yield:g} positives per anchor): also running a calibrated band")
+        step(timings, "calibrate", work / "calibration.json", [
+            "calibrate", str(work / "emb"), "--no-labels", "--target-yield",
+            str(a.calibrated_yield), "--subset", a.subset, "--seed", "0", "--floor", "0.8",
+            "--max-cap", str(a.hi), "--device", a.device, "--out",
+            str(work / "calibration.json")])
+        pick = json.loads((work / "calibration.json").read_text())["suggestion"]
+        if pick is None:
+            print("== calibrate found no band with that yield: skipping seppid-calibrated")
+        else:
+            band = [str(pick["lo"]), str(pick["hi"])]
+            step(timings, "match calibrated", work / "pairs-calibrated" / "manifest.json", [
+                "match", str(work / "emb"), str(work / "pairs-calibrated"), "--min", band[0],
+                "--max", band[1], "--subset", a.subset, "--seed", "0", "--device", a.device])
+            step(timings, "export calibrated", work / "spps-calibrated" / "manifest.json", [
+                "export", str(work / "pairs-calibrated"), str(work / "spps-calibrated"),
+                "--format", "webdataset", "--combined"])
+            calibrated = {"band": [pick["lo"], pick["hi"]],
+                          **pair_quality(work, "pairs-calibrated")}
+            runs.append("seppid-calibrated")
+            step(timings, "seppid-calibrated", work / "seppid-calibrated" / "train.json", [
+                "train", str(work / "spps-calibrated"), str(work / "seppid-calibrated"),
+                *train_opts, "--lambda", str(a.lam), "--resume"])
     if "random-dup" in runs:
         # as many extra items as SePP-ID added: each pair gives two (both directions)
         extra = min(2 * quality["pairs"], n_train)
@@ -119,13 +159,31 @@ def main(argv: list[str] | None = None) -> int:
                      "epochs": epochs, "batch_size": batch, "lr": lr, "arch": a.arch,
                      "subset": a.subset, "band": [a.lo, a.hi], "lambda": a.lam,
                      "linear_epochs": linear_epochs, "device": a.device},
-        "pairs": quality, "timings_s": timings,
+        "pairs": quality, "calibrated": calibrated, "timings_s": timings,
         "runs": {r: {"knn_top1": res["knn"]["top1"], "linear_top1": res["linear"]["top1"],
                      "train_items": _train_items(work / r)} for r, res in results.items()},
     }
     (work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print_table(report, epochs)
+    table = format_table(report, epochs)
+    print("\n" + table)
+    if not a.no_write:
+        write_doc(table, argv if argv is not None else sys.argv[1:], a.device)
     return 0
+
+
+def write_doc(table: str, argv: list[str], device: str) -> None:
+    import platform
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _report import update_section
+
+    from pairmine.runtime import device_name, resolve_device
+
+    machine = f"{device_name(resolve_device(device))}, {platform.platform()}"
+    body = ("## SePP-ID on CIFAR-10 (replication)\n\n"
+            f"Machine: {machine}; date {time.strftime('%Y-%m-%d')}; command: "
+            f"`python benchmarks/sepp_id_cifar10.py {' '.join(argv)}`\n\n{table}")
+    update_section(ROOT / "docs" / "benchmarks.md", "sepp-id-cifar10", body)
 
 
 def prepare_data(work: Path, data: Path, per_class: int, test_per_class: int) -> tuple[Path,
@@ -168,11 +226,11 @@ def step(timings: dict[str, float], name: str, done: Path, args: list[str]) -> N
     timings[name] = round(time.perf_counter() - t0, 1)
 
 
-def pair_quality(work: Path) -> dict[str, Any]:
+def pair_quality(work: Path, name: str) -> dict[str, Any]:
     """Pair count and pair accuracy (share of pairs whose two images share a label)."""
     from pairmine.artefacts import open_embeddings, open_pairs
 
-    pairs = open_pairs(work / "pairs")
+    pairs = open_pairs(work / name)
     labels = open_embeddings(work / "emb").meta.column("label").to_pylist()
     a = pairs.table.column("a").to_pylist()
     b = pairs.table.column("b").to_pylist()
@@ -187,23 +245,31 @@ def _train_items(run: Path) -> Any:
     return json.loads(summary.read_text()).get("data", {}) if summary.exists() else None
 
 
-def print_table(report: dict[str, Any], epochs: int) -> None:
+def format_table(report: dict[str, Any], epochs: int) -> str:
     s = report["settings"]
-    q = report["pairs"]
-    acc = "-" if q["pair_accuracy"] is None else f"{100 * q['pair_accuracy']:.1f}%"
-    print(f"\nSePP-ID on CIFAR-10 ({'SMOKE RUN: ' if s['smoke'] else ''}{s['per_class']} "
-          f"train images/class, {s['test_per_class']} test/class, {epochs} epochs, batch "
-          f"{s['batch_size']}, {s['arch']})")
-    print(f"pairs in [{s['band'][0]}, {s['band'][1]}] on subset {s['subset']}: {q['pairs']:,} "
-          f"(same label: {acc})")
+    lines = [f"SePP-ID on CIFAR-10 ({'SMOKE RUN, not a result: ' if s['smoke'] else ''}"
+             f"{s['per_class']} train images/class, {s['test_per_class']} test/class, {epochs} "
+             f"epochs, batch {s['batch_size']}, {s['arch']}, linear probe {s['linear_epochs']} "
+             "epochs)", ""]
+    for label, q in (("paper's band", report["pairs"]), ("calibrated", report["calibrated"])):
+        if q is None:
+            continue
+        band = q.get("band", s["band"])
+        acc = "-" if q["pair_accuracy"] is None else f"{100 * q['pair_accuracy']:.1f}%"
+        lines.append(f"- {label} [{band[0]:g}, {band[1]:g}] on subset {s['subset']} "
+                     f"({q['anchors']:,} anchors): {q['pairs']:,} pairs, pair accuracy "
+                     f"(same label) {acc}")
     near = min(PAPER_TABLE4["vanilla"], key=lambda e: abs(e - epochs))
-    print(f"\n| run | kNN top-1 | linear top-1 | paper, Table 4 ({near} ep) "
-          "| paper, Table 6 (ImageNet) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    lines += ["", f"| run | kNN top-1 | linear top-1 | paper, Table 4 ({near} ep) "
+              "| paper, Table 6 (ImageNet) |", "| --- | ---: | ---: | ---: | ---: |"]
     for run, r in report["runs"].items():
-        t4 = PAPER_TABLE4.get(run, {}).get(near)
-        print(f"| {run} | {100 * r['knn_top1']:.2f}% | {100 * r['linear_top1']:.2f}% | "
-              f"{'-' if t4 is None else f'{t4:.2f}%'} | {PAPER_TABLE6[run]:.1f}% |")
+        t4 = PAPER_TABLE4.get(run.split("-")[0] if run.startswith("seppid") else run,
+                              {}).get(near)
+        t6 = PAPER_TABLE6.get(run.split("-")[0] if run.startswith("seppid") else run)
+        lines.append(f"| {run} | {100 * r['knn_top1']:.2f}% | {100 * r['linear_top1']:.2f}% | "
+                     f"{'-' if t4 is None else f'{t4:.2f}%'} | "
+                     f"{'-' if t6 is None else f'{t6:.1f}%'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

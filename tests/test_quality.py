@@ -380,8 +380,23 @@ def test_calibrate_without_labels(tmp_path: Path) -> None:
         calibrate(emb, target_precision=0.9)
 
 
+def test_calibrate_no_labels_ignores_the_labels_it_has(
+        blobs: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    emb, _, _ = blobs
+    blind = calibrate(emb, floor=0.85, step=0.05, target_yield=0.5, use_labels=False)
+    assert blind.labels is None and all(r.precision is None for r in blind.bands)
+    seen = calibrate(emb, floor=0.85, step=0.05, target_yield=0.5)
+    assert seen.labels is not None
+    # same search, same yields; only the label columns differ
+    assert [(r.lo, r.hi, r.pairs) for r in blind.bands] == [(r.lo, r.hi, r.pairs)
+                                                           for r in seen.bands]
+    assert blind.suggestion is not None and "lower bound" in blind.suggestion.rule
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"target_precision": 0.9, "target_yield": 1.0}, "alternatives"),
+    ({"target_precision": 0.9, "use_labels": False}, "--no-labels"),
+    ({"labels_sample": 10, "use_labels": False}, "--no-labels"),
     ({"floor": 1.0}, "--floor"),
     ({"step": 0.0}, "--step"),
     ({"max_cap": 0.5}, "--max-cap"),

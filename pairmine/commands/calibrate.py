@@ -31,6 +31,8 @@ def _subset(ctx: click.Context, param: click.Parameter,
 @click.option("--labels", "labels", type=click.Path(path_type=Path), default=None,
               metavar="FILE", help="A .csv or .parquet with columns key,label "
               "[default: the labels in the embeddings metadata].")
+@click.option("--no-labels", "no_labels", is_flag=True,
+              help="Ignore all labels: a label-free suggestion (use with --target-yield).")
 @click.option("--labels-sample", type=click.IntRange(min=2), default=None, metavar="N",
               help="Measure precision with the labels of N random images only (pairs with "
                    "both ends among them): what hand-labelling N images would tell.")
@@ -55,8 +57,8 @@ def _subset(ctx: click.Context, param: click.Parameter,
               metavar="JSON", help="Write the whole grid and the suggestion as JSON.")
 @known_errors
 def command(emb: Path, target_precision: float | None, target_yield: float | None,
-            labels: Path | None, labels_sample: int | None, floor: float, step: float,
-            max_cap: float, min_support: int, subset: float | int | None, seed: int,
+            labels: Path | None, no_labels: bool, labels_sample: int | None, floor: float,
+            step: float, max_cap: float, min_support: int, subset: float | int | None, seed: int,
             engine: str, device: str, out_json: Path | None) -> None:
     """Measure pairs per image and precision for a grid of bands on the embeddings store EMB,
     from one search, and suggest a band for a target precision or yield.
@@ -72,7 +74,8 @@ def command(emb: Path, target_precision: float | None, target_yield: float | Non
     with progress_bar() as progress:
         result = calibrate(emb, floor=floor, step=step, max_cap=max_cap,
                            target_precision=target_precision, target_yield=target_yield,
-                           labels=labels, labels_sample=labels_sample, subset=subset,
+                           labels=labels, use_labels=not no_labels,
+                           labels_sample=labels_sample, subset=subset,
                            seed=seed, min_support=min_support, engine=engine, device=device,
                            out=out_json, progress=progress)
     pick = result.suggestion
@@ -89,7 +92,8 @@ def command(emb: Path, target_precision: float | None, target_yield: float | Non
             table.add_row(*format_row(row), style="bold green" if chosen else None)
         out.print(table)
     if result.labels is None:
-        console.print("no labels: precision not measured (pass --labels FILE)")
+        console.print("no labels: precision not measured"
+                      + ("" if no_labels else " (pass --labels FILE)"))
     elif result.labels_sample is not None:
         console.print(f"precision from the labels of {result.labels_sample:,} sampled images")
     if pick is not None:

@@ -27,7 +27,7 @@ from pairmine.engines.band import (
     Problem,
     row_norms,
 )
-from pairmine.engines.hardware import cores
+from pairmine.runtime import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class FaissEngine:
         # pairs above lo) can make its results outgrow the budget
         fit = memory_budget // 4 // (12 * max(m, 1))
         self.query_batch = query_batch or int(max(1024, min(4096, fit)))
-        self.threads = cores()
+        self.threads = cpu_count()
         self.targets: np.ndarray | None = None
         self.radius: float | None = None
         # float32 dot of d terms: error <= (d + 2) u32 |x||y| in any summation order

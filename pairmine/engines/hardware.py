@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-
-def cores() -> int:
-    """Cores this process may use (affinity/cgroup aware where the OS says)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+from pairmine.runtime import cpu_has_fast_bf16
 
 
 @functools.cache
@@ -24,24 +17,11 @@ def cpu_capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def cpu_tile_dtype() -> tuple[str, str]:
     """The CPU prefilter precision and why. Always float32: on AVX2-only CPUs torch emulates
     bf16 about 100x slower than fp32; where AVX-512 BF16/AMX exist bf16 could be faster, but
     its 2^-8 rounding would widen the margin 30000-fold and defeat the pruning bound."""
-    flags = cpu_flags()
-    native = bool({"avx512_bf16", "amx_bf16"} & flags)
+    native = cpu_has_fast_bf16()
     why = ("bf16 is native here but its rounding would swamp the pruning margin" if native
            else "no native bf16 on this CPU (AVX2 emulates it ~100x slower than fp32)")
     return "float32", why

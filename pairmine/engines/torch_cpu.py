@@ -35,13 +35,13 @@ from pairmine.engines.band import (
     round_down_f32,
 )
 from pairmine.engines.hardware import (
-    cores,
     cpu_capability,
     cpu_tile_dtype,
     strict_matmul,
     torch_threads,
 )
 from pairmine.errors import ConfigError, InputError
+from pairmine.runtime import cpu_count
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ class TorchCPUEngine:
                  tile_cols: int = TILE_COLS, threads: int | None = None) -> None:
         self.problem, self.band, self.budget = problem, band, memory_budget
         self.tile_rows, self.tile_cols = tile_rows, max(tile_cols, tile_rows)
-        self.threads = threads or cores()
+        self.threads = threads or cpu_count()
         dtype, why = cpu_tile_dtype()
         self.info: dict[str, Any] = {
             "engine": "torch", "device": "cpu", "precision": dtype, "precision_reason": why,

@@ -83,14 +83,16 @@ class Calibration:
 def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
               max_cap: float = 0.99, target_precision: float | None = None,
               target_yield: float | None = None, labels: str | Path | None = None,
-              labels_sample: int | None = None, subset: float | int | None = None,
-              seed: int = 0, min_support: int = 30, engine: str = "auto",
-              device: str = "auto", max_pairs: int | None = None,
+              use_labels: bool = True, labels_sample: int | None = None,
+              subset: float | int | None = None, seed: int = 0, min_support: int = 30,
+              engine: str = "auto", device: str = "auto", max_pairs: int | None = None,
               out: str | Path | None = None, progress: Progress | None = None) -> Calibration:
     """Measure a grid of bands on an embeddings store in one pass and suggest one.
 
     ``subset`` (fraction or count) searches only those anchors, against every image, so
     positives per image stay unbiased for the whole store at a fraction of the cost.
+    ``use_labels=False`` ignores every label, so the suggestion is label-free (what a
+    self-supervised protocol may use); it excludes the precision options.
     """
     import numpy as np
 
@@ -100,10 +102,13 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
 
     _validate(floor, step, max_cap, target_precision, target_yield, labels_sample,
               min_support)
-    store = art.open_embeddings(emb)
     needs_labels = target_precision is not None or labels_sample is not None
     what = "--target-precision" if target_precision is not None else "--labels-sample"
-    lab = load_labels(store, labels, required=needs_labels, what=what)
+    if not use_labels and (needs_labels or labels is not None):
+        raise ConfigError(f"--no-labels excludes {what if needs_labels else '--labels'}",
+                          "drop one of them")
+    store = art.open_embeddings(emb)
+    lab = load_labels(store, labels, required=needs_labels, what=what) if use_labels else None
     anchors = draw_subset(len(store), subset, seed)
     scope = Scope(anchors=anchors, against="anchors" if subset is None else "all",
                   n_rows=len(store))
