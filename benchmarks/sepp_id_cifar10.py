@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="positives per anchor below which the band counts as too few and a "
                         "calibrated band is run as well")
     p.add_argument("--calibrated-yield", type=float, default=1.0,
-                   help="positives per image (anchors against all) the calibrated band must "
-                        "give; it is chosen without labels")
+                   help="positives per anchor (subset x subset, as matched) the calibrated "
+                        "band should give; it is chosen without labels")
     p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = p.parse_args(argv)
     smoke = a.smoke
@@ -116,17 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     calibrated = None
     if "seppid" in runs and 2 * quality["pairs"] < a.min_yield * (quality["anchors"] or 0):
         # too few pairs for SePP-ID to matter: pick a band from the sampler's own score
-        # distribution (no labels: the protocol stays self-supervised), then run it too
+        # distribution (no labels: the protocol stays self-supervised), then run it too.
+        # calibrate counts an anchor's positives among all images; matched subset x subset
+        # it keeps about K/N of them, so ask calibrate for N/K times the wanted yield
+        scale = quality["images"] / max(1, quality["anchors"] or 0)
         print(f"== the band gives {quality['pairs']} pairs on {quality['anchors']} anchors "
               f"(< {a.min_yield:g} positives per anchor): also running a calibrated band")
         step(timings, "calibrate", work / "calibration.json", [
             "calibrate", str(work / "emb"), "--no-labels", "--target-yield",
-            str(a.calibrated_yield), "--subset", a.subset, "--seed", "0", "--floor", "0.8",
-            "--max-cap", str(a.hi), "--device", a.device, "--out",
+            f"{a.calibrated_yield * scale:g}", "--subset", a.subset, "--seed", "0",
+            "--floor", "0.8", "--max-cap", str(a.hi), "--device", a.device, "--out",
             str(work / "calibration.json")])
         pick = json.loads((work / "calibration.json").read_text())["suggestion"]
         if pick is None:
             print("== calibrate found no band with that yield: skipping seppid-calibrated")
+        elif (pick["lo"], pick["hi"]) == (a.lo, a.hi):
+            print("== the calibrated band is the paper's band: nothing more to run")
+            calibrated = {"band": [a.lo, a.hi], "same_as_paper": True}
         else:
             band = [str(pick["lo"]), str(pick["hi"])]
             step(timings, "match calibrated", work / "pairs-calibrated" / "manifest.json", [
@@ -235,7 +241,7 @@ def pair_quality(work: Path, name: str) -> dict[str, Any]:
     a = pairs.table.column("a").to_pylist()
     b = pairs.table.column("b").to_pylist()
     same = sum(labels[i] == labels[j] for i, j in zip(a, b, strict=True))
-    return {"pairs": len(a), "same_label": same,
+    return {"pairs": len(a), "same_label": same, "images": len(labels),
             "pair_accuracy": same / len(a) if a else None,
             "anchors": pairs.manifest.get("subset", {}).get("count")}
 
@@ -255,6 +261,10 @@ def format_table(report: dict[str, Any], epochs: int) -> str:
         if q is None:
             continue
         band = q.get("band", s["band"])
+        if q.get("same_as_paper"):
+            lines.append(f"- calibrated (label-free, for the wanted yield): [{band[0]:g}, "
+                         f"{band[1]:g}], the paper's band itself, so nothing more was run")
+            continue
         acc = "-" if q["pair_accuracy"] is None else f"{100 * q['pair_accuracy']:.1f}%"
         lines.append(f"- {label} [{band[0]:g}, {band[1]:g}] on subset {s['subset']} "
                      f"({q['anchors']:,} anchors): {q['pairs']:,} pairs, pair accuracy "
