@@ -10,6 +10,7 @@ worker per core. Two workloads:
 Writes its table between markers in docs/benchmarks.md.
 
     python benchmarks/embed.py --workload cifar --workload r50 [--device cuda] [--n 2000]
+        [--decode cpu --decode device]   (one row per decode mode; device = nvJPEG on CUDA)
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def model_only(encoder: object, device: str, precision: str, batch: int, n: int)
     return reps * batch / (time.perf_counter() - t)
 
 
-def run(workload: str, n: int, device: str, workers: int | None, batch: int) -> dict[str, object]:
+def run(workload: str, n: int, device: str, workers: int | None, batch: int,
+        decode: str = "cpu") -> dict[str, object]:
     import torch
 
     import pairmine
@@ -119,12 +121,13 @@ def run(workload: str, n: int, device: str, workers: int | None, batch: int) -> 
         mod = model_only(enc, device, precision, batch, max(n, 4 * batch))
         t = time.perf_counter()
         res = pairmine.embed(source, tmp / "store", encoder=spec, batch_size=batch,
-                             workers=workers, device=device)
+                             workers=workers, device=device, decode=decode)
         e2e = res.images / (time.perf_counter() - t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     limit = min(dec, mod) if device == "cuda" else 1.0 / (1.0 / dec + 1.0 / mod)
     return {"workload": workload, "n": n, "device": device, "precision": precision,
+            "decode_in": decode,
             "workers": workers, "batch": batch, "decode": dec, "model": mod, "e2e": e2e,
             "limit": limit, "ratio": e2e / limit}
 
@@ -137,26 +140,32 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--decode", action="append", choices=["cpu", "device"],
+                    help="where embed decodes JPEGs (repeatable; default cpu); decode-only is "
+                         "always the CPU path")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
     rows = []
     for w in args.workload or ["cifar", "r50"]:
         n = args.n or (10_000 if w == "cifar" else 1000)
         batch = args.batch or (500 if w == "cifar" else 64)
-        r = run(w, n, args.device, args.workers, batch)
-        print(r, flush=True)
-        rows.append(r)
+        for decode in args.decode or ["cpu"]:
+            r = run(w, n, args.device, args.workers, batch, decode)
+            print(r, flush=True)
+            rows.append(r)
     from pairmine.runtime import device_name
 
     dev = rows[0]["device"] if rows else "cpu"
     lines = [f"Machine: {device_name(str(dev))}, {platform.platform()}; "
              f"date {time.strftime('%Y-%m-%d')}; command: `python benchmarks/embed.py "
              f"{' '.join(sys.argv[1:])}`", "",
-             "| workload | images | device, precision | workers | batch | decode-only img/s "
-             "| model-only img/s | limit img/s | end-to-end img/s | e2e / limit |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| workload | images | device, precision | decode in | workers | batch "
+             "| decode-only img/s | model-only img/s | limit img/s | end-to-end img/s "
+             "| e2e / limit |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['n']:,} | {r['device']}, {r['precision']} | "
+                     f"{r['decode_in']} | "
                      f"{r['workers']} | {r['batch']} | {r['decode']:,.0f} | {r['model']:,.0f} | "
                      f"{r['limit']:,.0f} | {r['e2e']:,.0f} | {r['ratio']:.0%} |")
     lines += ["", "limit: min(decode, model) on CUDA, where the two overlap; on the CPU, where "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
+DECODES = ("cpu", "device")  # where JPEGs are decoded: DataLoader workers, or the device
 RUN_LOG = "runs.jsonl"  # one line per invocation (timings); the only file that differs on resume
 CONFIG_FILE = "config.json"  # in .partial/: the options an incomplete store was started with
 
@@ -53,6 +54,7 @@ class EmbedConfig:
     batch_size: int
     precision: str  # resolved
     draft: bool
+    decode: str = "cpu"
 
 
 @dataclass
@@ -89,6 +91,7 @@ def embed(
     dtype: str = "float16",
     shard_size: int = 65536,
     draft: bool = True,
+    decode: str = "cpu",
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> EmbedResult:
@@ -96,7 +99,8 @@ def embed(
 
     Features are L2-normalised in float32 and stored as ``dtype``. Unreadable images are
     skipped and listed in ``errors.parquet``. An incomplete store at ``out`` is resumed; a
-    complete one is only replaced with ``overwrite``.
+    complete one is only replaced with ``overwrite``. ``decode="device"`` decodes JPEGs on the
+    compute device (nvJPEG on CUDA) instead of in the DataLoader workers.
     """
     from pairmine.encoders import load_encoder
     from pairmine.sources import open_source
@@ -106,6 +110,8 @@ def embed(
     # validate everything before touching `out`: bad input writes nothing
     if dtype not in DTYPES:
         raise ConfigError(f"unknown --dtype {dtype!r}", "choose float16 or float32")
+    if decode not in DECODES:
+        raise ConfigError(f"unknown --decode {decode!r}", "choose cpu or device")
     if batch_size < 1 or shard_size < 1:
         raise ConfigError("--batch-size and --shard-size must be at least 1")
     if workers is not None and workers < 0:
@@ -122,7 +128,7 @@ def embed(
     config = EmbedConfig(
         source=absolute_spec(str(source)), source_kind=src.kind, labels=labels,
         encoder=encoder, arch=arch, features=enc.features, dtype=dtype, shard_size=shard_size,
-        batch_size=batch_size, precision=precision, draft=draft)
+        batch_size=batch_size, precision=precision, draft=draft, decode=decode)
 
     resuming = art.prepare_output(out, overwrite=overwrite, fmt=art.EMBEDDINGS_FORMAT)
     partial = out / art.PARTIAL_DIR
@@ -138,9 +144,15 @@ def embed(
     progress.start("embed", total=n_items, unit="images")
     progress.advance(sum(_shard_items(k, shard_size, n_items) for k in done))
     runner = _Runner(enc, device=device, precision=precision, dtype=dtype)
+    if decode == "device":
+        from pairmine.device_decode import DeviceJpegDecoder
+        from pairmine.loader import ImageDataset
+
+        runner.decoder = DeviceJpegDecoder(enc.preprocess, device,
+                                           ImageDataset(src, enc.preprocess, draft=draft))
     computed = 0
     for k, batches in _shard_batches(src, enc, todo, shard_size, n_items, batch_size,
-                                     workers, device, draft):
+                                     workers, device, draft, decode):
         vectors, ok_rows, bad_rows = runner.encode_shard(batches, refs, progress)
         _write_shard(out, k, vectors, ok_rows, bad_rows, refs)
         computed += len(ok_rows)
@@ -168,7 +180,7 @@ def _shard_items(k: int, shard_size: int, n_items: int) -> int:
 
 def _shard_batches(src: ImageSource, enc: Encoder, todo: list[int], shard_size: int,
                    n_items: int, batch_size: int, workers: int, device: str,
-                   draft: bool) -> Iterator[tuple[int, Iterator[LoadedBatch]]]:
+                   draft: bool, decode: str) -> Iterator[tuple[int, Iterator[LoadedBatch]]]:
     """For each shard to do: (shard index, its batches). One DataLoader serves all shards so
     decode workers stay busy across shard boundaries."""
     from torch.utils.data import DataLoader
@@ -184,7 +196,7 @@ def _shard_batches(src: ImageSource, enc: Encoder, todo: list[int], shard_size: 
         per_shard.append((k, len(shard_batches)))
     if not batches:
         return
-    dataset = ImageDataset(src, enc.preprocess, draft=draft)
+    dataset = ImageDataset(src, enc.preprocess, draft=draft, decode=decode)
     loader: DataLoader[LoadedItem] = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_sampler=batches,
@@ -219,6 +231,7 @@ class _Runner:
         p = enc.preprocess
         self.mean = torch.tensor(p.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(p.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.decoder: Callable[[LoadedBatch], LoadedBatch] | None = None
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, h, w) uint8 → (n, dim) float32, L2-normalised in fp32."""
@@ -250,6 +263,8 @@ class _Runner:
         ok_rows: list[tuple[int, str]] = []
         bad_rows: list[tuple[int, str]] = []
         for batch in batches:
+            if self.decoder is not None:
+                batch = self.decoder(batch)
             feats = None
             finite = np.zeros(0, dtype=bool)
             feats_np = np.zeros((0, self.enc.dim), dtype=self.dtype)

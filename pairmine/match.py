@@ -50,7 +50,7 @@ SUBSET_FILE = "subset.parquet"
 AGAINST = ("subset", "all")
 # The score histogram has HIST_WIDTH-wide bins over the range the one search covers: the band,
 # or with wide_histogram [min - HIST_MARGIN, 1.0], or the sweep's grid. Widening is opt-in:
-# on CIFAR-10 ResNet-20 features it put 60x more pairs in range and made the run 2-3.5x
+# on CIFAR-10 ResNet-20 features it put 56x more pairs in range and made the search 3.4x
 # slower (docs/matching.md, "The match stage").
 HIST_WIDTH = 0.005
 HIST_MARGIN = 0.05

@@ -36,12 +36,15 @@ from pairmine.commands.common import console, known_errors, progress_bar, summar
 @click.option("--shard-size", default=65536, show_default=True, type=click.IntRange(min=1),
               help="Source images per shard (the unit of resume).")
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (no DCT scaling).")
+@click.option("--decode", type=click.Choice(["cpu", "device"]), default="cpu", show_default=True,
+              help="Where JPEGs are decoded: DataLoader workers (Pillow), or the compute "
+                   "device (nvJPEG on CUDA; others fall back to the CPU path).")
 @click.option("--overwrite", is_flag=True, help="Replace a complete store at OUT.")
 @known_errors
 def command(source: str, out: Path, encoder: str, arch: str | None, features: str | None,
             source_kind: str | None, no_labels: bool, batch_size: int, workers: int | None,
             device: str, precision: str, dtype: str, shard_size: int, no_draft: bool,
-            overwrite: bool) -> None:
+            decode: str, overwrite: bool) -> None:
     """Embed every image of SOURCE with an encoder into the embeddings store OUT.
 
     SOURCE is an image folder (class sub-folders give labels), a .txt/.csv/.parquet file list,
@@ -54,7 +57,8 @@ def command(source: str, out: Path, encoder: str, arch: str | None, features: st
         result = embed(source, out, encoder=encoder, arch=arch, features=features,
                        labels=not no_labels, source_kind=source_kind, batch_size=batch_size,
                        workers=workers, device=device, precision=precision, dtype=dtype,
-                       shard_size=shard_size, draft=not no_draft, overwrite=overwrite,
+                       shard_size=shard_size, draft=not no_draft, decode=decode,
+                       overwrite=overwrite,
                        progress=progress)
     console.print(summary_table(f"embeddings → {result.path}", [
         ("images", result.images),
