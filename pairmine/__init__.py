@@ -12,7 +12,7 @@ Heavy libraries (torch, faiss) are imported inside the stages, so importing pair
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pairmine.artefacts import Embeddings, Pairs, open_embeddings, open_pairs
 from pairmine.errors import (
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 # import torch/faiss only inside functions, so this stays cheap.
 from pairmine.embed import EmbedResult, embed
 from pairmine.export import ExportResult, VerifyResult, export, verify
+from pairmine.lazy import lazy_getattr
 from pairmine.match import MatchResult, match
 
 # stage entry points, imported on first use so `import pairmine` stays light
@@ -46,13 +47,7 @@ if TYPE_CHECKING:
     from pairmine.sources import open_source
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'pairmine' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

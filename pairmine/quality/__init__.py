@@ -11,7 +11,9 @@ Heavy libraries are imported inside the functions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pairmine.lazy import lazy_getattr
 
 _LAZY = {
     "eval_pairs": ("pairmine.quality.accuracy", "eval_pairs"),
@@ -32,13 +34,7 @@ if TYPE_CHECKING:
     from pairmine.quality.report import ShowResult, show
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'pairmine.quality' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["Calibration", "EvalReport", "ShowResult", "calibrate", "eval_pairs",
