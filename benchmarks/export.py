@@ -62,10 +62,10 @@ def cifar_images(tmp: Path) -> Path:
 
 def build_stores(images: Path, work: Path, n_pairs: int) -> Path:
     """Embeddings store (meta from the folder source, random unit vectors) and a pairs store
-    of ``n_pairs`` random distinct pairs, written with the artefacts helpers."""
+    of ``n_pairs`` random distinct pairs, written with the store helpers."""
     import pyarrow as pa
 
-    from pairmine import artefacts as art
+    from pairmine import stores
     from pairmine.sources import open_source
 
     src = open_source(str(images))
@@ -76,13 +76,13 @@ def build_stores(images: Path, work: Path, n_pairs: int) -> Path:
     emb.mkdir(parents=True)
     vec = np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)
-    art.save_npy_atomic(emb / "emb" / "emb-00000.npy", vec.astype(np.float16))
-    art.write_parquet_atomic(emb / "meta" / "meta-00000.parquet", pa.table(
+    stores.save_npy_atomic(emb / "emb" / "emb-00000.npy", vec.astype(np.float16))
+    stores.write_parquet_atomic(emb / "meta" / "meta-00000.parquet", pa.table(
         {"id": np.arange(n, dtype=np.int64), "key": refs.column("key"),
          "source": refs.column("source"), "member": refs.column("member"),
-         "label": refs.column("label"), "sha256": sha}, schema=art.META_SCHEMA()))
-    art.finish_store(emb, {
-        "format": art.EMBEDDINGS_FORMAT, "count": n, "dim": 16, "dtype": "float16",
+         "label": refs.column("label"), "sha256": sha}, schema=stores.META_SCHEMA()))
+    stores.finish_store(emb, {
+        "format": stores.EMBEDDINGS_FORMAT, "count": n, "dim": 16, "dtype": "float16",
         "shards": [{"emb": "emb/emb-00000.npy", "meta": "meta/meta-00000.parquet", "rows": n,
                     "id_start": 0}],
         "source": {"kind": src.kind, "spec": str(images.resolve()), **src.describe()},
@@ -97,13 +97,17 @@ def build_stores(images: Path, work: Path, n_pairs: int) -> Path:
     rng.shuffle(packed)
     pairs = work / "pairs"
     pairs.mkdir()
-    art.write_parquet_atomic(pairs / "pairs" / "pairs-00000.parquet", pa.table(
+    stores.write_parquet_atomic(pairs / "pairs" / "pairs-00000.parquet", pa.table(
         {"a": packed // n, "b": packed % n,
          "score": rng.uniform(0.97, 0.99, size=(packed.shape[0],)).astype(np.float32)},
-        schema=art.PAIRS_SCHEMA()))
-    art.finish_store(pairs, {"format": art.PAIRS_FORMAT,
-                             "inputs": {"embeddings": art.input_record(emb)},
-                             "shards": ["pairs/pairs-00000.parquet"], "min": 0.97, "max": 0.99})
+        schema=stores.PAIRS_SCHEMA()))
+    stores.finish_store(pairs, {"format": stores.PAIRS_FORMAT,
+                             "inputs": {"embeddings": stores.input_record(emb)},
+                             "shards": ["pairs/pairs-00000.parquet"], "min": 0.97, "max": 0.99,
+                             "subset": stores.SubsetRecord(stores.SUBSET_FILE, n, n, 0, None,
+                                                           "subset").to_json()})
+    stores.write_parquet_atomic(pairs / stores.SUBSET_FILE,
+                                pa.table({"id": pa.array(range(n), pa.int64())}))
     return pairs
 
 

@@ -234,7 +234,7 @@ def step(timings: dict[str, float], name: str, done: Path, args: list[str]) -> N
 
 def pair_quality(work: Path, name: str) -> dict[str, Any]:
     """Pair count and pair accuracy (share of pairs whose two images share a label)."""
-    from pairmine.artefacts import open_embeddings, open_pairs
+    from pairmine.stores import open_embeddings, open_pairs
 
     pairs = open_pairs(work / name)
     labels = open_embeddings(work / "emb").meta.column("label").to_pylist()

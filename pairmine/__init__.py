@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pairmine.artefacts import Embeddings, Pairs, open_embeddings, open_pairs
+from pairmine.stores import Embeddings, Pairs, open_embeddings, open_pairs
 from pairmine.errors import (
     CheckpointError,
     ConfigError,

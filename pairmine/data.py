@@ -13,7 +13,7 @@ This is what lightly's and solo-learn's training loops unpack, so an export plug
 - :func:`spps_webdataset`: an iterable WebDataset pipeline over the shards, for streaming,
   multi-node (``split_by_node``) and resampled training.
 
-Only ``pairmine.artefacts``, ``pairmine.sources`` and ``pairmine.images`` are used here: no
+Only ``pairmine.stores``, ``pairmine.sources`` and ``pairmine.images`` are used here: no
 other stage.
 """
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from pairmine import artefacts as art
+from pairmine import stores
 from pairmine.errors import StoreError
 from pairmine.images import decode_rgb
 
@@ -79,7 +79,7 @@ class SPPSDataset(Dataset[Item]):
                  transform2: Transform | None = None,
                  kinds: Sequence[str] = KINDS) -> None:
         self.path = Path(export)
-        manifest = art.read_manifest(self.path, art.EXPORT_FORMAT)
+        manifest = stores.read_manifest(self.path, stores.EXPORT_FORMAT)
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise StoreError(f"unknown sample kinds {sorted(unknown)}",
@@ -260,8 +260,8 @@ def shard_urls(shards: str | Path | Sequence[str | Path]) -> str | list[str]:
     if isinstance(shards, (str, Path)):
         path = Path(shards)
         if path.is_dir():
-            if (path / art.MANIFEST).exists():
-                manifest = art.read_manifest(path, art.EXPORT_FORMAT)
+            if (path / stores.MANIFEST).exists():
+                manifest = stores.read_manifest(path, stores.EXPORT_FORMAT)
                 if not manifest["shards"]:
                     raise StoreError(f"{path} is an export without shards",
                                      "export with --format webdataset")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pairmine import artefacts as art
+from pairmine import stores
 from pairmine.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -67,18 +67,18 @@ def demo(out: str | Path = "pairmine-demo", *, train_epochs: int = 3, device: st
 
     def step(name: str, path: Path, fmt: str | None, run: Callable[[], dict[str, Any]]) -> None:
         t = time.perf_counter()
-        done = fmt is not None and (path / art.MANIFEST).exists()
+        done = fmt is not None and (path / stores.MANIFEST).exists()
         facts = _facts(path, fmt) if done else run()
         steps.append(Step(name, path, time.perf_counter() - t, done, facts))
         log.info("demo: %s %s", name, "(already done)" if done else "done")
 
     emb, pairs, spps = out / "emb", out / "pairs", out / "spps"
-    step("embed", emb, art.EMBEDDINGS_FORMAT, lambda: _embed_facts(pairmine.embed(
+    step("embed", emb, stores.EMBEDDINGS_FORMAT, lambda: _embed_facts(pairmine.embed(
         SAMPLE, emb, encoder=ENCODER, batch_size=250, device=device, progress=progress)))
-    step("match", pairs, art.PAIRS_FORMAT, lambda: _match_facts(pairmine.match(
+    step("match", pairs, stores.PAIRS_FORMAT, lambda: _match_facts(pairmine.match(
         emb, pairs, min_score=BAND[0], max_score=BAND[1], device=device, progress=progress)))
     step("pair accuracy", pairs, None, lambda: pair_accuracy(pairs))
-    step("export", spps, art.EXPORT_FORMAT, lambda: _export_facts(pairmine.export(
+    step("export", spps, stores.EXPORT_FORMAT, lambda: _export_facts(pairmine.export(
         pairs, spps, fmt="webdataset", combined=True, progress=progress)))
     step("verify", spps, None, lambda: {"verified": _verify(spps)})
     train_list, test_list = _split_lists(out)
@@ -98,8 +98,8 @@ def pair_accuracy(pairs_path: Path) -> dict[str, Any]:
     """Share of pairs whose two images have the same label, and the chance level."""
     import numpy as np
 
-    pairs = art.open_pairs(pairs_path)
-    emb = art.open_pairs_embeddings(pairs)
+    pairs = stores.open_pairs(pairs_path)
+    emb = stores.open_pairs_embeddings(pairs)
     labels = np.asarray(emb.meta.column("label").fill_null(-1).to_numpy(), dtype=np.int64)
     a = pairs.table.column("a").to_numpy()
     b = pairs.table.column("b").to_numpy()
@@ -112,7 +112,7 @@ def pair_accuracy(pairs_path: Path) -> dict[str, Any]:
 
 
 def _facts(path: Path, fmt: str | None) -> dict[str, Any]:
-    manifest = art.read_json(path / art.MANIFEST)
+    manifest = stores.read_json(path / stores.MANIFEST)
     keys = ("count", "errors", "dim", "counts")
     return {k: manifest[k] for k in keys if k in manifest} | {"resumed": True}
 

@@ -16,11 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pairmine import artefacts as art
-from pairmine.errors import ConfigError, SourceError, StoreError
+from pairmine import stores
+from pairmine.errors import ConfigError, SourceError
+from pairmine.images import DEFAULT_MAX_IMAGE_PIXELS
 from pairmine.progress import NullProgress, Progress
 from pairmine.runtime import cpu_count, device_name, resolve_device, resolve_precision
-from pairmine.sources.base import absolute_spec
+from pairmine.sources.base import absolute_spec, check_root
+from pairmine.sources.files import DEFAULT_MAX_IMAGE_BYTES, real_root
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 DTYPES = ("float16", "float32")
 DECODES = ("cpu", "device")  # where JPEGs are decoded: DataLoader workers, or the device
 RUN_LOG = "runs.jsonl"  # one line per invocation (timings); the only file that differs on resume
-CONFIG_FILE = "config.json"  # in .partial/: the options an incomplete store was started with
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class EmbedConfig:
     precision: str  # resolved
     draft: bool
     decode: str = "cpu"
+    # which images are read at all: over a cap, or outside root, an image is an error entry
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    root: str | None = None  # resolved (symlinks followed)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class EmbedResult:
     device: str
     precision: str
     encoder: dict[str, Any] = field(default_factory=dict)
+    ignored: int = 0  # entries the source considered and did not make images of
 
     @property
     def images_per_second(self) -> float:
@@ -92,6 +98,9 @@ def embed(
     shard_size: int = 65536,
     draft: bool = True,
     decode: str = "cpu",
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    root: str | Path | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> EmbedResult:
@@ -100,7 +109,9 @@ def embed(
     Features are L2-normalised in float32 and stored as ``dtype``. Unreadable images are
     skipped and listed in ``errors.parquet``. An incomplete store at ``out`` is resumed; a
     complete one is only replaced with ``overwrite``. ``decode="device"`` decodes JPEGs on the
-    compute device (nvJPEG on CUDA) instead of in the DataLoader workers.
+    compute device (nvJPEG on CUDA) instead of in the DataLoader workers. An image file over
+    ``max_image_bytes``, an image declaring over ``max_image_pixels`` pixels, and with
+    ``root`` an image file that resolves outside that folder, is an error entry.
     """
     from pairmine.encoders import load_encoder
     from pairmine.sources import open_source
@@ -116,10 +127,18 @@ def embed(
         raise ConfigError("--batch-size and --shard-size must be at least 1")
     if workers is not None and workers < 0:
         raise ConfigError("--workers must be 0 or more")
+    if max_image_bytes < 1 or max_image_pixels < 1:
+        raise ConfigError("--max-image-bytes and --max-image-pixels must be at least 1")
+    check_root(root)
     out = Path(out)
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    src = open_source(source, labels=labels, kind=source_kind)
+    src = open_source(source, labels=labels, kind=source_kind,
+                      max_image_bytes=max_image_bytes, root=root)
+    ignored = src.ignored()
+    if ignored:
+        log.info("source %s: %d entries ignored (%s)", source, sum(ignored.values()),
+                 ", ".join(f"{n} {reason}" for reason, n in ignored.items()))
     refs = src.refs()
     n_items = refs.num_rows
     if n_items == 0:
@@ -128,46 +147,49 @@ def embed(
     config = EmbedConfig(
         source=absolute_spec(str(source)), source_kind=src.kind, labels=labels,
         encoder=encoder, arch=arch, features=enc.features, dtype=dtype, shard_size=shard_size,
-        batch_size=batch_size, precision=precision, draft=draft, decode=decode)
+        batch_size=batch_size, precision=precision, draft=draft, decode=decode,
+        max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels,
+        root=None if root is None else real_root(root))
 
-    resuming = art.prepare_output(out, overwrite=overwrite, fmt=art.EMBEDDINGS_FORMAT)
-    partial = out / art.PARTIAL_DIR
-    _check_or_record_config(partial, config, resuming)
+    with stores.begin_run(out, stores.EMBEDDINGS_FORMAT, {"config": asdict(config)},
+                          overwrite=overwrite) as run:
+        n_shards = -(-n_items // shard_size)
+        done = _completed_shards(out, n_shards) if run.resumed else set()
+        if done:
+            log.info("resuming: %d of %d shards already complete", len(done), n_shards)
+        todo = [k for k in range(n_shards) if k not in done]
 
-    n_shards = -(-n_items // shard_size)
-    done = _completed_shards(out, n_shards)
-    if done:
-        log.info("resuming: %d of %d shards already complete", len(done), n_shards)
-    todo = [k for k in range(n_shards) if k not in done]
+        workers = _default_workers(device) if workers is None else workers
+        progress.start("embed", total=n_items, unit="images")
+        progress.advance(sum(_shard_items(k, shard_size, n_items) for k in done))
+        runner = _Runner(enc, device=device, precision=precision, dtype=dtype)
+        if decode == "device":
+            from pairmine.device_decode import DeviceJpegDecoder
+            from pairmine.loader import ImageDataset
 
-    workers = _default_workers(device) if workers is None else workers
-    progress.start("embed", total=n_items, unit="images")
-    progress.advance(sum(_shard_items(k, shard_size, n_items) for k in done))
-    runner = _Runner(enc, device=device, precision=precision, dtype=dtype)
-    if decode == "device":
-        from pairmine.device_decode import DeviceJpegDecoder
-        from pairmine.loader import ImageDataset
+            runner.decoder = DeviceJpegDecoder(enc.preprocess, device,
+                                               ImageDataset(src, enc.preprocess, draft=draft,
+                                                            max_pixels=max_image_pixels))
+        computed = 0
+        for k, batches in _shard_batches(src, enc, todo, shard_size, n_items, batch_size,
+                                         workers, device, draft, decode, max_image_pixels):
+            vectors, ok_rows, bad_rows = runner.encode_shard(batches, refs, progress)
+            _write_shard(out, k, vectors, ok_rows, bad_rows, refs)
+            computed += len(ok_rows)
 
-        runner.decoder = DeviceJpegDecoder(enc.preprocess, device,
-                                           ImageDataset(src, enc.preprocess, draft=draft))
-    computed = 0
-    for k, batches in _shard_batches(src, enc, todo, shard_size, n_items, batch_size,
-                                     workers, device, draft, decode):
-        vectors, ok_rows, bad_rows = runner.encode_shard(batches, refs, progress)
-        _write_shard(out, k, vectors, ok_rows, bad_rows, refs)
-        computed += len(ok_rows)
-
-    manifest = _assemble_manifest(out, n_shards, config, enc, src, refs)
-    elapsed = time.perf_counter() - started
-    _append_run_log(out, {"started_unix": time.time() - elapsed, "seconds": round(elapsed, 3),
-                          "images_computed": computed, "shards_computed": len(todo),
-                          "shards_resumed": len(done), "device": device_name(device),
-                          "workers": workers})
-    art.finish_store(out, manifest)
+        manifest = _assemble_manifest(out, n_shards, config, enc, src, refs)
+        elapsed = time.perf_counter() - started
+        stores.append_line(out / RUN_LOG, json.dumps(
+            {"started_unix": time.time() - elapsed, "seconds": round(elapsed, 3),
+             "images_computed": computed, "shards_computed": len(todo),
+             "shards_resumed": len(done), "device": device_name(device), "workers": workers},
+            sort_keys=True))
+        run.finish(manifest)
     progress.finish()
     return EmbedResult(path=out, images=int(manifest["count"]), errors=int(manifest["errors"]),
                        dim=enc.dim, shards=n_shards, resumed_shards=len(done), seconds=elapsed,
-                       device=device_name(device), precision=precision, encoder=enc.describe())
+                       device=device_name(device), precision=precision, encoder=enc.describe(),
+                       ignored=sum(ignored.values()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +202,8 @@ def _shard_items(k: int, shard_size: int, n_items: int) -> int:
 
 def _shard_batches(src: ImageSource, enc: Encoder, todo: list[int], shard_size: int,
                    n_items: int, batch_size: int, workers: int, device: str,
-                   draft: bool, decode: str) -> Iterator[tuple[int, Iterator[LoadedBatch]]]:
+                   draft: bool, decode: str,
+                   max_pixels: int) -> Iterator[tuple[int, Iterator[LoadedBatch]]]:
     """For each shard to do: (shard index, its batches). One DataLoader serves all shards so
     decode workers stay busy across shard boundaries."""
     from torch.utils.data import DataLoader
@@ -196,7 +219,8 @@ def _shard_batches(src: ImageSource, enc: Encoder, todo: list[int], shard_size: 
         per_shard.append((k, len(shard_batches)))
     if not batches:
         return
-    dataset = ImageDataset(src, enc.preprocess, draft=draft, decode=decode)
+    dataset = ImageDataset(src, enc.preprocess, draft=draft, decode=decode,
+                           max_pixels=max_pixels)
     loader: DataLoader[LoadedItem] = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_sampler=batches,
@@ -305,14 +329,14 @@ def _write_shard(out: Path, k: int, vectors: np.ndarray, ok_rows: list[tuple[int
     import pyarrow as pa
 
     emb_path, meta_path = _shard_paths(out, k)
-    art.save_npy_atomic(emb_path, vectors)
+    stores.save_npy_atomic(emb_path, vectors)
     errors = refs.take(pa.array([i for i, _ in bad_rows], type=pa.int64()))
     errors_table = pa.table({
         "key": errors.column("key"), "source": errors.column("source"),
         "member": errors.column("member"),
         "error": pa.array([reason for _, reason in bad_rows], type=pa.string()),
-    }, schema=art.ERRORS_SCHEMA())
-    art.write_parquet_atomic(_errors_part(out, k), errors_table)
+    }, schema=stores.ERRORS_SCHEMA())
+    stores.write_parquet_atomic(_errors_part(out, k), errors_table)
     rows = refs.take(pa.array([i for i, _ in ok_rows], type=pa.int64()))
     meta = pa.table({
         # ids are filled in when the manifest is assembled (they depend on earlier shards);
@@ -321,17 +345,17 @@ def _write_shard(out: Path, k: int, vectors: np.ndarray, ok_rows: list[tuple[int
         "key": rows.column("key"), "source": rows.column("source"),
         "member": rows.column("member"), "label": rows.column("label"),
         "sha256": pa.array([d for _, d in ok_rows], type=pa.string()),
-    }, schema=art.META_SCHEMA())
-    art.write_parquet_atomic(meta_path, meta)
+    }, schema=stores.META_SCHEMA())
+    stores.write_parquet_atomic(meta_path, meta)
 
 
 def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
-    return (out / art.EMB_DIR / art.shard_name("emb", k, ".npy"),
-            out / art.META_DIR / art.shard_name("meta", k, ".parquet"))
+    return (out / stores.EMB_DIR / stores.shard_name("emb", k, ".npy"),
+            out / stores.META_DIR / stores.shard_name("meta", k, ".parquet"))
 
 
 def _errors_part(out: Path, k: int) -> Path:
-    return out / art.PARTIAL_DIR / art.shard_name("errors", k, ".parquet")
+    return out / stores.PARTIAL_DIR / stores.shard_name("errors", k, ".parquet")
 
 
 def _completed_shards(out: Path, n_shards: int) -> set[int]:
@@ -359,20 +383,20 @@ def _assemble_manifest(out: Path, n_shards: int, config: EmbedConfig, enc: Encod
         rows = meta.num_rows
         ids = pa.array(range(id_start, id_start + rows), type=pa.int64())
         if meta.column("id").to_pylist()[:1] != ids.to_pylist()[:1]:
-            art.write_parquet_atomic(meta_path, meta.set_column(0, "id", ids))
-        shards.append({"emb": f"{art.EMB_DIR}/{emb_path.name}",
-                       "meta": f"{art.META_DIR}/{meta_path.name}",
+            stores.write_parquet_atomic(meta_path, meta.set_column(0, "id", ids))
+        shards.append({"emb": f"{stores.EMB_DIR}/{emb_path.name}",
+                       "meta": f"{stores.META_DIR}/{meta_path.name}",
                        "rows": rows, "id_start": id_start})
         id_start += rows
         errors.append(pq.read_table(_errors_part(out, k)))
-    error_table = pa.concat_tables(errors) if errors else art.ERRORS_SCHEMA().empty_table()
-    art.write_parquet_atomic(out / art.ERRORS_FILE, error_table)
+    error_table = pa.concat_tables(errors) if errors else stores.ERRORS_SCHEMA().empty_table()
+    stores.write_parquet_atomic(out / stores.ERRORS_FILE, error_table)
     if id_start == 0:
         raise SourceError(f"none of the {refs.num_rows} images of {config.source} could be read",
-                          f"see {out / art.ERRORS_FILE} for the reasons")
+                          f"see {out / stores.ERRORS_FILE} for the reasons")
     labelled = pc.sum(pc.is_valid(refs.column("label"))).as_py() or 0
     return {
-        "format": art.EMBEDDINGS_FORMAT,
+        "format": stores.EMBEDDINGS_FORMAT,
         "count": id_start,
         "dim": enc.dim,
         "dtype": config.dtype,
@@ -389,25 +413,6 @@ def _assemble_manifest(out: Path, n_shards: int, config: EmbedConfig, enc: Encod
 
 # ---------------------------------------------------------------------------------------------
 # run bookkeeping
-
-
-def _check_or_record_config(partial: Path, config: EmbedConfig, resuming: bool) -> None:
-    path = partial / CONFIG_FILE
-    wanted = asdict(config)
-    if resuming and path.exists():
-        found = art.read_json(path)
-        if found != wanted:
-            diff = sorted(k for k in wanted if found.get(k) != wanted[k])
-            raise StoreError(
-                f"{partial.parent} holds an incomplete store started with other options "
-                f"({', '.join(diff)})", "rerun with the same options, or pass --overwrite")
-        return
-    art.write_json_atomic(path, wanted)
-
-
-def _append_run_log(out: Path, record: dict[str, Any]) -> None:
-    with open(out / RUN_LOG, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def _default_workers(device: str) -> int:

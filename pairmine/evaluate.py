@@ -118,7 +118,7 @@ def evaluate(encoder: str, train: str | Path, test: str | Path, *,
         timings["linear_s"] = round(time.perf_counter() - t0, 3)
     result.timings = timings
     if out is not None:
-        from pairmine.artefacts import write_json_atomic
+        from pairmine.stores import write_json_atomic
 
         write_json_atomic(Path(out), result.to_json())
     return result

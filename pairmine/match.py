@@ -20,33 +20,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pairmine.artefacts import (
+from pairmine.errors import ConfigError, StoreError
+from pairmine.progress import NullProgress, Progress
+from pairmine.stores import (
     DUPLICATES_FILE,
     MANIFEST,
     PAIRS_DIR,
     PAIRS_FORMAT,
     PAIRS_SCHEMA,
-    PARTIAL_DIR,
+    SUBSET_FILE,
     Embeddings,
-    finish_store,
+    begin_run,
+    check_seed,
+    content_codes,
+    draw_subset,
     input_record,
     open_embeddings,
-    prepare_output,
+    parse_subset,
     read_json,
     shard_name,
     write_json_atomic,
     write_parquet_atomic,
 )
-from pairmine.errors import ConfigError, StoreError
-from pairmine.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from pairmine.stores import Run
+
 log = logging.getLogger(__name__)
 
-SUBSET_FILE = "subset.parquet"
 AGAINST = ("subset", "all")
 # The score histogram has HIST_WIDTH-wide bins over the range the one search covers: the band,
 # or with wide_histogram [min - HIST_MARGIN, 1.0], or the sweep's grid. Widening is opt-in:
@@ -142,59 +146,6 @@ def _check_band(min_score: float, max_score: float) -> None:
                           "the band is [min, max], both inclusive; e.g. --min 0.97 --max 0.99")
 
 
-def parse_subset(subset: str | int | float | None) -> int | float | None:
-    """``--subset``: a float in (0, 1] is a fraction of the store, an integer >= 1 a count."""
-    if subset is None or (isinstance(subset, int | float) and not isinstance(subset, bool)):
-        value: int | float | None = subset
-    elif isinstance(subset, str):
-        text = subset.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise ConfigError(f"--subset {subset!r} is neither a fraction nor a count",
-                                  "e.g. --subset 0.1 (10%) or --subset 5000") from None
-    else:
-        raise ConfigError(f"--subset {subset!r} is neither a fraction nor a count",
-                          "e.g. --subset 0.1 (10%) or --subset 5000")
-    if isinstance(value, float) and not (0.0 < value <= 1.0 and math.isfinite(value)):
-        raise ConfigError(f"--subset {subset} is not a fraction in (0, 1]",
-                          "a float is a fraction (0.1 = 10%); an integer is a count")
-    if isinstance(value, int) and value < 1:
-        raise ConfigError(f"--subset {subset} is not a count >= 1",
-                          "a float is a fraction (0.1 = 10%); an integer is a count")
-    return value
-
-
-def _subset_size(subset: int | float | None, n: int) -> int:
-    if subset is None:
-        k = n
-    elif isinstance(subset, float):
-        k = math.floor(subset * n + 0.5)
-    else:
-        k = subset
-        if k > n:
-            raise ConfigError(f"--subset {k} is larger than the store ({n} images)",
-                              f"give a count <= {n} or a fraction in (0, 1]")
-    if k == 0:
-        raise ConfigError(f"the subset is empty (--subset {subset} of {n} images)",
-                          "give a larger fraction or a count >= 1")
-    return k
-
-
-def draw_subset(n: int, subset: int | float | None, seed: int) -> np.ndarray:
-    """The paper's K images: a seeded draw without replacement, sorted ids (int64)."""
-    import numpy as np
-
-    k = _subset_size(subset, n)
-    if k == n:
-        return np.arange(n, dtype=np.int64)
-    ids = np.random.default_rng(seed).choice(n, size=k, replace=False)
-    return np.sort(ids).astype(np.int64)
-
-
 # ---------------------------------------------------------------------------------------------
 # result
 
@@ -256,7 +207,7 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
     if block_rows is not None and block_rows < 1:
         raise ConfigError(f"--block-rows {block_rows} is not an integer >= 1")
     plan = _Plan(min_score=float(min_score), max_score=float(max_score),
-                 subset=parse_subset(subset), seed=int(seed), against=against,
+                 subset=parse_subset(subset), seed=check_seed(seed), against=against,
                  max_per_anchor=max_per_anchor, engine=engine, device=device,
                  sweep=None if sweep is None else Sweep.parse(sweep), wide_histogram=wide_histogram,
                  block_rows=block_rows)
@@ -271,21 +222,19 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
     codes, hash_column = _hash_codes(store)
     n_blocks = plan_blocks(n, _engine_anchors(anchors, n), block_rows)
 
-    # --- the store: resume only a partial run made with the same options from the same input
+    # --- the store: locked for this run; resumed only from a run with the same identity
     identity = {"config": plan.config(), "inputs": {"embeddings": input_record(emb)},
                 "engine": list(resolved), "blocks": n_blocks}
-    resumed = prepare_output(out, overwrite=overwrite, fmt=PAIRS_FORMAT)
-    partial = out / PARTIAL_DIR
-    run_file = partial / "run.json"
-    # run.json is the first file a run writes: without it nothing of a run is there to resume
-    resumed = resumed and run_file.exists()
-    if resumed:
-        if read_json(run_file) != identity:
-            raise StoreError(f"{out} holds an interrupted match run with other options or "
-                             "another input", "rerun with the same options, or pass "
-                             "--overwrite to start again")
-    else:
-        write_json_atomic(run_file, identity)
+    with begin_run(out, PAIRS_FORMAT, identity, overwrite=overwrite) as run:
+        return _run(run, store, anchors, codes, hash_column, plan, resolved, n_blocks, identity,
+                    progress, t0)
+
+
+def _run(run: Run, store: Embeddings, anchors: np.ndarray, codes: np.ndarray,
+         hash_column: str | None, plan: _Plan, resolved: tuple[str, str], n_blocks: int,
+         identity: dict[str, Any], progress: Progress, t0: float) -> MatchResult:
+    out, partial, resumed, n = run.out, run.partial, run.resumed, len(store)
+    block_rows = plan.block_rows
     write_parquet_atomic(out / SUBSET_FILE, _id_table(anchors))
 
     # --- search, block by block
@@ -346,7 +295,7 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
                     "max_per_anchor_s": round(t_cap, 3), "duplicates_s": round(t_dup, 3),
                     "total_s": round(time.perf_counter() - t0, 3)},
     }
-    finish_store(out, manifest)
+    run.finish(manifest)
     log.info("match: %d pairs (%d ordered) from %d anchors in %.1f s", unordered,
              2 * unordered, len(anchors), time.perf_counter() - t0)
     return MatchResult(path=out, manifest=read_json(out / MANIFEST), pairs=unordered,
@@ -398,27 +347,11 @@ def _id_table(ids: np.ndarray) -> pa.Table:
 
 
 def _hash_codes(store: Embeddings) -> tuple[np.ndarray, str | None]:
-    """One int64 code per row, equal exactly when the content hashes are equal. Rows without
-    a hash get a code of their own, so they are never duplicates."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(store)
-    names = store.meta.column_names
-    column = next((c for c in ("sha256", "md5") if c in names), None)
+    codes, column = content_codes(store.meta)
     if column is None:
         log.warning("embeddings store %s has no content hash column: duplicates are not "
                     "detected", store.path)
-        return np.arange(n, dtype=np.int64), None
-    col = store.meta.column(column)
-    encoded = pc.dictionary_encode(col.combine_chunks() if isinstance(col, pa.ChunkedArray)
-                                   else col)
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    valid = encoded.indices.is_valid().to_numpy(zero_copy_only=False)
-    codes = np.where(valid, np.nan_to_num(codes, nan=0).astype(np.int64),
-                     n + np.arange(n, dtype=np.int64))
-    return codes.astype(np.int64), column
+    return codes, column
 
 
 def _duplicate_groups(codes: np.ndarray, members: np.ndarray) -> Iterator[np.ndarray]:
@@ -443,7 +376,7 @@ def _write_duplicates(path: Path, store: Embeddings, codes: np.ndarray, anchors:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pairmine.artefacts import atomic_path
+    from pairmine.stores import atomic_path
 
     schema = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("sha256", pa.string())])
     n = len(store)

@@ -15,7 +15,7 @@ from PIL import Image
 from test_export import Stores, build_embeddings, build_pairs, make_stores, write_images
 from torchvision.transforms import v2 as T
 
-from pairmine import artefacts as art
+from pairmine import stores
 from pairmine.data import SPPSDataset, ToViews, shard_urls, spps_webdataset
 from pairmine.errors import StoreError
 from pairmine.export import export
@@ -49,7 +49,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stores, Path, Pa
 
 
 def _meta(s: Stores) -> dict[str, list[Any]]:
-    meta: dict[str, list[Any]] = art.open_embeddings(s.emb).meta.to_pydict()
+    meta: dict[str, list[Any]] = stores.open_embeddings(s.emb).meta.to_pydict()
     return meta
 
 

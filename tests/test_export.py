@@ -1,6 +1,6 @@
 """`pairmine export` / `pairmine verify`: real JPEG/PNG files, stores built by hand, real tars.
 
-The embeddings and pairs stores are written here with the artefacts helpers (the embed and
+The embeddings and pairs stores are written here with the store helpers (the embed and
 match stages are tested elsewhere); their meta rows come from the real source kinds, so the
 export reads the originals exactly as it would after `pairmine embed`.
 """
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pairmine import artefacts as art
+from pairmine import stores as st
 from pairmine.cli import cli
 from pairmine.errors import ConfigError, SourceError, StoreError
 from pairmine.export import export, verify
@@ -64,14 +64,14 @@ def build_embeddings(source: str | Path, out: Path, *, dim: int = 8, seed: int =
     sha = [hashlib.sha256(src.read(i)).hexdigest() for i in range(n)]
     meta = pa.table({"id": np.arange(n, dtype=np.int64), "key": refs.column("key"),
                      "source": refs.column("source"), "member": refs.column("member"),
-                     "label": refs.column("label"), "sha256": sha}, schema=art.META_SCHEMA())
+                     "label": refs.column("label"), "sha256": sha}, schema=st.META_SCHEMA())
     vec = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)
     out.mkdir(parents=True)
-    art.save_npy_atomic(out / "emb" / "emb-00000.npy", vec.astype(np.float16))
-    art.write_parquet_atomic(out / "meta" / "meta-00000.parquet", meta)
-    art.finish_store(out, {
-        "format": art.EMBEDDINGS_FORMAT, "count": n, "dim": dim, "dtype": "float16",
+    st.save_npy_atomic(out / "emb" / "emb-00000.npy", vec.astype(np.float16))
+    st.write_parquet_atomic(out / "meta" / "meta-00000.parquet", meta)
+    st.finish_store(out, {
+        "format": st.EMBEDDINGS_FORMAT, "count": n, "dim": dim, "dtype": "float16",
         "shards": [{"emb": "emb/emb-00000.npy", "meta": "meta/meta-00000.parquet", "rows": n,
                     "id_start": 0}],
         "source": {"kind": src.kind, "spec": str(Path(source).resolve()), **src.describe(),
@@ -85,6 +85,7 @@ def build_pairs(emb: Path, out: Path, pairs: Sequence[tuple[int, int]], *,
                 shards: int = 1) -> Path:
     """A pairs store holding ``pairs`` (deliberately not sorted), split over ``shards``."""
     rng = np.random.default_rng(7)
+    n = len(st.open_embeddings(emb))
     a = np.array([min(p) for p in pairs], dtype=np.int64)
     b = np.array([max(p) for p in pairs], dtype=np.int64)
     score = rng.uniform(0.97, 0.99, len(pairs)).astype(np.float32)
@@ -92,12 +93,16 @@ def build_pairs(emb: Path, out: Path, pairs: Sequence[tuple[int, int]], *,
     names = []
     for k, part in enumerate(np.array_split(np.arange(len(pairs))[::-1], shards)):
         name = f"pairs/pairs-{k:05d}.parquet"
-        art.write_parquet_atomic(out / name, pa.table(
-            {"a": a[part], "b": b[part], "score": score[part]}, schema=art.PAIRS_SCHEMA()))
+        st.write_parquet_atomic(out / name, pa.table(
+            {"a": a[part], "b": b[part], "score": score[part]}, schema=st.PAIRS_SCHEMA()))
         names.append(name)
-    art.finish_store(out, {"format": art.PAIRS_FORMAT,
-                           "inputs": {"embeddings": art.input_record(emb)},
-                           "shards": names, "min": 0.97, "max": 0.99, "count": len(pairs)})
+    st.finish_store(out, {"format": st.PAIRS_FORMAT,
+                           "inputs": {"embeddings": st.input_record(emb)},
+                           "shards": names, "min": 0.97, "max": 0.99, "count": len(pairs),
+                           "subset": st.SubsetRecord(st.SUBSET_FILE, n, n, 0, None,
+                                                     "subset").to_json()})
+    st.write_parquet_atomic(out / st.SUBSET_FILE, pa.table({"id": pa.array(range(n),
+                                                                           pa.int64())}))
     return out
 
 
@@ -119,7 +124,7 @@ class Stores:
     pair_list: list[tuple[int, int]]
 
     def image_of(self, image_id: int) -> Path:
-        key = str(art.open_embeddings(self.emb).meta.column("key")[image_id].as_py())
+        key = str(st.open_embeddings(self.emb).meta.column("key")[image_id].as_py())
         return self.root / "images" / key
 
 
@@ -172,16 +177,16 @@ def test_pair_samples_hold_the_original_bytes(stores: Stores, tmp_path: Path) ->
     assert (result.pairs, result.images, result.samples) == (15, 0, 15)
     assert result.shards == 4 and result.resumed_shards == 0
 
-    manifest = art.read_manifest(out, art.EXPORT_FORMAT)
+    manifest = st.read_manifest(out, st.EXPORT_FORMAT)
     assert manifest["export_format"] == "webdataset"
-    assert manifest["inputs"]["pairs"] == art.input_record(stores.pairs)
+    assert manifest["inputs"]["pairs"] == st.input_record(stores.pairs)
     assert [s["samples"] for s in manifest["shards"]] == [4, 4, 4, 3]
     assert manifest["counts"]["pairs_both_orders"] == 30
     for s in manifest["shards"]:
-        assert art.sha256_file(out / s["tar"]) == s["sha256"]
+        assert st.sha256_file(out / s["tar"]) == s["sha256"]
         assert (out / s["tar"]).stat().st_size == s["bytes"]
 
-    meta = art.open_embeddings(stores.emb).meta.to_pydict()
+    meta = st.open_embeddings(stores.emb).meta.to_pydict()
     ordered = sorted(stores.pair_list)
     samples = all_samples(out)
     assert len(samples) == 15
@@ -246,7 +251,7 @@ def test_combined_is_every_image_plus_the_pairs_shuffled(stores: Stores, tmp_pat
     result = export(stores.pairs, out, combined=True, seed=5, shard_size=7)
     assert (result.images, result.pairs, result.samples) == (12, 15, 27)
     samples = all_samples(out)
-    meta = art.open_embeddings(stores.emb).meta.to_pydict()
+    meta = st.open_embeddings(stores.emb).meta.to_pydict()
     singles = {k: v for k, v in samples.items() if k.startswith("image-")}
     assert len(singles) == 12
     for key, members in singles.items():
@@ -352,7 +357,7 @@ def test_changed_and_vanished_sources_are_listed(stores: Stores, tmp_path: Path)
     assert result.pairs == len(expected)
     assert result.skipped_pairs == 15 - len(expected)
     assert sorted(p.id for p in result.skipped) == sorted(bad)
-    manifest = art.read_manifest(out, art.EXPORT_FORMAT)
+    manifest = st.read_manifest(out, st.EXPORT_FORMAT)
     assert sorted(p["id"] for p in manifest["skipped"]) == sorted(bad)
     assert {p["reason"] for p in manifest["skipped"]} == {"missing", "changed"}
     spps = pq.read_table(out / "spps.parquet").to_pydict()
@@ -376,9 +381,9 @@ def test_embeddings_store_gone(stores: Stores, tmp_path: Path) -> None:
 
 
 def test_embeddings_store_changed_since_match(stores: Stores, tmp_path: Path) -> None:
-    manifest = art.read_json(stores.emb / "manifest.json")
+    manifest = st.read_json(stores.emb / "manifest.json")
     manifest["encoder"] = {"spec": "something else"}
-    art.write_json_atomic(stores.emb / "manifest.json", manifest)
+    st.write_json_atomic(stores.emb / "manifest.json", manifest)
     with pytest.raises(StoreError, match="changed after"):
         export(stores.pairs, tmp_path / "spps")
 
@@ -479,7 +484,7 @@ def test_cli_export_and_verify(stores: Stores, tmp_path: Path) -> None:
                               "--shard-size", "5", "--max-shard-bytes", "64K"])
     assert res.exit_code == 0, res.output
     assert "samples" in res.output and "27" in res.output
-    assert art.read_manifest(out, art.EXPORT_FORMAT)["config"]["max_shard_bytes"] == 65536
+    assert st.read_manifest(out, st.EXPORT_FORMAT)["config"]["max_shard_bytes"] == 65536
     res = runner.invoke(cli, ["verify", str(out)])
     assert res.exit_code == 0, res.output
     assert "verified" in res.output
@@ -529,7 +534,7 @@ def test_webdataset_reads_pairs_in_a_multiworker_dataloader(
     s, out = jpeg_export
     urls = [str(p) for p in sorted((out / "shards").glob("*.tar"))]
     assert len(urls) == 6
-    meta = art.open_embeddings(s.emb).meta.to_pydict()
+    meta = st.open_embeddings(s.emb).meta.to_pydict()
 
     decoded = (wds.WebDataset(urls, shardshuffle=False, empty_check=False)
                .decode("pil").to_tuple("anchor.jpg", "positive.jpg", "json"))
@@ -596,7 +601,7 @@ def test_export_from_a_webdataset_source(tmp_path: Path) -> None:
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
     emb = build_embeddings(src, tmp_path / "emb")
-    assert art.read_manifest(emb, art.EMBEDDINGS_FORMAT)["source"]["kind"] == "webdataset"
+    assert st.read_manifest(emb, st.EMBEDDINGS_FORMAT)["source"]["kind"] == "webdataset"
     pairs = build_pairs(emb, tmp_path / "pairs", [(0, 1), (2, 5), (3, 4)])
     out = export(pairs, tmp_path / "spps", combined=True).path
     samples = all_samples(out)
@@ -621,6 +626,6 @@ def test_cifar10_test_jpegs(tmp_path: Path) -> None:
     pairs = build_pairs(emb, tmp_path / "pairs", random_pairs(300, 200))
     result = export(pairs, tmp_path / "spps", combined=True, shard_size=128)
     assert (result.images, result.pairs, result.shards) == (300, 200, 4)
-    names = art.read_manifest(result.path, art.EXPORT_FORMAT)["class_names"]
+    names = st.read_manifest(result.path, st.EXPORT_FORMAT)["class_names"]
     assert names[0] == "airplane" and len(names) == 10
     assert verify(result.path).members == 300 * 2 + 200 * 3

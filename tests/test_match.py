@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import pairmine
-from pairmine.artefacts import (
+from pairmine.stores import (
     EMBEDDINGS_FORMAT,
     FORMAT_VERSION,
     META_SCHEMA,
@@ -466,9 +466,9 @@ def _bad_stores(tmp: Path) -> dict[str, Path]:
     ("ok", ["--max", "1.01"], "outside [-1, 1]"),
     ("nomanifest", [], "no manifest.json"),
     ("missing", [], "does not exist"),
-    ("mixed", [], "mixes dimensions"),
+    ("mixed", [], "is damaged: emb/emb-00001.npy"),
     ("nan", [], "NaN"),
-    ("ok", ["--subset", "0.01"], "subset is empty"),
+    ("ok", ["--subset", "0.5", "--seed", "-1"], "--seed -1 is not an integer >= 0"),
     ("ok", ["--subset", "21"], "larger than the store"),
     ("ok", ["--subset", "0"], "not a count"),
     ("ok", ["--subset", "1.5"], "not a fraction"),

@@ -1,6 +1,6 @@
 """Pair quality: accuracy views, neighbour baselines, the band grid, calibration, the report.
 
-Stores are written here with the artefacts helpers (the layout open_embeddings/open_pairs
+Stores are written here with the store helpers (the layout open_embeddings/open_pairs
 read) and checked against brute-force oracles written out loop by loop; one test runs the
 real pipeline (embed → match → eval-pairs, calibrate, show) on a generated image folder.
 """
@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairmine import artefacts as art
+from pairmine import stores
 from pairmine.cli import cli
 from pairmine.errors import ConfigError, InputError, StoreError
 from pairmine.quality import bands as bd
@@ -50,7 +50,7 @@ def write_emb(root: Path, vectors: np.ndarray, labels: list[int | None] | np.nda
               hashes: list[str] | None = None) -> Path:
     n, d = vectors.shape
     (root / "emb").mkdir(parents=True)
-    art.save_npy_atomic(root / "emb" / "emb-00000.npy", vectors)
+    stores.save_npy_atomic(root / "emb" / "emb-00000.npy", vectors)
     keys = keys or [f"c{0 if labels is None else labels[i]}/{i:04d}.png" for i in range(n)]
     meta = pa.table({
         "id": pa.array(np.arange(n), pa.int64()),
@@ -61,10 +61,10 @@ def write_emb(root: Path, vectors: np.ndarray, labels: list[int | None] | np.nda
                           [None if v is None else int(v) for v in labels], pa.int64()),
         "sha256": pa.array(hashes or [hashlib.sha256(k.encode()).hexdigest() for k in keys],
                            pa.string()),
-    }, schema=art.META_SCHEMA())
-    art.write_parquet_atomic(root / "meta" / "meta-00000.parquet", meta)
-    art.finish_store(root, {
-        "format": art.EMBEDDINGS_FORMAT, "count": n, "dim": d, "dtype": str(vectors.dtype),
+    }, schema=stores.META_SCHEMA())
+    stores.write_parquet_atomic(root / "meta" / "meta-00000.parquet", meta)
+    stores.finish_store(root, {
+        "format": stores.EMBEDDINGS_FORMAT, "count": n, "dim": d, "dtype": str(vectors.dtype),
         "shards": [{"emb": "emb/emb-00000.npy", "meta": "meta/meta-00000.parquet", "rows": n,
                     "id_start": 0}],
         "source": {"kind": "folder", "spec": str(root), "class_names": class_names}})
@@ -93,21 +93,23 @@ def oracle(vectors: np.ndarray, lo: float, hi: float, anchors: np.ndarray | None
 def write_pairs(root: Path, emb: Path, lo: float, hi: float, *,
                 subset: np.ndarray | None = None, against: str = "subset",
                 pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Path:
-    e = art.open_embeddings(emb)
+    e = stores.open_embeddings(emb)
     if pairs is None:
         pairs = oracle(np.asarray(e.vectors), lo, hi, subset,
                        "anchors" if against == "subset" else "all")
     a, b, s = pairs
     (root / "pairs").mkdir(parents=True)
-    art.write_parquet_atomic(root / "pairs" / "pairs-00000.parquet",
-                             pa.table({"a": a, "b": b, "score": s}, schema=art.PAIRS_SCHEMA()))
+    stores.write_parquet_atomic(root / "pairs" / "pairs-00000.parquet",
+                             pa.table({"a": a, "b": b, "score": s}, schema=stores.PAIRS_SCHEMA()))
     ids = np.arange(len(e)) if subset is None else np.asarray(subset)
-    art.write_parquet_atomic(root / "subset.parquet",
+    stores.write_parquet_atomic(root / "subset.parquet",
                              pa.table({"id": pa.array(ids, pa.int64())}))
-    art.finish_store(root, {
-        "format": art.PAIRS_FORMAT, "inputs": {"embeddings": art.input_record(emb)},
+    stores.finish_store(root, {
+        "format": stores.PAIRS_FORMAT, "inputs": {"embeddings": stores.input_record(emb)},
         "config": {"min": lo, "max": hi, "against": against}, "min": lo, "max": hi,
         "shards": ["pairs/pairs-00000.parquet"],
+        "subset": stores.SubsetRecord(stores.SUBSET_FILE, len(ids), len(e), 0, None,
+                                      against).to_json(),
         "counts": {"unordered": int(a.size), "ordered": 2 * int(a.size)}})
     return root
 
@@ -439,7 +441,7 @@ def test_eval_pairs_on_a_subset(blobs: tuple[Path, np.ndarray, np.ndarray],
 
 def test_labels_from_a_file(blobs: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path) -> None:
     emb, _, y = blobs
-    store = art.open_embeddings(emb)
+    store = stores.open_embeddings(emb)
     keys = store.meta.column("key").to_pylist()
     names = ["ant", "bee", "cow", "doe"]
     csv = tmp_path / "labels.csv"
@@ -465,7 +467,7 @@ def test_bad_label_files(blobs: tuple[Path, np.ndarray, np.ndarray], tmp_path: P
     bad = tmp_path / "bad.csv"
     bad.write_text(text)
     with pytest.raises(InputError, match=message):
-        load_labels(art.open_embeddings(emb), bad)
+        load_labels(stores.open_embeddings(emb), bad)
 
 
 def test_cli_eval_pairs_errors_are_one_line(tmp_path: Path) -> None:
@@ -544,7 +546,7 @@ def page_data(index: Path) -> dict[str, Any]:
 
 def test_show_writes_a_page_with_views_and_thumbnails(tmp_path: Path) -> None:
     emb, pairs = image_store(tmp_path)
-    n_pairs = art.open_pairs(pairs).table.num_rows
+    n_pairs = stores.open_pairs(pairs).table.num_rows
     result = show(pairs, tmp_path / "report", per_view=10, page_size=4)
     data = page_data(result.index)
     assert set(data["views"]) == {"top", "random", "lowest", "mismatch"}
@@ -559,7 +561,7 @@ def test_show_writes_a_page_with_views_and_thumbnails(tmp_path: Path) -> None:
     big = [t for t in thumbs if t.suffix == ".jpg"]
     assert big and all(t.stat().st_size < 20_000 for t in big)
     small = next(t for t in thumbs if t.suffix == ".png")  # small PNGs pass through as is
-    src = art.open_embeddings(emb).meta.column("source")[int(small.stem)].as_py()
+    src = stores.open_embeddings(emb).meta.column("source")[int(small.stem)].as_py()
     assert small.read_bytes() == Path(src).read_bytes()
     html = result.index.read_text()
     assert 'id="pm-hist"' in html and "min 0.5" in html and "max 0.99" in html
@@ -569,8 +571,8 @@ def test_show_writes_a_page_with_views_and_thumbnails(tmp_path: Path) -> None:
 
 def test_show_inline_missing_images_and_overwrite(tmp_path: Path) -> None:
     emb, pairs = image_store(tmp_path, n=12)
-    first = int(art.open_pairs(pairs).table.column("a")[0].as_py())
-    Path(art.open_embeddings(emb).meta.column("source")[first].as_py()).unlink()
+    first = int(stores.open_pairs(pairs).table.column("a")[0].as_py())
+    Path(stores.open_embeddings(emb).meta.column("source")[first].as_py()).unlink()
     result = show(pairs, tmp_path / "r", inline=True, per_view=1000)
     data = page_data(result.index)
     assert not (tmp_path / "r" / "thumbs").exists()
@@ -605,7 +607,7 @@ def test_histogram_uses_the_recorded_one(tmp_path: Path) -> None:
     manifest = json.loads((pairs / "manifest.json").read_text())
     manifest["histogram"] = {"edges": [0.85, 0.9, 0.95, 1.0], "counts": [7, 3, 1]}
     (pairs / "manifest.json").write_text(json.dumps(manifest))
-    svg = histogram_svg(art.open_pairs(pairs), np.zeros(0, np.float32))
+    svg = histogram_svg(stores.open_pairs(pairs), np.zeros(0, np.float32))
     assert svg.count('class="bar"') == 3 and "as match recorded them" in svg
     assert "[0.8500, 0.9000): 7" in svg
 
@@ -622,11 +624,11 @@ def test_pipeline_embed_match_eval_calibrate_show(image_folder: Path, tmp_path: 
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["match", str(emb), str(pairs), "--min", "0.9", "--max", "0.9999"])
     assert res.exit_code == 0, res.output
-    store = art.open_pairs(pairs)
+    store = stores.open_pairs(pairs)
     assert store.table.num_rows > 0
     report = eval_pairs(pairs, ks=(1, 3), grid_step=0.02)
-    vectors = np.asarray(art.open_embeddings(emb).vectors)
-    y = art.open_embeddings(emb).meta.column("label").to_numpy()
+    vectors = np.asarray(stores.open_embeddings(emb).vectors)
+    y = stores.open_embeddings(emb).meta.column("label").to_numpy()
     a = store.table.column("a").to_numpy()
     b = store.table.column("b").to_numpy()
     assert report.accuracy.labelled == a.size

@@ -19,7 +19,6 @@ SHARD_PREFIX = "spps"
 SHARD_WIDTH = 6
 SPPS_FILE = "spps.parquet"
 IMAGES_FILE = "images.parquet"
-CONFIG_FILE = "config.json"  # in .partial/: the options an unfinished export was started with
 PROBLEMS_FILE = "problems.json"  # in .partial/: the full list when bad sources stop an export
 
 KIND_PAIR = "pair"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pairmine import artefacts as art
+from pairmine import stores
 from pairmine.errors import StoreError
 
 if TYPE_CHECKING:
@@ -65,10 +65,10 @@ class Plan:
 def make_plan(pairs_path: Path, *, combined: bool, shuffle: bool, seed: int) -> Plan:
     import numpy as np
 
-    pairs = art.open_pairs(pairs_path)
-    emb = art.open_pairs_embeddings(pairs)
+    pairs = stores.open_pairs(pairs_path)
+    emb = stores.open_pairs_embeddings(pairs)
     recorded = pairs.manifest["inputs"]["embeddings"].get("manifest_sha256")
-    if recorded and recorded != art.sha256_file(emb.path / art.MANIFEST):
+    if recorded and recorded != stores.sha256_file(emb.path / stores.MANIFEST):
         raise StoreError(f"the embeddings store {emb.path} changed after {pairs.path} was made "
                          "from it: the pair ids may point at other images",
                          "re-run match on the current embeddings store")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pairmine import artefacts as art
-from pairmine.errors import ConfigError, SourceError, StoreError
+from pairmine import stores
+from pairmine.errors import ConfigError, SourceError
 from pairmine.export import layout as lay
 from pairmine.export.fetch import DEFAULT_CACHE_BYTES, Fetcher, Problem, describe_problems
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan, make_plan
@@ -122,22 +122,39 @@ def export(
     options = _options(fmt, combined, shard_size, max_shard_bytes, shuffle, seed)
     pairs_path, out = Path(pairs), Path(out)
     plan = make_plan(pairs_path, combined=combined, shuffle=options.shuffle, seed=seed)
-    inputs = {"pairs": art.input_record(pairs_path),
-              "embeddings": art.input_record(plan.embeddings_path)}
+    inputs = {"pairs": stores.input_record(pairs_path),
+              "embeddings": stores.input_record(plan.embeddings_path)}
     if out.resolve() in (plan.pairs_path, plan.embeddings_path):
         raise ConfigError(f"output {out} is an input store", "choose another output path")
 
-    resume = art.prepare_output(out, overwrite=overwrite, fmt=art.EXPORT_FORMAT)
-    _start(out, {**options.as_dict(), "pairs_manifest_sha256":
-                 inputs["pairs"]["manifest_sha256"]}, resume)
-    fetcher = Fetcher(plan.source_kind, plan.images,
-                      cache_bytes=FORMATS[options.format].cache_bytes)
-    written = FORMATS[options.format].write(out, plan, fetcher, options, skip_missing, progress)
-    seconds = time.perf_counter() - t0
-
+    identity = {**options.as_dict(),
+                "pairs_manifest_sha256": inputs["pairs"]["manifest_sha256"]}
+    with stores.begin_run(out, stores.EXPORT_FORMAT, {"config": identity},
+                          overwrite=overwrite) as run:
+        if run.resumed:
+            log.info("resuming the unfinished export in %s", out)
+        fetcher = Fetcher(plan.source_kind, plan.images,
+                          cache_bytes=FORMATS[options.format].cache_bytes)
+        written = FORMATS[options.format].write(out, plan, fetcher, options, skip_missing,
+                                                progress)
+        seconds = time.perf_counter() - t0
+        run.finish(_manifest(options, skip_missing, inputs, plan, written))
+    log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
+             out, seconds)
     samples = written.pairs + written.images
-    manifest = {
-        "format": art.EXPORT_FORMAT,
+    return ExportResult(path=out, format=options.format, pairs=written.pairs,
+                        images=written.images, samples=samples, shards=len(written.shards),
+                        resumed_shards=written.resumed_shards, bytes=written.bytes,
+                        seconds=seconds, skipped=written.skipped,
+                        skipped_pairs=written.skipped_pairs,
+                        skipped_images=written.skipped_images)
+
+
+def _manifest(options: ExportOptions, skip_missing: bool, inputs: dict[str, Any], plan: Plan,
+              written: Written) -> dict[str, Any]:
+    samples = written.pairs + written.images
+    return {
+        "format": stores.EXPORT_FORMAT,
         "export_format": options.format,
         "config": {**options.as_dict(), "skip_missing": skip_missing},
         "inputs": inputs,
@@ -158,19 +175,11 @@ def export(
         "files": written.files,
         "skipped": [p.to_json() for p in written.skipped],
     }  # no timings: a re-run or a resumed run writes the very same manifest
-    art.finish_store(out, manifest)
-    log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
-             out, seconds)
-    return ExportResult(path=out, format=options.format, pairs=written.pairs,
-                        images=written.images, samples=samples, shards=len(written.shards),
-                        resumed_shards=written.resumed_shards, bytes=written.bytes,
-                        seconds=seconds, skipped=written.skipped,
-                        skipped_pairs=written.skipped_pairs,
-                        skipped_images=written.skipped_images)
 
 
 def _options(fmt: str, combined: bool, shard_size: int, max_shard_bytes: int | None,
              shuffle: bool | None, seed: int) -> ExportOptions:
+    stores.check_seed(seed)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}",
                           f"choose one of: {', '.join(sorted(FORMATS))}")
@@ -187,22 +196,6 @@ def _options(fmt: str, combined: bool, shard_size: int, max_shard_bytes: int | N
                          shuffle=(combined and shards) if shuffle is None else shuffle,
                          seed=seed, shard_size=shard_size,
                          max_shard_bytes=max_shard_bytes if shards else None)
-
-
-def _start(out: Path, config: dict[str, Any], resume: bool) -> None:
-    """Record the options of a new run, or check that a resumed run uses the same ones."""
-    path = out / art.PARTIAL_DIR / lay.CONFIG_FILE
-    if resume and path.exists():
-        before = art.read_json(path)
-        if before != config:
-            changed = sorted(k for k in set(before) | set(config)
-                             if before.get(k) != config.get(k))
-            raise StoreError(f"{out} holds an unfinished export made with other options or "
-                             f"inputs (differs in: {', '.join(changed)})",
-                             "re-run with the same options to resume it, or pass --overwrite")
-        log.info("resuming the unfinished export in %s", out)
-        return
-    art.write_json_atomic(path, config)
 
 
 def _stop(out: Path, plan: Plan, fetcher: Fetcher, start: int, progress: Progress) -> SourceError:
@@ -222,8 +215,8 @@ def _stop(out: Path, plan: Plan, fetcher: Fetcher, start: int, progress: Progres
 
 
 def _problems_error(out: Path, problems: list[Problem]) -> SourceError:
-    listing = out / art.PARTIAL_DIR / lay.PROBLEMS_FILE
-    art.write_json_atomic(listing, [p.to_json() for p in problems])
+    listing = out / stores.PARTIAL_DIR / lay.PROBLEMS_FILE
+    stores.write_json_atomic(listing, [p.to_json() for p in problems])
     return SourceError(
         f"{len(problems)} source image(s) changed or vanished since embed: "
         f"{describe_problems(problems)}",
@@ -326,8 +319,8 @@ def _write_parquet(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptio
 
 
 def _write_table(out: Path, name: str, table: Any) -> dict[str, Any]:
-    art.write_parquet_atomic(out / name, table)
-    return {"rows": table.num_rows, "sha256": art.sha256_file(out / name)}
+    stores.write_parquet_atomic(out / name, table)
+    return {"rows": table.num_rows, "sha256": stores.sha256_file(out / name)}
 
 
 FORMATS: dict[str, ExportFormat] = {

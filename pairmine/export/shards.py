@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from pairmine import artefacts as art
+from pairmine import stores
 from pairmine.export import layout as lay
 from pairmine.export.fetch import Fetcher, Original, Problem
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan
@@ -100,7 +100,7 @@ def finished_shards(out: Path) -> list[ShardRecord]:
         pairs = sum(1 for k in kinds if k == lay.KIND_PAIR)
         done.append(ShardRecord(
             number=number, samples=len(kinds), pairs=pairs, images=len(kinds) - pairs,
-            bytes=tar_bytes, sha256=tar_sha, index_sha256=art.sha256_file(index),
+            bytes=tar_bytes, sha256=tar_sha, index_sha256=stores.sha256_file(index),
             next_position=record_next,
             skipped=[Problem.from_json(p) for p in skipped["problems"]],
             skipped_pairs=int(skipped["pairs"]), skipped_images=int(skipped["images"])))
@@ -251,7 +251,7 @@ def _write_shard(out: Path, number: int, start: int, plan: Plan, sample_at: Samp
     rows = _IndexRows()
     skips = _Skips()
     tar_path = out / lay.shard_tar(number)
-    with art.atomic_path(tar_path) as tmp, open(tmp, "wb") as fh:
+    with stores.atomic_path(tar_path) as tmp, open(tmp, "wb") as fh:
         sink = _HashingWriter(fh, hasher)
         writer = _tar_writer(sink)
         try:
@@ -272,12 +272,12 @@ def _write_shard(out: Path, number: int, start: int, plan: Plan, sample_at: Samp
         lay.META_SKIPPED: json.dumps(skips.to_json(), sort_keys=True).encode(),
     })
     index_path = out / lay.shard_index(number)
-    art.write_parquet_atomic(index_path, table)
+    stores.write_parquet_atomic(index_path, table)
     log.debug("shard %s: %d samples, %d bytes", tar_path.name, rows.count, sink.bytes)
     pairs = sum(1 for k in rows.columns["kind"] if k == lay.KIND_PAIR)
     return ShardRecord(number=number, samples=rows.count, pairs=pairs,
                        images=rows.count - pairs, bytes=sink.bytes, sha256=tar_sha,
-                       index_sha256=art.sha256_file(index_path), next_position=position,
+                       index_sha256=stores.sha256_file(index_path), next_position=position,
                        skipped=list(skips.problems.values()), skipped_pairs=skips.pairs,
                        skipped_images=skips.images)
 

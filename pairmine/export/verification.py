@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pairmine import artefacts as art
+from pairmine import stores
 from pairmine.errors import StoreError
 from pairmine.export import layout as lay
 from pairmine.export.fetch import Fetcher, Problem
@@ -57,7 +57,7 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     out = Path(out)
-    manifest = art.read_manifest(out, art.EXPORT_FORMAT)
+    manifest = stores.read_manifest(out, stores.EXPORT_FORMAT)
     fmt = str(manifest.get("export_format"))
     if fmt not in VERIFIERS:
         raise StoreError(f"{out} is an export of unknown format {fmt!r}", "upgrade pairmine")
@@ -112,7 +112,7 @@ def _verify_shard(out: Path, rec: dict[str, Any], meta_sha: list[str] | None,
         if not path.exists():
             problems.append(f"{path} is missing")
             return None
-    if art.sha256_file(index) != rec["index_sha256"]:
+    if stores.sha256_file(index) != rec["index_sha256"]:
         problems.append(f"{rec['index']} does not match the manifest's sha256")
         return None
     table = pq.read_table(index)
@@ -213,12 +213,12 @@ def _embeddings_hashes(manifest: dict[str, Any]) -> list[str] | None:
     """The embeddings store's hashes by id, when the very store the export read is there."""
     rec = manifest["inputs"]["embeddings"]
     emb = Path(rec["path"])
-    if not (emb / art.MANIFEST).exists() or art.sha256_file(emb / art.MANIFEST) != \
+    if not (emb / stores.MANIFEST).exists() or stores.sha256_file(emb / stores.MANIFEST) != \
             rec["manifest_sha256"]:
         log.info("embeddings store %s is gone or changed: checking against the indexes only",
                  emb)
         return None
-    hashes: list[str] = art.open_embeddings(emb).meta.column("sha256").to_pylist()
+    hashes: list[str] = stores.open_embeddings(emb).meta.column("sha256").to_pylist()
     return hashes
 
 
@@ -261,7 +261,7 @@ def _read_table(out: Path, name: str, files: dict[str, Any],
     if not path.exists():
         result.problems.append(f"{path} is missing")
         return None
-    if art.sha256_file(path) != files[name]["sha256"]:
+    if stores.sha256_file(path) != files[name]["sha256"]:
         result.problems.append(f"{name} does not match the manifest's sha256")
         return None
     table = pq.read_table(path)

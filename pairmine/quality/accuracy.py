@@ -213,14 +213,14 @@ def eval_pairs(pairs: str | Path, *, labels: str | Path | None = None,
     """Pair accuracy of a pairs store, neighbour baselines and a precision–yield grid."""
     import numpy as np
 
-    from pairmine import artefacts as art
+    from pairmine import stores
     from pairmine.quality import bands as bd
     from pairmine.quality.labels import load_labels, pairs_scope
 
     if any(k < 1 for k in ks):
         raise ConfigError(f"k must be >= 1 (got {', '.join(map(str, ks))})")
-    store = art.open_pairs(pairs)
-    emb = art.open_pairs_embeddings(store)
+    store = stores.open_pairs(pairs)
+    emb = stores.open_pairs_embeddings(store)
     lab = load_labels(emb, labels, what="eval-pairs")
     assert lab is not None  # required=True
     scope = pairs_scope(store, len(emb))
@@ -261,5 +261,5 @@ def eval_pairs(pairs: str | Path, *, labels: str | Path | None = None,
         labelled_anchors=int(np.sum(lab.codes[scope.anchors] >= 0)),
         accuracy=acc, baselines=baselines, bands=rows, grid_floor=floor, timings=timings)
     if out is not None:
-        art.write_json_atomic(Path(out), report.as_dict())
+        stores.write_json_atomic(Path(out), report.as_dict())
     return report

@@ -96,7 +96,7 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
     """
     import numpy as np
 
-    from pairmine import artefacts as art
+    from pairmine import stores
     from pairmine.quality import bands as bd
     from pairmine.quality.labels import Scope, draw_subset, load_labels
 
@@ -107,7 +107,7 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
     if not use_labels and (needs_labels or labels is not None):
         raise ConfigError(f"--no-labels excludes {what if needs_labels else '--labels'}",
                           "drop one of them")
-    store = art.open_embeddings(emb)
+    store = stores.open_embeddings(emb)
     lab = load_labels(store, labels, required=needs_labels, what=what) if use_labels else None
     anchors = draw_subset(len(store), subset, seed)
     scope = Scope(anchors=anchors, against="anchors" if subset is None else "all",
@@ -147,7 +147,7 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
         paper_band=next((r for r in rows if (r.lo, r.hi) == PAPER_BAND), None),
         timings=timings)
     if out is not None:
-        art.write_json_atomic(Path(out), result.as_dict())
+        stores.write_json_atomic(Path(out), result.as_dict())
     return result
 
 

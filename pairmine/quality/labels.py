@@ -17,7 +17,7 @@ from pairmine.errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from pairmine.artefacts import Embeddings, Pairs
+    from pairmine.stores import Embeddings, Pairs
 
 log = logging.getLogger(__name__)
 

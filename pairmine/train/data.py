@@ -157,7 +157,7 @@ def _open_source(spec: str) -> TrainData:
 def _open_export(root: Path, pair_directions: int) -> TrainData:
     import numpy as np
 
-    from pairmine.artefacts import EXPORT_FORMAT, read_json
+    from pairmine.stores import EXPORT_FORMAT, read_json
 
     manifest = read_json(root / "manifest.json")
     if manifest.get("format") != EXPORT_FORMAT:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pairmine.artefacts import atomic_path, write_json_atomic
+from pairmine.stores import atomic_path, write_json_atomic
 from pairmine.errors import CheckpointError, ConfigError, StoreError
 from pairmine.progress import NullProgress, Progress
 
@@ -347,7 +347,7 @@ def train_step(model: MoCo, net: torch.nn.Module, optimizer: torch.optim.Optimiz
 
 def _checkpoint(cfg: TrainConfig, model: MoCo, optimizer: torch.optim.Optimizer, epoch: int,
                 data: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
-    from pairmine.artefacts import pairmine_version
+    from pairmine.stores import pairmine_version
     from pairmine.train.augment import moco_v2
 
     assert cfg.image_size is not None

@@ -1,0 +1,150 @@
+"""Atomic writes: a temporary file beside the target, fsync, rename over it.
+
+A reader never sees half a file under a final name: a shard exists complete or not at all.
+Temporary names follow one pattern (``.NAME.XXXXXXXX.tmp``, from ``mkstemp``) so that a run
+holding a store's lock can recognise and remove the ones a killed run left behind. Every
+``OSError`` of a write (read-only file system, no permission, disk full, a short write) becomes
+one :class:`StoreError` that names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairmine.errors import StoreError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+# mkstemp's names: prefix ".NAME.", eight characters from [a-z0-9_], suffix ".tmp"
+TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_failure(path: Path, exc: OSError) -> StoreError:
+    """The one error for a write that failed: what happened to which file, and what to do."""
+    code = exc.errno
+    if code in _NO_SPACE or (code is None and "requested and" in str(exc)):
+        # numpy reports a short write as "N requested and M written", without an errno
+        return StoreError(f"cannot write {path}: the disk is full",
+                          "free space (or choose another output) and run the same command "
+                          "again: it resumes from the finished shards")
+    if code in _NOT_WRITABLE:
+        reason = ("read-only file system" if code == errno.EROFS else "permission denied")
+        return StoreError(f"cannot write {path}: {reason}",
+                          "choose an output directory you can write to")
+    return StoreError(f"cannot write {path}: {exc.strerror or exc}",
+                      "check the output directory and run the same command again")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into :func:`write_failure`."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success."""
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        with writing(target):
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:  # the data reaches the disk before the name does
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files owner-only
+            os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(target: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "to_json"):  # the typed manifests and their records
+        return obj.to_json()
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_npy_atomic(target: Path, array: np.ndarray) -> None:
+    import numpy as np
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def write_parquet_atomic(target: Path, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
+    with atomic_path(target) as tmp:
+        # fixed writer settings so the same table always gives the same bytes
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True,
+                       store_schema=True)
+
+
+def append_line(target: Path, line: str) -> None:
+    """Append one line to a log file (not atomic: logs hold no data)."""
+    with writing(target), open(target, "a", encoding="utf-8") as fh:
+        fh.write(line.rstrip("\n") + "\n")
+
+
+def remove_temporaries(root: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes under ``root`` (those a killed run left).
+    Only for a run that holds the store's lock: nobody else can be writing them."""
+    removed = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if TEMPORARY_NAME.match(name):
+                path = Path(dirpath) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
