@@ -5,6 +5,13 @@ Temporary names follow one pattern (``.NAME.XXXXXXXX.tmp``, from ``mkstemp``) so
 holding a store's lock can recognise and remove the ones a killed run left behind. Every
 ``OSError`` of a write (read-only file system, no permission, disk full, a short write) becomes
 one :class:`StoreError` that names the file and what to do.
+
+Test-only fault injection: with ``PAIRMINE_FAULT=after:N`` in the environment the process ends
+with ``os._exit(137)`` (as abruptly as ``kill -9``: no clean-up, no ``finally``) right after
+the Nth step of a store writer, a step being an atomic write landing, the work folder renamed
+aside, or one file removed by the final clean-up (:func:`fault_point`). The crash tests and
+``benchmarks/reliability.py`` kill runs at every such point and check that they resume. The
+variable is read once, at import; unset, a step costs one comparison.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -26,6 +34,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+log = logging.getLogger(__name__)
+
 # mkstemp's names: prefix ".NAME.", eight characters from [a-z0-9_], suffix ".tmp"
 TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
@@ -37,6 +47,32 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+def _fault_limit(spec: str) -> int | None:
+    """``after:N`` (N >= 1) → N; unset → None; anything else is ignored with a warning."""
+    if not spec:
+        return None
+    kind, _, count = spec.partition(":")
+    if kind == "after" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    log.warning("ignoring PAIRMINE_FAULT=%r (expected after:N, N >= 1)", spec)
+    return None
+
+
+_FAULT_AFTER = _fault_limit(os.environ.get("PAIRMINE_FAULT", ""))
+_fault_steps = 0
+
+
+def fault_point() -> None:
+    """One step of a store writer; under ``PAIRMINE_FAULT=after:N`` the Nth one kills the
+    process (tests only, see the module doc)."""
+    global _fault_steps
+    if _FAULT_AFTER is None:
+        return
+    _fault_steps += 1
+    if _fault_steps >= _FAULT_AFTER:
+        os._exit(137)
+
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -82,6 +118,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
                 os.fsync(fh.fileno())
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files owner-only
             os.replace(tmp_path, target)
+        fault_point()
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -109,16 +109,37 @@ def read_vectors(store: Path, shard: EmbeddingShard, dim: int, dtype: str,
     path = store / shard.emb
     if not path.is_file():
         raise damaged(store, shard.emb, "missing", EMBEDDINGS_FORMAT)
+    reason = _npy_problem(path)
+    if reason is not None:
+        raise damaged(store, shard.emb, reason, EMBEDDINGS_FORMAT)
     try:
         mat: np.ndarray = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        reason = ("an object array (pickle), not a matrix" if "pickle" in str(exc)
-                  else f"not a .npy matrix ({str(exc)[:80]})")
-        raise damaged(store, shard.emb, reason, EMBEDDINGS_FORMAT) from None
+        raise damaged(store, shard.emb, f"not a .npy matrix ({str(exc)[:80]})",
+                      EMBEDDINGS_FORMAT) from None
     if mat.ndim != 2 or mat.shape != (shard.rows, dim) or mat.dtype != np.dtype(dtype):
         raise damaged(store, shard.emb, f"{mat.dtype} {mat.shape}, the manifest says {dtype} "
                       f"({shard.rows}, {dim})", EMBEDDINGS_FORMAT)
     return mat
+
+
+def _npy_problem(path: Path) -> str | None:
+    """Why ``path`` is not a plain ``.npy`` matrix, read from its header alone (nothing is
+    unpickled), or None."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                _, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    except (ValueError, OSError, EOFError, SyntaxError):
+        return "not a .npy file"
+    if dtype.hasobject:
+        return "an object array (pickle), not a matrix"
+    return None
 
 
 def read_meta(store: Path, shard: EmbeddingShard) -> pa.Table:

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from pairmine.errors import StoreError
@@ -80,8 +81,14 @@ class StoreLock:
 
 
 def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
+    # the holder writes its pid (one write) just after taking the lock: a writer refused in
+    # that instant waits a moment for it rather than saying "pid unknown"
+    for _ in range(20):
+        try:
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            text = ""
+        if text:
+            return text
+        time.sleep(0.05)
     return text or "pid unknown"

@@ -29,6 +29,7 @@ from typing import Any
 from pairmine.errors import StoreError
 from pairmine.stores.atomic import (
     atomic_path,
+    fault_point,
     remove_temporaries,
     write_json_atomic,
     writing,
@@ -128,10 +129,28 @@ def finish_store(out: Path, manifest: dict[str, Any]) -> None:
             if finishing.exists():
                 shutil.rmtree(finishing)
             os.replace(partial, finishing)
+            fault_point()
     write_json_atomic(out / MANIFEST, manifest)
     with writing(out):
-        if finishing.exists():
-            shutil.rmtree(finishing)
+        _remove_tree(finishing)
+
+
+def _remove_tree(root: Path) -> None:
+    """``shutil.rmtree`` file by file, each removal a fault point (the crash tests kill the
+    final clean-up half-way; the next run on the store removes the rest)."""
+    if not root.exists():
+        return
+    for dirpath, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(dirpath, name))
+            fault_point()
+        for name in dirs:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                os.unlink(path)
+            else:
+                os.rmdir(path)
+    os.rmdir(root)
 
 
 def input_record(store: Path) -> dict[str, str]:
