@@ -29,3 +29,11 @@ def test_python_dash_m_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "pairmine", "--version"], capture_output=True,
                          text=True, check=True)
     assert "pairmine" in out.stdout
+
+
+def test_api_reference_is_current() -> None:
+    from pairmine.apidoc import DOC as API_DOC
+    from pairmine.apidoc import updated
+
+    text = API_DOC.read_text(encoding="utf-8")
+    assert updated(text) == text, "docs/api.md is stale: run `python -m pairmine.apidoc`"
