@@ -336,9 +336,11 @@ def test_tar_index_matches_tarfile(tmp_path: Path, fmt: int) -> None:
         tf.addfile(link)
     with tarfile.open(path) as tf:
         expected = [(m.name, m.offset_data, m.size) for m in tf if m.isreg()]
-    assert [tuple(m) for m in wds_mod._members(str(path))] == expected
+    scan = wds_mod._members(str(path))
+    assert [tuple(m) for m in scan.members] == expected
+    assert scan.skipped == {"symlink": 1}  # counted, not dropped silently; folders are not files
     if fmt == tarfile.USTAR_FORMAT:  # every header plain: the fast path alone
-        assert [tuple(m) for m in wds_mod._scan_plain(str(path))] == expected
+        assert [tuple(m) for m in wds_mod._scan_plain(str(path)).members] == expected
     else:
         with pytest.raises(wds_mod._NotPlain):  # pax and GNU long names: left to tarfile
             wds_mod._scan_plain(str(path))
@@ -596,7 +598,7 @@ def test_ref_readers_cache_and_report_vanished_files(
     calls: list[str] = []
     members = wds_mod._members
 
-    def counted_members(path: str) -> list[wds_mod.Member]:
+    def counted_members(path: str) -> wds_mod.Scan:
         calls.append(path)
         return members(path)
 

@@ -238,6 +238,9 @@ class ArraySource(ImageSource):
         f, row = self._locate(index)
         return self._pixels(self._array(f), row)
 
+    def container_files(self) -> list[str]:
+        return list(self.files)
+
     def read(self, index: int) -> bytes:
         import numpy as np
 
@@ -258,7 +261,7 @@ class ArraySource(ImageSource):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "files": list(self.files), "counts": list(self.counts),
-                "images": self._total, "labels": self.labels,
+                "images": self._total, "ignored": self.ignored(), "labels": self.labels,
                 "labelled": (sum(v is not None for v in self._labels)
                              if self._labels is not None else 0),
                 "encoding": "png", "png_compress_level": PNG_COMPRESS_LEVEL}

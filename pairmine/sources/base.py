@@ -9,13 +9,23 @@ bytes. Sources must pickle (they travel to DataLoader workers): open file handle
 from __future__ import annotations
 
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pairmine.errors import SourceError
+from pairmine.errors import ConfigError, SourceError
+from pairmine.registry import Builtin, Registry
+from pairmine.sources.files import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ImageFileMissing,
+    is_inside,
+    read_file,
+    read_head,
+    real_root,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,6 +65,10 @@ class ImageSource(ABC):
     """An ordered collection of images with stable keys."""
 
     kind: str = ""
+    # Read limits (set by open_source / limit()): every kind that reads image files refuses
+    # one over max_image_bytes, and with confine_to set one that resolves outside it.
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    confine_to: str | None = None  # --root as a real_root(): absolute, symlinks resolved
 
     @abstractmethod
     def refs(self) -> pa.Table:
@@ -80,10 +94,38 @@ class ImageSource(ABC):
     def __len__(self) -> int:
         return int(self.refs().num_rows)
 
+    def limit(self, *, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+              root: str | os.PathLike[str] | None = None) -> None:
+        """Set the read limits. Kinds that hold their images in a few container files
+        (tars, arrays) check those against ``root`` here, once."""
+        if max_image_bytes < 1:
+            raise ConfigError(f"--max-image-bytes must be at least 1, not {max_image_bytes}")
+        self.max_image_bytes = max_image_bytes
+        self.confine_to = None if root is None else real_root(root)
+        if self.confine_to is not None:
+            for path in self.container_files():
+                real = os.path.realpath(path)
+                if not is_inside(real, self.confine_to):
+                    raise SourceError(f"{path} resolves to {real}, outside --root "
+                                      f"{self.confine_to}",
+                                      "give a --root that holds the whole source")
 
-# File extensions read as images (folder sources pick files by them; lowercase, no dot).
-IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff",
-                        "ppm", "pgm", "pbm"})
+    def container_files(self) -> list[str]:
+        """The files that hold many images each (tar shards, array files), read at open time
+        already: --root is checked on them once, not image by image."""
+        return []
+
+    def ignored(self) -> dict[str, int]:
+        """Files (or tar members) the source looked at and did not make images of, counted
+        by reason (``{"not an image extension": 3, "hidden": 2}``). Every file a source
+        considers is an image, or counted here: nothing is skipped silently."""
+        return {}
+
+
+# File extensions read as images, the one list every reader uses (folder sources pick files
+# by them; a WebDataset sample or training pair holding several takes the first; lowercase).
+IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff",
+                               "ppm", "pgm", "pbm")
 
 # leading bytes → extension, for files whose name carries none (file lists may hold such)
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -110,32 +152,22 @@ def file_ext(path: str, head: bytes | None = None) -> str:
     if ext in IMAGE_EXTS:
         return ext
     if head is None:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(16)
-        except OSError:
-            return ext or "bin"
+        head = read_head(path)  # regular files only: a FIFO named in a list must not block
     sniffed = sniff_ext(head)
     return sniffed if sniffed != "bin" or not ext else ext
 
 
-def read_file(path: str) -> bytes:
-    """The bytes of one plain image file; a file that vanished is a SourceError naming it."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise SourceError(f"image file {path} no longer exists",
-                          "was the source moved or deleted after embedding?") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read image file {path}: {exc.strerror or exc}") from None
-
-
 def plain_file_reader() -> RefReader:
-    """The ref reader of sources whose images are plain files (``source`` = the file)."""
+    """The ref reader of sources whose images are plain files (``source`` = the file).
+    Regular files only, but no size cap: the file passed embed's cap (whatever it was set to)
+    already. A file missing now was there at embed time: it vanished."""
 
     def read(source: str, member: str | None) -> tuple[bytes, str]:
-        data = read_file(source)
+        try:
+            data = read_file(source, max_bytes=sys.maxsize)
+        except ImageFileMissing:
+            raise SourceError(f"image file {source} no longer exists",
+                              "was the source moved or deleted after embedding?") from None
         return data, file_ext(source, data[:16])
 
     return read
@@ -153,17 +185,24 @@ class SourceKind:
     ref_reader: Callable[[], RefReader]
 
 
-SOURCES: dict[str, SourceKind] = {}
+def _source_registry() -> Registry[SourceKind]:
+    # detection priority: the specific kinds first; `folder` claims any directory, so last
+    builtins = [Builtin("cifar", "pairmine.sources.arrays"),
+                Builtin("stl10", "pairmine.sources.arrays"),
+                Builtin("list", "pairmine.sources.filelist"),
+                Builtin("webdataset", "pairmine.sources.wds"),
+                Builtin("folder", "pairmine.sources.folder", priority=0)]
+    return Registry("sources", builtins, name_of=lambda k: k.name, help_of=lambda k: k.help,
+                    error=SourceError, what="source kind")
 
 
-def register_source(kind: SourceKind) -> SourceKind:
-    SOURCES[kind.name] = kind
-    return kind
+SOURCES = _source_registry()
 
 
-def _load_builtin() -> None:
-    # importing the modules registers their kinds; order = detection priority
-    from pairmine.sources import arrays, filelist, folder, wds  # noqa: F401
+def register_source(kind: SourceKind, *, priority: int | None = None) -> SourceKind:
+    """Register a source kind (built-in modules call this when imported; a plugin may instead
+    be an entry point in the group ``pairmine.sources``). ``priority`` orders detection."""
+    return SOURCES.register(kind, priority=priority)
 
 
 def absolute_spec(spec: str | Path) -> str:
@@ -184,25 +223,40 @@ def absolute_spec(spec: str | Path) -> str:
 
 def ref_reader(kind: str) -> RefReader:
     """A reader of images by their (source, member) meta columns, for a store of ``kind``."""
-    _load_builtin()
     if kind not in SOURCES:
-        raise SourceError(f"unknown source kind {kind!r} recorded in the store")
-    return SOURCES[kind].ref_reader()
+        raise SourceError(f"unknown source kind {kind!r} recorded in the store",
+                          f"known kinds: {', '.join(SOURCES.names())}")
+    return SOURCES.get(kind).ref_reader()
 
 
-def open_source(spec: str | Path, *, labels: bool = True, kind: str | None = None) -> ImageSource:
-    """Open an image source. ``kind`` forces one registered kind; else it is detected."""
-    _load_builtin()
-    spec = str(spec)
+def check_root(root: str | os.PathLike[str] | None) -> None:
+    """A --root must be an existing folder: a typo must not confine to nothing."""
+    if root is not None and not os.path.isdir(root):
+        raise ConfigError(f"--root {root} is not an existing folder",
+                          "give the folder every listed image must lie in")
+
+
+def open_source(spec: str | Path, *, labels: bool = True, kind: str | None = None,
+                max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                root: str | os.PathLike[str] | None = None) -> ImageSource:
+    """Open an image source. ``kind`` forces one registered kind; else it is detected.
+    ``max_image_bytes`` caps each image file read; with ``root``, every image file must
+    resolve (after symlinks) inside that folder (see ImageSource.limit)."""
+    check_root(root)
+    if max_image_bytes < 1:
+        raise ConfigError(f"--max-image-bytes must be at least 1, not {max_image_bytes}")
+    src = _open(str(spec), labels, kind)
+    src.limit(max_image_bytes=max_image_bytes, root=root)
+    return src
+
+
+def _open(spec: str, labels: bool, kind: str | None) -> ImageSource:
     if kind is not None:
-        if kind not in SOURCES:
-            raise SourceError(f"unknown source kind {kind!r}",
-                              f"choose one of: {', '.join(sorted(SOURCES))}")
-        return SOURCES[kind].open(spec, labels)
+        return SOURCES.get(kind).open(spec, labels)
     # brace patterns and "::"-joined shard lists name several paths: their kind checks them
     if "{" not in spec and "::" not in spec and not Path(spec).exists():
         raise SourceError(f"source {spec} does not exist", "check the path")
-    for candidate in SOURCES.values():
+    for candidate in SOURCES.ordered():  # by priority: `folder` comes last
         if candidate.detect(spec):
             return candidate.open(spec, labels)
     raise SourceError(f"cannot tell what kind of image source {spec} is",

@@ -3,6 +3,9 @@
 A .txt holds one path a line (blank lines and ``#`` comments skipped); a .csv or .parquet
 holds a ``path`` column and an optional integer ``label`` column (other columns are ignored).
 Relative paths resolve against the list's own folder, so a list travels with its images.
+Absolute paths and ``..`` are allowed (a list may point anywhere the user can read); a list
+written by someone else is confined with ``--root`` (ImageSource.limit): each listed file
+must resolve inside that folder, else its read is an error entry.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from pairmine.sources.base import (
     file_ext,
     no_images,
     plain_file_reader,
-    read_file,
     refs_table,
     register_source,
 )
+from pairmine.sources.files import read_file
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -127,9 +130,10 @@ class ListSource(ImageSource):
         self.paths = [os.path.abspath(os.path.join(base, k)) for k in keys]
         # A missing file is the embed stage's to record (errors.parquet); a list where none
         # exists is a wrong list or a wrong base folder. Stop at the first file that exists.
+        # (isfile: a stat, never an open, so a FIFO or device named in the list is harmless)
         if not any(os.path.isfile(p) for p in self.paths):
-            raise SourceError(f"none of the {len(keys)} files listed in {self.list_path} exist "
-                              f"(e.g. {self.paths[0]})",
+            raise SourceError(f"none of the {len(keys)} files listed in {self.list_path} is an "
+                              f"existing regular file (e.g. {self.paths[0]})",
                               "relative paths resolve against the list's own folder")
         self.keys = keys
         self.suffix = suffix
@@ -152,14 +156,15 @@ class ListSource(ImageSource):
         return self._refs
 
     def read(self, index: int) -> bytes:
-        return read_file(self.paths[index])
+        return read_file(self.paths[index], max_bytes=self.max_image_bytes,
+                         root=self.confine_to)
 
     def ext(self, index: int) -> str:
         return file_ext(self.paths[index])
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "list": self.list_path, "format": self.suffix[1:],
-                "images": len(self.keys), "labels": self.labels,
+                "images": len(self.keys), "ignored": self.ignored(), "labels": self.labels,
                 "label_column": self._labels is not None,
                 "labelled": (sum(v is not None for v in self._labels)
                              if self._labels is not None else 0)}

@@ -1,10 +1,14 @@
-"""``webdataset``: local WebDataset .tar shards, read by random access.
+r"""``webdataset``: local WebDataset .tar shards, read by random access.
 
 Members group into samples the WebDataset way: consecutive members sharing ``__key__`` (the
 member path up to the first dot of its base name) form one sample; the image is its first
 ``jpg``/``jpeg``/``png``/``webp`` member, its label the integer text of a ``cls`` member.
 Each tar is indexed once at open time (``tarfile`` gives every member's data offset and size)
 so ``read(i)`` is one seek and one read, not a scan, and any worker can read any sample.
+
+Member names are bytes; keys and the ``member`` column are text. A name that is not valid UTF-8
+(or holds a backslash) is escaped, reversibly: ``\\`` for a backslash, ``\xNN`` for each byte
+that is not part of valid UTF-8 (:func:`escape_member`, undone by :func:`unescape_member`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from pairmine.errors import SourceError
 from pairmine.sources.base import (
+    IMAGE_EXTS,
     ImageSource,
     RefReader,
     SourceKind,
@@ -35,7 +40,6 @@ log = logging.getLogger(__name__)
 
 # webdataset's own rule (base_plus_ext): key = path up to the first dot of the base name
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # priority order when a sample holds several
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 MAX_OPEN_SHARDS = 64  # per process: enough for sequential reading, far below fd limits
@@ -65,6 +69,43 @@ def _detect(spec: str) -> bool:
                                for p in paths)
 
 
+def escape_member(name: str) -> str:
+    r"""A member name (decoded ``surrogateescape``, as tarfile and the scanner do) as text:
+    unchanged when it is valid UTF-8 without a backslash; else each backslash doubled and
+    each byte that is not valid UTF-8 written ``\xNN``. Deterministic and reversible."""
+    if "\\" not in name:
+        try:
+            name.encode("utf-8")
+            return name
+        except UnicodeEncodeError:
+            pass
+    # backslash (0x5c) is never part of a multi-byte UTF-8 sequence: safe to double as bytes
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to: keep its UTF-8-ish bytes
+        raw = name.encode("utf-8", "surrogatepass")
+    raw = raw.replace(b"\\", b"\\\\")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def unescape_member(text: str) -> bytes:
+    """The raw bytes of the member name that :func:`escape_member` turned into ``text``."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and text[i + 1:i + 2] == "\\":
+            out += b"\\"
+            i += 2
+        elif ch == "\\" and text[i + 1:i + 2] == "x" and len(text) >= i + 4:
+            out.append(int(text[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out += ch.encode("utf-8")
+            i += 1
+    return bytes(out)
+
+
 def _split(name: str) -> tuple[str, str] | None:
     """(``__key__``, lower-case extension) of a member name; None for names webdataset skips."""
     if "/" not in name and name.startswith("__") and name.endswith("__"):
@@ -74,14 +115,24 @@ def _split(name: str) -> tuple[str, str] | None:
 
 
 class Member(NamedTuple):
-    name: str
+    name: str  # escaped (escape_member): always valid text
     offset: int  # of the data, from the start of the tar
     size: int
 
 
-def _members(path: str) -> list[Member]:
+# what a tar holds besides regular files, by type flag; folders are not counted (not files)
+_SKIPPED_KINDS = {b"1": "hard link", b"2": "symlink", b"3": "character device",
+                  b"4": "block device", b"6": "FIFO"}
+
+
+class Scan(NamedTuple):
+    members: list[Member]  # the regular-file members, in order
+    skipped: Counter[str]  # the other non-folder members, by kind ("symlink": 2)
+
+
+def _members(path: str) -> Scan:
     """The regular-file members of an uncompressed tar, in order (what ``tarfile`` lists as
-    ``isreg()``, with its ``name``, ``offset_data`` and ``size``)."""
+    ``isreg()``, with its ``name``, ``offset_data`` and ``size``), and the others counted."""
     try:
         return _scan_plain(path)
     except FileNotFoundError:
@@ -108,17 +159,19 @@ def _octal(field: bytes) -> int:
         raise _NotPlain from None
 
 
-def _scan_plain(path: str) -> list[Member]:
+def _scan_plain(path: str) -> Scan:
     """Read ustar/GNU/v7 headers directly: ~10x faster than tarfile, which parses every
     field of every header in Python. Anything unusual raises _NotPlain."""
     out: list[Member] = []
+    skipped: Counter[str] = Counter()
     with open(path, "rb") as f:
         pos = 0
         while True:
             f.seek(pos)
             block = f.read(512)
             if not block or block == _ZERO_BLOCK:
-                return out  # end of archive (tarfile also accepts a missing end marker)
+                # end of archive (tarfile also accepts a missing end marker)
+                return Scan(out, skipped)
             if len(block) < 512:
                 raise _NotPlain
             # the checksum counts its own 8 bytes as spaces (8 * 32 = 256)
@@ -131,21 +184,24 @@ def _scan_plain(path: str) -> list[Member]:
             if prefix:  # ustar splits long paths into prefix/name
                 name = prefix.decode("utf-8", "surrogateescape") + "/" + name
             if kind in _REGULAR and not (kind == b"\0" and name.endswith("/")):
-                out.append(Member(name, pos + 512, size))
+                out.append(Member(escape_member(name), pos + 512, size))
                 pos += 512 + -(-size // 512) * 512
             elif kind in _NO_DATA or kind == b"\0":
+                if kind in _SKIPPED_KINDS:
+                    skipped[_SKIPPED_KINDS[kind]] += 1
                 pos += 512  # tarfile skips no data after these either
             else:
                 raise _NotPlain
 
 
-def _scan_tarfile(path: str) -> list[Member]:
+def _scan_tarfile(path: str) -> Scan:
     try:
         tf = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the `with` below
     except tarfile.ReadError as exc:
         raise SourceError(f"{path} is not an uncompressed tar file ({exc})",
                           "WebDataset shards are read by offset: decompress them first") from None
     out: list[Member] = []
+    skipped: Counter[str] = Counter()
     with tf:
         while True:
             try:
@@ -153,11 +209,15 @@ def _scan_tarfile(path: str) -> list[Member]:
             except tarfile.TarError as exc:
                 raise SourceError(f"shard {path} is corrupt: {exc}") from None
             if info is None:
-                return out
+                return Scan(out, skipped)
             # tarfile keeps every header it reads; we keep only (name, offset, size)
             tf.members = []  # type: ignore[attr-defined]
             if info.isreg() and not info.issparse():
-                out.append(Member(info.name, info.offset_data, info.size))
+                out.append(Member(escape_member(info.name), info.offset_data, info.size))
+            elif info.issparse():
+                skipped["sparse file"] += 1
+            elif not info.isdir():
+                skipped[_SKIPPED_KINDS.get(info.type, "special member")] += 1
 
 
 @dataclass
@@ -173,6 +233,7 @@ class _Index:
     size: list[int] = field(default_factory=list)
     without_image: int = 0
     ignored_members: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # non-regular members, by kind
 
 
 def _index_shard(idx: _Index, shard: int, path: str, labels: bool,
@@ -201,8 +262,10 @@ def _index_shard(idx: _Index, shard: int, path: str, labels: bool,
         idx.offset.append(member.offset)
         idx.size.append(member.size)
 
+    scan = _members(path)
+    idx.skipped.update(scan.skipped)
     with open(path, "rb") as f:  # for cls members: a few bytes each
-        for member in _members(path):
+        for member in scan.members:
             split = _split(member.name)
             if split is None:
                 idx.ignored_members += 1
@@ -269,6 +332,7 @@ class WebDatasetSource(ImageSource):
         self._shard_bytes = [os.path.getsize(p) for p in self.shards]
         self.without_image = idx.without_image
         self.ignored_members = idx.ignored_members
+        self.skipped = dict(sorted(idx.skipped.items()))
         self._handles: OrderedDict[int, IO[bytes]] = OrderedDict()
         self._pid: int | None = None
         self._refs: pa.Table | None = None
@@ -313,9 +377,24 @@ class WebDatasetSource(ImageSource):
                                     self.members, self._labels)
         return self._refs
 
+    def container_files(self) -> list[str]:
+        return list(self.shards)
+
+    def ignored(self) -> dict[str, int]:
+        reasons = {"sample without a jpg/jpeg/png/webp member": self.without_image,
+                   "member outside any sample": self.ignored_members}
+        reasons.update({f"not a regular file member ({kind})": n
+                        for kind, n in self.skipped.items()})
+        return {reason: n for reason, n in sorted(reasons.items()) if n}
+
     def read(self, index: int) -> bytes:
-        f = self._handle(int(self._shard[index]))
         size = int(self._size[index])
+        if size > self.max_image_bytes:  # refused from the index: never read into memory
+            raise SourceError(f"member {self.members[index]} of shard "
+                              f"{self.shards[int(self._shard[index])]} is {size:,} bytes, over "
+                              f"the {self.max_image_bytes:,}-byte cap",
+                              "raise --max-image-bytes to read it")
+        f = self._handle(int(self._shard[index]))
         f.seek(int(self._offset[index]))
         data = f.read(size)
         if len(data) != size:
@@ -329,7 +408,7 @@ class WebDatasetSource(ImageSource):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "shards": len(self.shards), "shard_paths": list(self.shards),
                 "samples": len(self.keys), "skipped_without_image": self.without_image,
-                "ignored_members": self.ignored_members,
+                "ignored_members": self.ignored_members, "ignored": self.ignored(),
                 "image_exts": dict(sorted(Counter(self.exts).items())), "labels": self.labels,
                 "labelled": (sum(v is not None for v in self._labels)
                              if self._labels is not None else 0)}
@@ -347,8 +426,10 @@ def tar_ref_reader() -> RefReader:
             if not os.path.isfile(source):
                 raise SourceError(f"shard {source} no longer exists",
                                   "was the source moved or deleted after embedding?")
-            index = {m.name: (m.offset, m.size) for m in _members(source)}
+            index = {m.name: (m.offset, m.size) for m in _members(source).members}
             indexes[source] = index
+        if member not in index and escape_member(member) in index:
+            member = escape_member(member)  # a store from before names were escaped
         if member not in index:
             raise SourceError(f"shard {source} has no member {member}",
                               "was the shard rewritten after embedding?")
