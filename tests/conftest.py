@@ -16,6 +16,7 @@ RESNET20 = SHARED_DATA / "resnet20-cifar10.th"
 
 def pytest_configure(config: pytest.Config) -> None:
     _register_toy_encoder()
+    _register_required_marker(config)
 
 
 def _register_toy_encoder() -> None:
@@ -77,3 +78,93 @@ def cifar_test_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     with tarfile.open(CIFAR_TEST_TGZ) as tar:
         tar.extractall(root, filter="data")
     yield root / "cifar10" / "test"
+
+
+# ---------------------------------------------------------------------------------------------
+# CI: a skipped test is a test not done. Tests marked `required` (the files below are marked
+# whole) and tests skipped because a [dev] extra is missing fail the session when CI is set:
+# CI installs every extra and chromium, so such a skip means a broken install, not a choice.
+
+REQUIRED_FILES = ("test_show_browser.py", "test_interop.py", "test_encoders*.py")
+# top-level modules of the [dev] extras (pyproject.toml)
+DEV_MODULES = frozenset({"timm", "safetensors", "open_clip", "transformers", "ray", "datasets",
+                         "duckdb", "importlinter", "hypothesis", "sklearn", "webdataset"})
+# pytest.importorskip's two reasons: the module is absent, or older than asked
+_IMPORT_SKIP = (r"could not import '([A-Za-z0-9_.]+)'",
+                r"module '([A-Za-z0-9_.]+)' has __version__")
+_skipped_required: list[tuple[str, str]] = []  # (node id, reason), in the order they ran
+
+
+def in_ci() -> bool:
+    """CI services set ``CI`` (``CI=true``); ``CI=0``/``false`` or unset is a developer run."""
+    import os
+
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _register_required_marker(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "required: must run in CI (CI set): a skip fails the "
+                                       "session; every test of " + ", ".join(REQUIRED_FILES))
+    _skipped_required.clear()
+
+
+def is_required_file(name: str) -> bool:
+    from fnmatch import fnmatch
+
+    return any(fnmatch(name, pattern) for pattern in REQUIRED_FILES)
+
+
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    # a skip's longrepr is (file, line, "Skipped: reason")
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def missing_dev_extra(reason: str) -> str | None:
+    """The [dev] extra's module an importorskip ``reason`` names, if it names one."""
+    import re
+
+    for pattern in _IMPORT_SKIP:
+        found = re.search(pattern, reason)
+        if found and found.group(1).split(".")[0] in DEV_MODULES:
+            return found.group(1)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_required_file(item.path.name):
+            item.add_marker(pytest.mark.required)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A whole module skipped at import (``importorskip`` at the top) has no items to mark."""
+    if report.skipped:
+        reason = _skip_reason(report)
+        name = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        if is_required_file(name) or missing_dev_extra(reason):
+            _skipped_required.append((report.nodeid, reason))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):  # an xfail ran: not a skip
+        reason = _skip_reason(report)
+        if "required" in report.keywords or missing_dev_extra(reason):
+            _skipped_required.append((report.nodeid, reason))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_required and in_ci() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _skipped_required:
+        return
+    verdict = "CI fails" if in_ci() else "CI would fail"
+    terminalreporter.write_sep("=", f"{len(_skipped_required)} required test(s) skipped: "
+                                    f"{verdict}", red=True, bold=True)
+    for nodeid, reason in _skipped_required:
+        terminalreporter.write_line(f"REQUIRED SKIPPED {nodeid}: {reason}")

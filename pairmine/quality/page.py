@@ -8,6 +8,50 @@ test can read the outcome from the DOM.
 
 from __future__ import annotations
 
+import html
+import json
+import re
+from typing import Any
+
+# Every user-controlled string (image keys, source paths, labels, the encoder spec, store
+# paths) reaches the page through exactly one of the three functions below, chosen by where it
+# lands. A file name is data, never markup or script, whatever it holds.
+
+# Python strings from os.fsdecode carry undecodable bytes as lone surrogates; UTF-8 cannot
+# encode them, so the page shows U+FFFD there (as the browser does for the JSON's \udcXX)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# characters that mean something to the HTML tokenizer inside <script> (`</script`, `<!--`,
+# `<script` switch its state) or to an HTML parser that reads the JSON as text: written as
+# JSON escapes, which JSON.parse turns back into the very same characters
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                  "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def html_text(value: str) -> str:
+    """``value`` as the text content of an element (``<td>``, ``<p>``, also ``<title>``):
+    ``&``, ``<``, ``>`` become entities, so nothing in it can open a tag or a comment."""
+    return html.escape(_LONE_SURROGATE.sub("\ufffd", value), quote=False)
+
+
+def html_attr(value: str) -> str:
+    """``value`` inside a double- or single-quoted attribute: ``html_text`` plus both quotes,
+    so it cannot end the attribute and add one of its own (``" onerror=...``)."""
+    return html.escape(_LONE_SURROGATE.sub("\ufffd", value), quote=True)
+
+
+def script_json(data: Any) -> str:
+    """``data`` as JSON for ``<script type="application/json">``, read back with
+    ``JSON.parse(el.textContent)``.
+
+    The output holds no ``<``, ``>`` or ``&`` at all (JSON only has them inside strings, where
+    ``\\u003c`` means the same), so no key can end the element (``</script>``) or put the
+    tokenizer into the escaped states that swallow the real end tag (``<!--<script>``).
+    Non-ASCII text, U+2028/U+2029 and lone surrogates come out as ``\\uXXXX`` escapes too.
+    """
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_UNSAFE[m.group(0)], text)
+
+
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -102,7 +146,10 @@ JS = r"""
     var h = window.location.hash.replace(/^#/, "");
     h.split("&").forEach(function (part) {
       var kv = part.split("=");
-      if (kv[0] === "view" && data.views[kv[1]]) { state.view = kv[1]; }
+      // own keys only: "#view=__proto__" must not pick Object.prototype as a view
+      if (kv[0] === "view" && Object.prototype.hasOwnProperty.call(data.views, kv[1])) {
+        state.view = kv[1];
+      }
       if (kv[0] === "page" && /^[0-9]+$/.test(kv[1])) { state.page = Math.max(0, kv[1] - 1); }
       if (kv[0] === "size" && /^[0-9]+$/.test(kv[1]) && +kv[1] > 0) { state.size = +kv[1]; }
     });

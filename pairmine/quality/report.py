@@ -9,9 +9,7 @@ data URI), and write ``OUT/index.html`` last, atomically: a folder without it is
 from __future__ import annotations
 
 import base64
-import html
 import io
-import json
 import logging
 import re
 import shutil
@@ -20,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairmine.errors import ConfigError, PairmineError, SourceError, StoreError
+from pairmine.quality.page import CSS, JS, TEMPLATE, html_attr, html_text, script_json
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from pairmine.artefacts import Embeddings, Pairs
     from pairmine.progress import Progress
     from pairmine.quality.labels import Labels
+    from pairmine.stores import Embeddings, Pairs
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +56,15 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
     """Write ``OUT/index.html``: pairs side by side, views, paging, score histogram, summary."""
     import numpy as np
 
-    from pairmine import artefacts as art
+    from pairmine import stores
     from pairmine.quality.labels import load_labels, pairs_scope
 
     if per_view < 1 or page_size < 1:
         raise ConfigError("--per-view and --page-size must be >= 1")
     if not 16 <= thumb_px <= 1024:
         raise ConfigError(f"--thumb {thumb_px} is outside [16, 1024] pixels")
-    store = art.open_pairs(pairs)
-    emb = art.open_pairs_embeddings(store)
+    store = stores.open_pairs(pairs)
+    emb = stores.open_pairs_embeddings(store)
     lab = load_labels(emb, labels, required=False)
     out = Path(out)
     _prepare(out, overwrite=overwrite)
@@ -100,13 +99,13 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
     if missing:
         warning = (f'<p class="warning" id="pm-missing">{len(missing)} of {len(image_ids)} '
                    f"images could not be read from their source (e.g. "
-                   f"{html.escape(missing[0])}); they show as “missing”.</p>")
+                   f"{html_text(missing[0])}); they show as “missing”.</p>")
     page = render_page(
         title=f"pairmine pairs: {store.path.name}",
         subtitle=f"{store.path.resolve()} · embeddings {emb.path.resolve()}",
         summary=summary, histogram=histogram_svg(store, score), warning=warning, data=data,
         thumb_px=thumb_px)
-    art.write_bytes_atomic(out / INDEX, page.encode("utf-8"))  # last: the report is complete
+    stores.write_bytes_atomic(out / INDEX, page.encode("utf-8"))  # last: the report is complete
     return ShowResult(out=out, index=out / INDEX, pairs=int(a.size), shown=len(chosen),
                       images=int(image_ids.size), missing=missing,
                       views={k: len(v[0]) for k, v in views.items()},
@@ -245,13 +244,12 @@ def make_thumbnail(data: bytes, ext: str, px: int) -> tuple[bytes, str]:
 
 def render_page(*, title: str, subtitle: str, summary: str, histogram: str, warning: str,
                 data: dict[str, Any], thumb_px: int) -> str:
-    from pairmine.quality.page import CSS, JS, TEMPLATE
-
-    # "</" would end the <script> element early; JSON allows the escaped form
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    parts = {"@@TITLE@@": html.escape(title), "@@SUBTITLE@@": html.escape(subtitle),
+    """The page around its parts: ``title`` and ``subtitle`` are plain text (escaped here),
+    ``summary``, ``histogram`` and ``warning`` are markup their makers escaped, ``data`` goes
+    into the inline JSON block."""
+    parts = {"@@TITLE@@": html_text(title), "@@SUBTITLE@@": html_text(subtitle),
              "@@CSS@@": CSS.replace("@@THUMB@@", str(thumb_px)), "@@SUMMARY@@": summary,
-             "@@HISTOGRAM@@": histogram, "@@WARNING@@": warning, "@@DATA@@": payload,
+             "@@HISTOGRAM@@": histogram, "@@WARNING@@": warning, "@@DATA@@": script_json(data),
              "@@JS@@": JS}
     # one pass over the template, so text inside a value is never taken for a placeholder
     return re.sub(r"@@[A-Z]+@@", lambda m: parts[m.group(0)], TEMPLATE)
@@ -285,8 +283,8 @@ def _summary(store: Pairs, emb: Embeddings, anchors: int, lab: Labels | None, la
     rows.append(("pairs in this report", f"{shown:,}"))
     if missing:
         rows.append(("images missing", f"{missing:,}"))
-    body = "".join(f'<tr><th>{html.escape(k)}</th><td data-key="{html.escape(k)}">'
-                   f"{html.escape(v)}</td></tr>" for k, v in rows)
+    body = "".join(f'<tr><th>{html_text(k)}</th><td data-key="{html_attr(k)}">'
+                   f"{html_text(v)}</td></tr>" for k, v in rows)
     return f'<table class="summary" id="pm-summary">{body}</table>'
 
 
@@ -344,4 +342,4 @@ def histogram_svg(store: Pairs, score: np.ndarray, width: int = 560, height: int
                  f'font-size="10" text-anchor="end" fill="#5f6b76">0</text>')
     parts.append(f'<text x="{pad_l + w / 2:.1f}" y="{height - 4}" font-size="11" '
                  f'text-anchor="middle" fill="#5f6b76">cosine score</text></svg>')
-    return "".join(parts) + f"<figcaption>{html.escape(caption)}</figcaption>"
+    return "".join(parts) + f"<figcaption>{html_text(caption)}</figcaption>"
