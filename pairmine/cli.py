@@ -28,21 +28,59 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def check_commands(table: dict[str, str]) -> None:
+    """Every module the command table names exists: a typo is an error here, at import, not a
+    command missing from the CLI and its docs. (A file check: nothing is imported.)"""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent / "commands"
+    missing = [f"{name} -> {module}" for name, module in table.items()
+               if not (folder / f"{module}.py").is_file()]
+    if missing:
+        raise ImportError(f"pairmine.cli.COMMANDS names modules that do not exist in "
+                          f"pairmine/commands: {', '.join(missing)}")
+
+
+check_commands(COMMANDS)
+
+
+class UsageFailure(click.ClickException):
+    """A command line click cannot parse, as one line: exit code 2, as click and every Unix
+    tool use for usage errors (pairmine's own errors, about inputs and outputs, exit 1)."""
+
+    exit_code = 2
+
+
+def _one_line(exc: click.UsageError) -> UsageFailure:
+    message = " ".join(exc.format_message().split())
+    command = exc.ctx.command_path if exc.ctx is not None else "pairmine"
+    return UsageFailure(f"{message} (see `{command} --help`)")
+
+
 class LazyGroup(click.Group):
+    """Commands imported when run; usage errors reported in one line (exit code 2)."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # a sub-command's options, or no such command
+            raise _one_line(exc) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMANDS.get(cmd_name)
         if module is None:
-            return None
-        try:
-            mod = importlib.import_module(f"pairmine.commands.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"pairmine.commands.{module}":
-                return None  # not built yet
-            raise
-        command: click.Command = mod.command
+            return None  # click says "no such command"
+        command: click.Command = importlib.import_module(f"pairmine.commands.{module}").command
         return command
 
 

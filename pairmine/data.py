@@ -13,8 +13,9 @@ This is what lightly's and solo-learn's training loops unpack, so an export plug
 - :func:`spps_webdataset`: an iterable WebDataset pipeline over the shards, for streaming,
   multi-node (``split_by_node``) and resampled training.
 
-Only ``pairmine.stores``, ``pairmine.sources`` and ``pairmine.images`` are used here: no
-other stage.
+Only ``pairmine.stores``, ``pairmine.sources``, ``pairmine.images`` and the export's layout
+and format registry (``pairmine.export.layout``, ``pairmine.export.formats``, light modules)
+are used here: an export format's ``open`` gives the items of its exports.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch.utils.data import Dataset
 
 from pairmine import stores
 from pairmine.errors import StoreError
+from pairmine.export import layout as lay
+from pairmine.export.formats import export_format
 from pairmine.images import decode_rgb
 
 if TYPE_CHECKING:
@@ -39,9 +42,6 @@ Transform = Callable[["Image.Image"], Any]
 Item = tuple[list[Any], int]
 
 KINDS = ("pair", "image")
-_SHARDS_DIR = "shards"  # layout constants of pairmine/export (docs/export.md), not imported:
-_SPPS_FILE = "spps.parquet"  # a training job needs this module and nothing of the export stage
-_IMAGES_FILE = "images.parquet"
 
 
 def two_views(first: Image.Image, second: Image.Image, transform: Transform | None,
@@ -84,13 +84,11 @@ class SPPSDataset(Dataset[Item]):
         if unknown:
             raise StoreError(f"unknown sample kinds {sorted(unknown)}",
                              f"choose from {', '.join(KINDS)}")
-        fmt = str(manifest.get("export_format"))
-        if fmt not in _BACKENDS:
-            raise StoreError(f"{self.path} is an export of unknown format {fmt!r}")
+        layout = export_format(manifest, self.path)
         self.manifest = manifest
         self.transform = transform
         self.transform2 = transform2
-        self._items = _BACKENDS[fmt](self.path, manifest, tuple(kinds))
+        self._items = layout.open(self.path, manifest, tuple(kinds))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -119,7 +117,7 @@ class SPPSDataset(Dataset[Item]):
         return self._items.info(index)
 
 
-class _ShardItems:
+class ShardItems:
     """Items of a shard export, located by the shard indexes: one pread per image."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], kinds: tuple[str, ...]) -> None:
@@ -186,7 +184,7 @@ class _ShardItems:
                 os.close(fd)
 
 
-class _TableItems:
+class TableItems:
     """Items of a parquet export: pairs (then images) read from the original files."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], kinds: tuple[str, ...]) -> None:
@@ -198,14 +196,14 @@ class _TableItems:
         self.kinds: list[str] = []
         self.keys: list[str] = []
         if "pair" in kinds:
-            t = pq.read_table(root / _SPPS_FILE).to_pydict()
+            t = pq.read_table(root / lay.SPPS_FILE).to_pydict()
             self.refs += list(zip(t["source_a"], t["member_a"], t["source_b"], t["member_b"],
                                   strict=True))
             self.labels += t["label_a"]
             self.keys += [f"pair {a}-{b}" for a, b in zip(t["a"], t["b"], strict=True)]
             self.kinds += ["pair"] * len(t["a"])
-        if "image" in kinds and (root / _IMAGES_FILE).exists():
-            t = pq.read_table(root / _IMAGES_FILE).to_pydict()
+        if "image" in kinds and (root / lay.IMAGES_FILE).exists():
+            t = pq.read_table(root / lay.IMAGES_FILE).to_pydict()
             self.refs += [(s, m, None, None) for s, m in zip(t["source"], t["member"],
                                                               strict=True)]
             self.labels += t["label"]
@@ -242,12 +240,17 @@ def _strings(values: Sequence[str]) -> Any:
     return pa.array(list(values), type=pa.string())
 
 
-# export format -> how its items are read: a registry, like the export formats themselves
-_BACKENDS: dict[str, Callable[[Path, dict[str, Any], tuple[str, ...]],
-                              _ShardItems | _TableItems]] = {
-    "webdataset": _ShardItems,
-    "parquet": _TableItems,
-}
+class ExportItems(Protocol):
+    """What an export format's ``open`` returns: its samples, readable by index."""
+
+    @property
+    def labels(self) -> Sequence[int | None]: ...  # the anchor's label per item
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> tuple[bytes, bytes | None]: ...
+
+    def info(self, index: int) -> dict[str, Any]: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ def shard_urls(shards: str | Path | Sequence[str | Path]) -> str | list[str]:
                     raise StoreError(f"{path} is an export without shards",
                                      "export with --format webdataset")
                 return [str(path / s["tar"]) for s in manifest["shards"]]
-            tars = sorted(str(p) for p in (path / _SHARDS_DIR).glob("*.tar")) or \
+            tars = sorted(str(p) for p in (path / lay.SHARDS_DIR).glob("*.tar")) or \
                 sorted(str(p) for p in path.glob("*.tar"))
             if not tars:
                 raise StoreError(f"no .tar shards in {path}")

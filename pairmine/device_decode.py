@@ -111,21 +111,8 @@ class DeviceJpegDecoder:
         return out
 
     def _resize_crop(self, images: torch.Tensor) -> torch.Tensor:
-        """(n, 3, h, w) uint8 → (n, 3, crop, crop) uint8 with the CPU path's geometry: short
-        side to ``resize`` (torchvision's Resize(int) rule), antialiased bilinear, centre crop
-        with torchvision's rounding."""
-        import torch.nn.functional as F
+        """(n, 3, h, w) uint8 → (n, 3, crop, crop) uint8 with the CPU path's geometry (one
+        ``resize_center_crop``, on the device)."""
+        from pairmine.transforms import resize_center_crop_batch
 
-        h, w = images.shape[-2:]
-        if min(w, h) != self.resize:
-            if w <= h:
-                size = (max(1, int(self.resize * h / w)), self.resize)
-            else:
-                size = (self.resize, max(1, int(self.resize * w / h)))
-            x = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True,
-                              align_corners=False)
-            images = x.round_().clamp_(0, 255).to(dtype=images.dtype)
-            h, w = images.shape[-2:]
-        top = round((h - self.crop) / 2.0)
-        left = round((w - self.crop) / 2.0)
-        return images[:, :, top:top + self.crop, left:left + self.crop]
+        return resize_center_crop_batch(images, self.resize, self.crop)

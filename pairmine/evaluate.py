@@ -26,7 +26,6 @@ from pairmine.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from pairmine.encoders import Encoder, Preprocess
     from pairmine.sources import ImageSource
@@ -140,30 +139,14 @@ class _EvalImages:
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from pairmine.images import ImageDecodeError, decode_rgb
+        from pairmine.transforms import resize_center_crop
 
         try:
             img = decode_rgb(self.source.read(i), draft_size=self.resize)
         except ImageDecodeError as exc:
             raise SourceError(f"image {i} of the evaluation source cannot be decoded: {exc}",
                               "remove or fix the image") from None
-        return _resize_crop(img, self.resize, self.crop), self.labels[i]
-
-
-def _resize_crop(img: Image.Image, resize: int, crop: int) -> torch.Tensor:
-    import numpy as np
-    import torch
-    from PIL import Image as PILImage
-
-    w, h = img.size
-    if min(w, h) != resize:  # short side to `resize`, as torchvision's Resize(int)
-        size = ((resize, max(1, int(resize * h / w))) if w <= h
-                else (max(1, int(resize * w / h)), resize))
-        img = img.resize(size, PILImage.Resampling.BILINEAR)
-        w, h = img.size
-    if (w, h) != (crop, crop):
-        top, left = round((h - crop) / 2.0), round((w - crop) / 2.0)
-        img = img.crop((left, top, left + crop, top + crop))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return resize_center_crop(img, self.resize, self.crop), self.labels[i]
 
 
 def source_labels(source: ImageSource, name: str) -> list[int]:

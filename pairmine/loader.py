@@ -12,7 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pairmine.images import ImageDecodeError, decode_rgb
+from pairmine.errors import PairmineError
+from pairmine.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -46,15 +47,17 @@ class LoadedBatch:
 
 
 class ImageDataset:
-    """Map-style dataset over a source: item i → LoadedItem, never raising for a bad image."""
+    """Map-style dataset over a source: item i → LoadedItem, never raising for a bad image.
+    Images declaring more than ``max_pixels`` pixels are errors, on either decode path."""
 
     def __init__(self, source: ImageSource, preprocess: Preprocess, *, draft: bool = True,
-                 decode: str = "cpu") -> None:
+                 decode: str = "cpu", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.source = source
         self.resize = preprocess.resize
         self.crop = preprocess.crop
         self.draft = draft
         self.defer_jpeg = decode == "device"
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return int(self.source.refs().num_rows)
@@ -62,10 +65,12 @@ class ImageDataset:
     def __getitem__(self, index: int) -> LoadedItem:
         try:
             data = self.source.read(index)
+        except PairmineError as exc:  # a known refusal (missing, not a file, over the cap)
+            return LoadedItem(index, None, None, f"unreadable: {_first_line(str(exc))}")
         except Exception as exc:
             return LoadedItem(index, None, None, f"unreadable: {_one_line(exc)}")
         digest = hashlib.sha256(data).hexdigest()
-        if self.defer_jpeg and _device_decodable(data):
+        if self.defer_jpeg and _device_decodable(data, self.max_pixels):
             import torch
 
             return LoadedItem(index, None, digest, None,
@@ -75,7 +80,8 @@ class ImageDataset:
     def decode_bytes(self, index: int, data: bytes, digest: str | None) -> LoadedItem:
         """The CPU path: decode, convert to RGB, resize, crop (never raises for bad bytes)."""
         try:
-            img = decode_rgb(data, draft_size=self.resize if self.draft else None)
+            img = decode_rgb(data, draft_size=self.resize if self.draft else None,
+                             max_pixels=self.max_pixels)
             pixels = self._resize_crop(img)
         except ImageDecodeError as exc:
             return LoadedItem(index, None, digest, str(exc))
@@ -84,27 +90,12 @@ class ImageDataset:
         return LoadedItem(index, pixels, digest, None)
 
     def _resize_crop(self, img: object) -> torch.Tensor:
-        import numpy as np
-        import torch
         from PIL import Image
 
+        from pairmine.transforms import resize_center_crop
+
         assert isinstance(img, Image.Image)
-        w, h = img.size
-        if min(w, h) != self.resize:
-            # resize the short side to `resize` (torchvision's Resize(int) rule), antialiased
-            if w <= h:
-                size = (self.resize, max(1, int(self.resize * h / w)))
-            else:
-                size = (max(1, int(self.resize * w / h)), self.resize)
-            img = img.resize(size, Image.Resampling.BILINEAR)
-            w, h = img.size
-        if (w, h) != (self.crop, self.crop):
-            # centre crop with torchvision's rounding
-            top = round((h - self.crop) / 2.0)
-            left = round((w - self.crop) / 2.0)
-            img = img.crop((left, top, left + self.crop, top + self.crop))
-        arr = np.asarray(img, dtype=np.uint8)  # (crop, crop, 3)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        return resize_center_crop(img, self.resize, self.crop)
 
 
 def collate(items: list[LoadedItem]) -> LoadedBatch:
@@ -122,10 +113,11 @@ def collate(items: list[LoadedItem]) -> LoadedBatch:
     )
 
 
-def _device_decodable(data: bytes) -> bool:
-    """A complete JPEG in a colour space nvJPEG turns into RGB (grayscale or YCbCr, 8-bit).
-    CMYK/YCCK, truncated files and anything Pillow cannot identify stay on the CPU path, which
-    handles or reports them. Reads the header only."""
+def _device_decodable(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
+    """A complete JPEG in a colour space nvJPEG turns into RGB (grayscale or YCbCr, 8-bit),
+    within the pixel limit. CMYK/YCCK, truncated files, images over the limit and anything
+    Pillow cannot identify stay on the CPU path, which handles or reports them. Reads the
+    header only."""
     import io
 
     if data[:3] != b"\xff\xd8\xff":
@@ -133,13 +125,25 @@ def _device_decodable(data: bytes) -> bool:
     # no end-of-image marker: truncated. Pillow reports it; a GPU decoder might not
     if data.rstrip(b"\x00\r\n")[-2:] != b"\xff\xd9":
         return False
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.format == "JPEG" and img.mode in ("RGB", "L")
-    except Exception:  # unreadable header: let the CPU path say why
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
+            w, h = img.size
+            return (img.format == "JPEG" and img.mode in ("RGB", "L")
+                    and max(1, w) * max(1, h) <= max_pixels)
+    except Exception:  # unreadable header (or a bomb Pillow refuses): the CPU path says why
         return False
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else "no reason given"
 
 
 def _one_line(exc: BaseException) -> str:

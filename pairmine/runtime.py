@@ -14,17 +14,32 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def device_kind(device: str) -> str:
+    """``cpu``, ``cuda`` (for ``cuda`` and ``cuda:N``) or ``auto``; anything else is an error.
+    The one check of a device name, for every stage (no torch import)."""
+    kind, _, index = device.partition(":")
+    if device in DEVICES or (kind == "cuda" and index.isdigit()):
+        return kind
+    raise ConfigError(f"unknown device {device!r}", "choose auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is present, else ``cpu``; ``cuda`` without one is an error."""
+    """``auto`` → ``cuda`` when a GPU is present, else ``cpu``; ``cuda``/``cuda:N`` without that
+    GPU is an error. The one device resolver (embed, eval, train and the engines use it)."""
+    kind = device_kind(device)
+    if kind == "cpu":
+        return "cpu"
     import torch
 
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise ConfigError(f"unknown device {device!r}", "choose auto, cpu or cuda")
-    if device == "auto":
+    if kind == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available",
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for but no CUDA device is available",
                           "use --device cpu or auto")
+    index = device.partition(":")[2]
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: there are only {torch.cuda.device_count()} "
+                          "CUDA devices", f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -47,19 +62,24 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` → bf16 on CUDA, fp32 on CPU (bf16 only where the CPU runs it natively)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}", "choose fp32, bf16 or fp16")
+def resolve_precision(precision: str, device: str, *,
+                      choices: tuple[str, ...] = PRECISIONS) -> str:
+    """The one precision policy (embed and train): ``auto`` → bf16 on CUDA, and on a CPU bf16
+    only where it runs natively, else fp32. bf16 asked for on a CPU without native bf16 is an
+    error (emulated, it is ~100x slower than fp32); fp16 is for GPUs only. ``choices``: the
+    precisions the caller supports."""
+    if precision not in choices:
+        raise ConfigError(f"unknown precision {precision!r}",
+                          f"choose {', '.join(choices)}")
+    on_cuda = device_kind(device) == "cuda"
     if precision == "auto":
-        if device.startswith("cuda"):
-            return "bf16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if device == "cpu" and precision == "fp16":
-        raise ConfigError("fp16 inference is not supported on the CPU", "use fp32 or bf16")
-    if device == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
-        log.warning("this CPU has no native bf16 (no AVX-512 BF16/AMX): bf16 runs emulated and "
-                    "far slower than fp32")
+        return "bf16" if on_cuda or cpu_has_fast_bf16() else "fp32"
+    if not on_cuda and precision == "fp16":
+        raise ConfigError("fp16 is not supported on the CPU", "use fp32 (or bf16 on a CPU "
+                          "with native bf16)")
+    if not on_cuda and precision == "bf16" and not cpu_has_fast_bf16():
+        raise ConfigError("this CPU has no native bf16 (no AVX-512 BF16/AMX): bf16 would run "
+                          "emulated, ~100x slower than fp32", "use --precision fp32 or auto")
     return precision
 
 

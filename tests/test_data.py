@@ -177,11 +177,18 @@ def test_webdataset_pipeline_matches_the_map_style_dataset(
         assert torch.equal(views[0], a) and torch.equal(views[1], b) and target == t
 
 
-def test_resampled_epochs(exported: tuple[Stores, Path, Path]) -> None:
+def test_resampled_epochs_are_samples_of_the_export(exported: tuple[Stores, Path, Path]) -> None:
+    """An epoch of ``epoch_samples`` drawn with replacement: each item is one of the export's
+    samples, decoded into the same views and target as the map-style dataset gives."""
     _, shards, _ = exported
-    ds = spps_webdataset(shards, T.Compose([T.Resize((8, 8)), T.ToImage()]), resampled=True,
-                         epoch_samples=40, shuffle=0)
-    assert sum(1 for _ in ds) == 40  # more than the 27 samples: drawn with replacement
+    ds = SPPSDataset(shards)
+    known = {(T.PILToTensor()(a).numpy().tobytes(), T.PILToTensor()(b).numpy().tobytes(),
+              ds.target(i)) for i, (a, b) in enumerate(ds.images(i) for i in range(len(ds)))}
+    streamed = list(spps_webdataset(shards, T.PILToTensor(), resampled=True, epoch_samples=40,
+                                    shuffle=0))
+    assert len(streamed) == 40  # more than the 27 samples: drawn with replacement
+    for (first, second), target in streamed:
+        assert (first.numpy().tobytes(), second.numpy().tobytes(), target) in known
 
 
 def test_webdataset_pipeline_splits_by_node(exported: tuple[Stores, Path, Path],

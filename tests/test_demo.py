@@ -12,13 +12,24 @@ from pairmine.cli import cli
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_opens_with_the_two_setup_commands() -> None:
-    block = re.search(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    assert block is not None
-    commands = [ln.split("#")[0].strip() for ln in block.group(1).splitlines() if ln.strip()]
-    assert commands[0].endswith("pairmine demo")
-    assert commands[1].endswith("python3 -m pytest")
-    assert len(commands) == 2
+def test_every_pairmine_command_in_the_readme_exists_with_its_options() -> None:
+    """The README's command lines are runnable: each ``pairmine CMD`` is a command of the CLI
+    and each ``--option`` it uses is one of that command's options."""
+    import click
+
+    text = README.read_text(encoding="utf-8")
+    lines = [ln.split("#")[0] for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S)
+             for ln in block.splitlines()]
+    calls = [part.split() for ln in lines for part in ln.split("&&")
+             if part.split()[:1] == ["pairmine"]]
+    assert any(call[1] == "demo" for call in calls)  # the README's main command
+    ctx = click.Context(cli)
+    for call in calls:
+        command = cli.get_command(ctx, call[1])
+        assert command is not None, f"README runs `pairmine {call[1]}`, which does not exist"
+        known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+        used = {word.split("=")[0] for word in call[2:] if word.startswith("--")}
+        assert used <= known, f"`pairmine {call[1]}` has no {sorted(used - known)}"
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:

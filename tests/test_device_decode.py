@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_image
 
 import pairmine
 from pairmine.device_decode import DeviceJpegDecoder
 from pairmine.encoders.base import Preprocess
 from pairmine.loader import ImageDataset, collate
 from pairmine.sources import open_source
-from tests.conftest import write_image
 
 
 def smooth_jpeg(path: Path, seed: int, size: tuple[int, int], mode: str = "RGB") -> None:

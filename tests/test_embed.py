@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import RESNET20, write_image
 
 import pairmine
 from pairmine.cli import cli
-from tests.conftest import RESNET20, write_image
 
 
 def _store_files(store: Path) -> dict[str, bytes]:
@@ -190,7 +191,8 @@ def test_cli_success_prints_summary(image_folder: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["embed", str(image_folder), str(tmp_path / "e"),
                                       "--encoder", "toy:0", "--workers", "0"])
     assert result.exit_code == 0, result.output
-    assert "21" in result.output
+    rows = dict(re.findall(r"^│ (\w+)\s+│ (.*?)\s+│$", result.stdout, re.M))  # the summary
+    assert rows["images"] == "21" and rows["errors"] == "0" and rows["dim"] == "16"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,18 +6,14 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import console, known_errors, out, progress_bar
-
-
-def _subset(ctx: click.Context, param: click.Parameter,
-            value: str | None) -> float | int | None:
-    if value is None:
-        return None
-    try:
-        return float(value) if any(c in value for c in ".eE") else int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a fraction (0.1) nor a count "
-                                 "(5000)") from None
+from pairmine.commands.common import (
+    DEVICE,
+    console,
+    engine_choice,
+    known_errors,
+    out,
+    progress_bar,
+)
 
 
 @click.command("calibrate")
@@ -44,21 +40,21 @@ def _subset(ctx: click.Context, param: click.Parameter,
               help="Suggest only bands with max <= this (keeps near-identical images out).")
 @click.option("--min-support", type=click.IntRange(min=1), default=30, show_default=True,
               help="Labelled pairs a band needs before its precision counts.")
-@click.option("--subset", callback=_subset, default=None, metavar="FRACTION|COUNT",
+@click.option("--subset", default=None, metavar="FRACTION|COUNT",
               help="Search only these random anchors against every image (cheaper; yields "
                    "per image stay unbiased).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of --subset and --labels-sample.")
-@click.option("--engine", type=click.Choice(["auto", "torch", "faiss"]), default="auto",
+@click.option("--engine", type=engine_choice(), default="auto",
               show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+@click.option("--device", type=DEVICE, default="auto",
               show_default=True)
 @click.option("--out", "out_json", type=click.Path(path_type=Path), default=None,
               metavar="JSON", help="Write the whole grid and the suggestion as JSON.")
 @known_errors
 def command(emb: Path, target_precision: float | None, target_yield: float | None,
             labels: Path | None, no_labels: bool, labels_sample: int | None, floor: float,
-            step: float, max_cap: float, min_support: int, subset: float | int | None, seed: int,
+            step: float, max_cap: float, min_support: int, subset: str | None, seed: int,
             engine: str, device: str, out_json: Path | None) -> None:
     """Measure pairs per image and precision for a grid of bands on the embeddings store EMB,
     from one search, and suggest a band for a target precision or yield.
@@ -68,16 +64,20 @@ def command(emb: Path, target_precision: float | None, target_yield: float | Non
     from rich.markup import escape
     from rich.table import Table
 
-    from pairmine.quality.bands import BAND_HEADERS, format_row
-    from pairmine.quality.calibrate import calibrate
+    from pairmine import quality
+    from pairmine.quality import BAND_HEADERS, format_row
 
+    if out_json is not None:  # fail before the work, not after it
+        from pairmine.stores import check_writable
+
+        check_writable(out_json)
     with progress_bar() as progress:
-        result = calibrate(emb, floor=floor, step=step, max_cap=max_cap,
-                           target_precision=target_precision, target_yield=target_yield,
-                           labels=labels, use_labels=not no_labels,
-                           labels_sample=labels_sample, subset=subset,
-                           seed=seed, min_support=min_support, engine=engine, device=device,
-                           out=out_json, progress=progress)
+        result = quality.calibrate(emb, floor=floor, step=step, max_cap=max_cap,
+                                   target_precision=target_precision, target_yield=target_yield,
+                                   labels=labels, use_labels=not no_labels,
+                                   labels_sample=labels_sample, subset=subset, seed=seed,
+                                   min_support=min_support, engine=engine, device=device,
+                                   out=out_json, progress=progress)
     pick = result.suggestion
     his = sorted({max_cap} | ({pick.hi} if pick is not None else set()))
     for hi in his:

@@ -1,10 +1,15 @@
-"""What every command shares: rich console, progress bars, logging, error → exit code 1."""
+"""What every command shares: rich console, progress bars, logging, error → exit code 1.
+
+Exit codes: 0 done; 1 a pairmine error (bad input, an output that cannot be written, a
+damaged store), one line on stderr; 2 a command line click cannot parse (``pairmine.cli``);
+130 interrupted.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -50,13 +55,56 @@ def known_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except PairmineError as exc:
-            raise click.ClickException(str(exc)) from None
+            # one line, whatever a file name or a library's message holds
+            raise click.ClickException(" ".join(str(exc).splitlines())) from None
+        except OSError as exc:
+            if exc.filename is None:  # not about a file: a bug, keep its traceback
+                raise
+            # a file the environment refused (read-only, full, gone) that no stage turned
+            # into a StoreError: still one line that says which file and what to do
+            raise click.ClickException(" ".join(str(file_failure(exc)).splitlines())) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: finished shards are kept; run the same "
-                          "command again to resume")
+            console.print(f"[yellow]interrupted[/]{interrupt_note(_command_name())}")
             sys.exit(130)
 
     return wrapper
+
+
+# commands whose stores keep their finished shards and resume when run again
+RESUMES = frozenset({"embed", "match", "export", "train"})
+# commands that write only at the very end, atomically (or never): interrupted, nothing is left
+WRITES_AT_END = frozenset({"eval", "calibrate", "eval-pairs", "verify", "encoders"})
+
+
+def interrupt_note(command: str | None) -> str:
+    """What an interrupted command leaves behind, promised only where it is true."""
+    if command in RESUMES:
+        return ": finished shards are kept; run the same command again to resume"
+    if command in WRITES_AT_END:
+        return ": nothing was written"
+    return ""
+
+
+def _command_name() -> str | None:
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.command.name
+
+
+def file_failure(exc: OSError) -> PairmineError:
+    """An ``OSError`` about a file as pairmine's one clear error."""
+    import errno
+    from pathlib import Path
+
+    from pairmine.stores import write_failure
+
+    path = Path(exc.filename)
+    if exc.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return write_failure(path, exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):  # a read or a write: say which file
+        return PairmineError(f"cannot use {path}: permission denied",
+                             "check its permissions; an output directory must be writable")
+    return PairmineError(f"{path}: {exc.strerror or exc}",
+                         "check the path and run the same command again")
 
 
 class RichProgress:
@@ -124,3 +172,48 @@ def summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     for name, value in rows:
         table.add_row(name, _fmt(value))
     return table
+
+
+class LazyChoice(click.Choice[str]):
+    """A Choice whose names come from a registry when first needed (at parse or help time),
+    so listing commands imports no engine, format or architecture module."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click's __init__ assigns; the registry decides
+        pass
+
+
+def engine_choice() -> click.Choice[str]:
+    """``--engine``: auto and every registered band-search engine."""
+
+    def names() -> list[str]:
+        from pairmine.engines import engine_names
+
+        return engine_names()
+
+    return LazyChoice(names)
+
+
+class DeviceType(click.ParamType[str]):
+    """``--device``: auto, cpu, cuda or cuda:N. The stage checks it (``runtime.device_kind``,
+    the one rule), so a bad name is the same one-line error, exit 1, in every command."""
+
+    name = "device"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "[auto|cpu|cuda|cuda:N]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        return str(value)
+
+
+DEVICE = DeviceType()

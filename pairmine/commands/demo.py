@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import console, known_errors, progress_bar, summary_table
+from pairmine.commands import common
+from pairmine.commands.common import DEVICE, console, known_errors, progress_bar, summary_table
 
 
 @click.command("demo")
 @click.argument("out", type=click.Path(path_type=Path), default="pairmine-demo")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+@click.option("--device", type=DEVICE, default="auto",
               show_default=True)
 @click.option("--train-epochs", default=3, show_default=True, type=click.IntRange(min=0),
               help="Epochs of the short SePP-ID training (0 skips training).")
@@ -32,5 +33,5 @@ def command(out: Path, device: str, train_epochs: int, overwrite: bool) -> None:
                       progress=progress)
     rows = [(f"{s.name}{' (resumed)' if s.skipped else ''}",
              ", ".join(f"{k}={short(v)}" for k, v in s.facts.items())) for s in result.steps]
-    console.print(summary_table(f"demo → {result.out}", rows))
-    console.print(f"report: {result.report}   total {result.seconds:.0f} s")
+    common.out.print(summary_table(f"demo → {result.out}", rows))
+    common.out.print(f"report: {result.report}   total {result.seconds:.0f} s")

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+from pairmine.commands.common import (
+    DEVICE,
+    engine_choice,
+    known_errors,
+    out,
+    progress_bar,
+    summary_table,
+)
 
 
 def _ks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -36,9 +43,9 @@ def _pct(v: float | None) -> str:
 @click.option("--grid-step", type=click.FloatRange(min=0.0, min_open=True), default=0.01,
               show_default=True, help="Spacing of the grid's lower bounds.")
 @click.option("--no-grid", is_flag=True, help="Skip the precision–yield grid (one search).")
-@click.option("--engine", type=click.Choice(["auto", "torch", "faiss"]), default="auto",
+@click.option("--engine", type=engine_choice(), default="auto",
               show_default=True, help="Band-search engine for the grid.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+@click.option("--device", type=DEVICE, default="auto",
               show_default=True)
 @click.option("--out", "out_json", type=click.Path(path_type=Path), default=None,
               metavar="JSON", help="Also write every figure as JSON.")
@@ -55,9 +62,12 @@ def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: f
     from rich.markup import escape
     from rich.table import Table
 
-    from pairmine.quality.accuracy import eval_pairs
-    from pairmine.quality.bands import BAND_HEADERS, format_row
+    from pairmine.quality import BAND_HEADERS, eval_pairs, format_row
 
+    if out_json is not None:  # fail before the work, not after it
+        from pairmine.stores import check_writable
+
+        check_writable(out_json)
     with progress_bar() as progress:
         report = eval_pairs(pairs, labels=labels, ks=ks, grid=not no_grid,
                             grid_floor=grid_floor, grid_step=grid_step, engine=engine,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+from pairmine.commands.common import DEVICE, known_errors, out, progress_bar, summary_table
 
 
 @click.command("eval")
@@ -30,7 +30,7 @@ from pairmine.commands.common import known_errors, out, progress_bar, summary_ta
 @click.option("--linear-lr", default=0.1, show_default=True, type=float)
 @click.option("--linear-weight-decay", default=0.0, show_default=True, type=float)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--workers", default=None, type=click.IntRange(min=0))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", "out_path", default=None, type=click.Path(path_type=Path),
@@ -48,6 +48,10 @@ def command(checkpoint: str, train_source: str, test_source: str, features: str,
     """
     from pairmine.evaluate import evaluate
 
+    if out_path is not None:  # fail before the work, not after it
+        from pairmine.stores import check_writable
+
+        check_writable(out_path)
     with progress_bar() as progress:
         r = evaluate(checkpoint, train_source, test_source, features=features, arch=arch, k=k,
                      t=t, knn=knn, linear=linear, linear_epochs=linear_epochs,

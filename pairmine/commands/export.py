@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from pairmine.commands.common import console, known_errors, progress_bar, summary_table
+from pairmine.commands import common
+from pairmine.commands.common import LazyChoice, console, known_errors, progress_bar, summary_table
+from pairmine.scale.cli import cluster_rows, ray_options
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _format_names() -> list[str]:
+    from pairmine.export import EXPORT_FORMATS
+
+    return EXPORT_FORMATS.names()
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -27,7 +36,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.command("export")
 @click.argument("pairs", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["webdataset", "parquet"]),
+@click.option("--format", "fmt", type=LazyChoice(_format_names),
               default="webdataset", show_default=True,
               help="webdataset: tar shards of original bytes + spps.parquet; parquet: "
                    "spps.parquet only, pointing at the original files.")
@@ -45,29 +54,30 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
               help="Leave out samples whose source image changed or vanished since embed "
                    "(listed in the manifest) instead of failing.")
 @click.option("--overwrite", is_flag=True, help="Replace a complete export at OUT.")
+@ray_options
 @known_errors
 def command(pairs: Path, out: Path, fmt: str, combined: bool, shard_size: int,
             max_shard_bytes: int | None, shuffle: bool | None, seed: int, skip_missing: bool,
-            overwrite: bool) -> None:
+            overwrite: bool, scale: dict[str, Any]) -> None:
     """Export the pairs store PAIRS, with the original images, to OUT.
 
     An interrupted export resumes after its last complete shard when run again with the same
     options. Check a finished export with `pairmine verify OUT`.
     """
-    from pairmine.export import export
-    from pairmine.export.fetch import describe_problems
+    from pairmine.export import EXPORT_FORMATS, describe_problems, export
 
     with progress_bar() as progress:
         result = export(pairs, out, fmt=fmt, combined=combined, shard_size=shard_size,
                         max_shard_bytes=max_shard_bytes, shuffle=shuffle, seed=seed,
-                        skip_missing=skip_missing, overwrite=overwrite, progress=progress)
+                        skip_missing=skip_missing, overwrite=overwrite, progress=progress,
+                        **scale)
     rows: list[tuple[str, object]] = [
         ("format", result.format),
         ("pairs", result.pairs),
         ("images", result.images),
         ("samples", result.samples),
     ]
-    if result.format == "webdataset":
+    if EXPORT_FORMATS.get(result.format).shards:
         rows += [("shards", f"{result.shards} ({result.resumed_shards} resumed)"),
                  ("size", f"{result.bytes / 1e6:,.1f} MB")]
     rows += [
@@ -75,8 +85,9 @@ def command(pairs: Path, out: Path, fmt: str, combined: bool, shard_size: int,
         ("time", f"{result.seconds:.1f} s"),
         ("throughput", f"{result.samples_per_second:,.0f} samples/s, "
                        f"{result.mb_per_second:,.1f} MB/s"),
+        *cluster_rows(result.cluster),
     ]
-    console.print(summary_table(f"export → {result.path}", rows))
+    common.out.print(summary_table(f"export → {result.path}", rows))  # the result: stdout
     if result.skipped:
         console.print(f"[yellow]left out because their source changed or vanished: "
                       f"{describe_problems(result.skipped)}[/]")

@@ -8,7 +8,15 @@ import click
 from rich import box
 from rich.table import Table
 
-from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+from pairmine.commands.common import (
+    DEVICE,
+    engine_choice,
+    known_errors,
+    out,
+    progress_bar,
+    summary_table,
+)
+from pairmine.scale.cli import cluster_rows, plan_table, ray_options
 
 # the sweep is printed as a min x max matrix up to this many grid points; beyond that only the
 # column of the run's --max is printed (the full matrix is always in the manifest)
@@ -32,9 +40,9 @@ _SWEEP_MATRIX_MAX = 11
                    "against every image.")
 @click.option("--max-per-anchor", type=click.IntRange(min=1), default=None, metavar="K",
               help="Keep each image's K best positives (a pair stays if either end keeps it).")
-@click.option("--engine", type=click.Choice(["auto", "torch", "faiss"]), default="auto",
+@click.option("--engine", type=engine_choice(), default="auto",
               show_default=True, help="Exact search engine.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--sweep", default=None, metavar="LO:HI:STEP",
               help="Also count pairs for every band [m, M] (m < M) on this grid, from the "
                    "same search, e.g. 0.90:1.0:0.01.")
@@ -44,11 +52,15 @@ _SWEEP_MATRIX_MAX = 11
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Anchors per engine block (one pair shard each). Default: the engine's.")
 @click.option("--overwrite", is_flag=True, help="Replace a complete store at OUT.")
+@click.option("--plan", "dry_run", is_flag=True,
+              help="Dry run: print the blocks (units) to compute, the bytes each reads and a "
+                   "time estimate from one block measured here; write nothing.")
+@ray_options
 @known_errors
 def command(emb: str, out_dir: str, min_score: float, max_score: float, subset: str | None,
             seed: int, against: str, max_per_anchor: int | None, engine: str, device: str,
             sweep: str | None, wide_histogram: bool, block_rows: int | None,
-            overwrite: bool) -> None:
+            overwrite: bool, dry_run: bool, scale: dict[str, Any]) -> None:
     """Find every pair of images in EMB whose embeddings score in [--min, --max]; write OUT."""
     from pairmine.match import match
 
@@ -56,7 +68,11 @@ def command(emb: str, out_dir: str, min_score: float, max_score: float, subset: 
         result = match(emb, out_dir, min_score=min_score, max_score=max_score, subset=subset,
                        seed=seed, against=against, max_per_anchor=max_per_anchor,
                        engine=engine, device=device, sweep=sweep, wide_histogram=wide_histogram,
-                       block_rows=block_rows, overwrite=overwrite, progress=bar)
+                       block_rows=block_rows, overwrite=overwrite, progress=bar,
+                       dry_run=dry_run, **scale)
+    if result.unit_plan is not None:
+        out.print(plan_table(result.unit_plan))
+        return
     m = result.manifest
     pa_ = result.per_anchor
     rows: list[tuple[str, Any]] = [
@@ -74,6 +90,7 @@ def command(emb: str, out_dir: str, min_score: float, max_score: float, subset: 
         ("blocks", f"{m['search']['blocks']} ({result.blocks_skipped} resumed)"),
         ("time", f"{result.seconds:.1f} s"),
         ("store", str(result.path)),
+        *cluster_rows(result.cluster),
     ]
     if m["config"]["max_per_anchor"] is not None:
         rows.insert(2, ("before --max-per-anchor", m["counts"]["unordered_before_max_per_anchor"]))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pairmine.commands import common
 from pairmine.commands.common import console, known_errors, progress_bar, summary_table
 
 
@@ -35,7 +36,7 @@ def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int
     (mismatches marked); views by score, at random and lowest first; paging; a histogram of
     scores with the band. No network resources: open it from disk in any browser.
     """
-    from pairmine.quality.report import show
+    from pairmine.quality import show
 
     with progress_bar() as progress:
         result = show(pairs, out, per_view=per_view, page_size=page_size, seed=seed,
@@ -49,7 +50,7 @@ def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int
     ]
     if result.mismatches is not None:
         rows.append(("label mismatches", f"{result.mismatches:,} of {result.labelled:,}"))
-    console.print(summary_table(f"report → {result.index}", rows))
+    common.out.print(summary_table(f"report → {result.index}", rows))
     if result.missing:
         console.print(f"[yellow]{len(result.missing)} images could not be read (e.g. "
                       f"{result.missing[0]}); they show as missing[/]")

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import console, known_errors, progress_bar, summary_table
-
-_ARCHS = ["resnet18-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50", "resnet101",
-          "resnet152"]
+from pairmine.commands import common
+from pairmine.commands.common import DEVICE, known_errors, progress_bar, summary_table
+from pairmine.encoders.archs import BACKBONES
 
 
 @click.command("train")
 @click.argument("data", type=str)
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--arch", type=click.Choice(_ARCHS), default="resnet50", show_default=True,
+@click.option("--arch", type=click.Choice(BACKBONES), default="resnet50", show_default=True,
               help="Backbone; the -cifar variants have a 3x3 stem and no max-pool (32 px).")
 @click.option("--epochs", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=2))
@@ -46,8 +45,7 @@ _ARCHS = ["resnet18-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50"
               help="2: a pair gives anchor→positive and positive→anchor items; 1: one item.")
 @click.option("--random-duplicates", default=0, show_default=True, type=click.IntRange(min=0),
               help="Add N randomly chosen images as extra two-view items (Table 6 control).")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True, help="auto = bf16 autocast on GPU, fp32 on CPU.")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
@@ -87,7 +85,7 @@ def command(data: str, out: Path, arch: str, epochs: int, batch_size: int, lr: f
     if result.rank != 0:
         return  # under torchrun, process 0 reports
     d = result.data
-    console.print(summary_table(f"training → {result.out}", [
+    common.out.print(summary_table(f"training → {result.out}", [
         ("epochs", f"{result.epochs_done} / {result.epochs}"
                    + ("" if result.complete else " (paused: run again with --resume)")),
         ("data", f"{d.get('kind')}: {d.get('instance', 0):,} instance + "

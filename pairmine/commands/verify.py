@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import console, known_errors, progress_bar, summary_table
+from pairmine.commands.common import known_errors, out, progress_bar, summary_table
 
 
 @click.command("verify")
@@ -18,13 +18,13 @@ def command(export_dir: Path) -> None:
     Every tar's sha256 and size, its members against the shard index, and every member's
     bytes against the hash embed recorded (parquet exports: the source images themselves).
     """
-    from pairmine.export import verify
+    from pairmine.export import EXPORT_FORMATS, verify
 
     with progress_bar() as progress:
         result = verify(export_dir, progress=progress)
     rows: list[tuple[str, object]] = [("format", result.format), ("samples", result.samples),
                                       ("pairs", result.pairs), ("images", result.images)]
-    if result.format == "webdataset":
+    if EXPORT_FORMATS.get(result.format).shards:
         rows += [("shards", result.shards), ("members hashed", result.members),
                  ("vs embeddings store", "yes" if result.embeddings_checked else
                   "no (store gone or changed: indexes only)")]
@@ -32,4 +32,4 @@ def command(export_dir: Path) -> None:
         rows += [("source images re-read", result.sources)]
     rows += [("bytes read", f"{result.bytes / 1e6:,.1f} MB"),
              ("time", f"{result.seconds:.1f} s")]
-    console.print(summary_table(f"verified ✓ {result.path}", rows))
+    out.print(summary_table(f"verified ✓ {result.path}", rows))

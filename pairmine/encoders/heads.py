@@ -34,14 +34,21 @@ def moco_version(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def moco_v2_head(feat_dim: int, hidden: int, dim: int, *, bias: bool = True) -> nn.Sequential:
+    """MoCo-v2's projection head, the one definition (the trainer builds it, the loaders
+    rebuild it): Linear(feat, hidden) → ReLU → Linear(hidden, dim), keys ``fc.0``/``fc.2``
+    once it replaces the trunk's ``fc``."""
+    return nn.Sequential(nn.Linear(feat_dim, hidden, bias=bias), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, dim, bias=bias))
+
+
 def moco_head(state: Mapping[str, torch.Tensor], path: str) -> tuple[nn.Module, int]:
     """MoCo v1: Linear(feat, dim). MoCo v2: Linear(feat, hidden) - ReLU - Linear(hidden, dim)."""
     version = moco_version(state)
-    head: nn.Module
     if version == "v2":
-        head = nn.Sequential(_linear(state, "fc.0"), nn.ReLU(inplace=True),
-                             _linear(state, "fc.2"))
-        return head, int(state["fc.2.weight"].shape[0])
+        hidden, feat_dim = (int(x) for x in state["fc.0.weight"].shape)
+        dim = int(state["fc.2.weight"].shape[0])
+        return moco_v2_head(feat_dim, hidden, dim, bias="fc.0.bias" in state), dim
     if version == "v1":
         return _linear(state, "fc"), int(state["fc.weight"].shape[0])
     raise CheckpointError(f"{path} has no MoCo projection head (fc.weight, or fc.0/fc.2)",

@@ -20,30 +20,20 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
-    load_checkpoint,
     load_state_strict,
     register_encoder,
     select_prefix,
 )
-from pairmine.errors import CheckpointError, EncoderError
-
-CHECKPOINT_FORMAT = "pairmine/moco-checkpoint"  # written by pairmine.train.trainer
+from pairmine.errors import EncoderError
 
 
 def load(args: str, opts: EncoderOptions) -> Encoder:
-    from torch import nn
-
     from pairmine.encoders.archs import build_backbone
+    from pairmine.encoders.heads import moco_head
+    from pairmine.stores.checkpoint import read_training_checkpoint
 
-    path = Path(args)
-    if path.is_dir():
-        path = path / "checkpoint-last.pt"
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a pairmine training checkpoint",
-                              "give OUT/checkpoint-last.pt of `pairmine train`, or use the "
-                              "encoder kind that wrote it (e.g. moco:PATH)")
-    arch = str(ckpt["arch"])
+    checkpoint = read_training_checkpoint(Path(args))  # the reader training resumes with
+    path, ckpt, arch = checkpoint.path, checkpoint.state, checkpoint.arch
     if opts.arch is not None and opts.arch != arch:
         raise EncoderError(f"{path} was trained with --arch {arch}, not {opts.arch}",
                            "leave --arch out: pairmine checkpoints record their arch")
@@ -51,11 +41,8 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
     state = select_prefix(ckpt["state_dict"], ("encoder_q.",), path)
     net, feat_dim = build_backbone(arch)
     if features == "head":
-        hidden, dim = state["fc.0.weight"].shape[0], state["fc.2.weight"].shape[0]
-        net.fc = nn.Sequential(nn.Linear(feat_dim, int(hidden)), nn.ReLU(inplace=True),
-                               nn.Linear(int(hidden), int(dim)))
+        net.fc, out_dim = moco_head(state, str(path))
         load_state_strict(net, state, path)
-        out_dim = int(dim)
     else:
         load_state_strict(net, state, path, ignore=("fc.",))
         out_dim = feat_dim

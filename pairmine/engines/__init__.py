@@ -32,21 +32,23 @@ import numpy as np
 from pairmine.engines.band import Band, Engine, Problem, exact_band, make_problem
 from pairmine.errors import ConfigError
 from pairmine.progress import NullProgress, Progress
+from pairmine.registry import Registry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = 2 << 30
-ENGINE_NAMES = ("auto", "torch", "faiss")
-DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ENGINES",
     "BandSearch",
+    "EngineKind",
+    "Kernel",
     "PairBlock",
     "band_search",
     "default_block_rows",
     "engine_info",
+    "engine_names",
     "plan_blocks",
     "resolve_engine",
 ]
@@ -92,32 +94,53 @@ def plan_blocks(n_rows: int, anchors: np.ndarray | None, block_rows: int | None 
 
 
 @dataclass(frozen=True)
-class EngineKind:
-    name: str
+class Kernel:
+    """An engine's implementation for one kind of device (``cpu`` or ``cuda``)."""
+
     device: str
-    build: Callable[[Problem, Band, int, str], Engine]
+    # (problem, band, memory budget, device it runs on, device the caller asked for)
+    build: Callable[[Problem, Band, int, str, str], Engine]
     describe: Callable[[], dict[str, Any]]
 
 
-def _torch_cpu(problem: Problem, band: Band, budget: int, requested: str) -> Engine:
+@dataclass(frozen=True)
+class EngineKind:
+    """A registered engine: its kernels per device. ``auto`` lists the devices on which
+    ``--engine auto`` picks it (the first such engine in priority order wins); ``runs_on``
+    says where it runs when asked for a device it has no kernel for."""
+
+    name: str
+    help: str
+    kernels: tuple[Kernel, ...]
+    auto: tuple[str, ...] = ()
+    runs_on: dict[str, str] = field(default_factory=dict)
+
+    def kernel(self, device: str) -> Kernel | None:
+        return next((k for k in self.kernels if k.device == device), None)
+
+
+def _torch_cpu(problem: Problem, band: Band, budget: int, device: str,
+               requested: str) -> Engine:
     from pairmine.engines.torch_cpu import TorchCPUEngine
 
     return TorchCPUEngine(problem, band, budget)
 
 
-def _torch_cuda(problem: Problem, band: Band, budget: int, requested: str) -> Engine:
+def _torch_cuda(problem: Problem, band: Band, budget: int, device: str,
+                requested: str) -> Engine:
     from pairmine.engines.hardware import triton_available
 
     if triton_available():
         from pairmine.engines.triton_band import FusedEngine
 
-        return FusedEngine(problem, band, budget, device="cuda")
+        return FusedEngine(problem, band, budget, device=device)
     from pairmine.engines.torch_cuda import TwoPassEngine
 
-    return TwoPassEngine(problem, band, budget, device="cuda")
+    return TwoPassEngine(problem, band, budget, device=device)
 
 
-def _faiss(problem: Problem, band: Band, budget: int, requested: str) -> Engine:
+def _faiss(problem: Problem, band: Band, budget: int, device: str,
+           requested: str) -> Engine:
     from pairmine.engines.faiss_engine import FaissEngine
 
     return FaissEngine(problem, band, budget, device_requested=requested)
@@ -142,15 +165,29 @@ def _describe_faiss() -> dict[str, Any]:
     return {"precision": "float32", "kernel": "faiss.range_search_inner_product"}
 
 
-ENGINES: dict[tuple[str, str], EngineKind] = {
-    ("torch", "cpu"): EngineKind("torch", "cpu", _torch_cpu, _describe_torch_cpu),
-    ("torch", "cuda"): EngineKind("torch", "cuda", _torch_cuda, _describe_torch_cuda),
-    ("faiss", "cpu"): EngineKind("faiss", "cpu", _faiss, _describe_faiss),
-}
-# what "auto" means per device: measured (docs/matching.md), the pruned torch engine wins
-AUTO_ENGINE = {"cpu": "torch", "cuda": "torch"}
-# an engine without a kernel for the device runs where it can (FAISS: no GPU range_search)
-DEVICE_FALLBACK = {("faiss", "cuda"): "cpu"}
+def _engine_registry() -> Registry[EngineKind]:
+    registry: Registry[EngineKind] = Registry(
+        "engines", name_of=lambda k: k.name, help_of=lambda k: k.help, error=ConfigError,
+        what="engine")
+    # what "auto" means per device: measured (docs/matching.md), the pruned torch engine wins
+    registry.register(EngineKind(
+        "torch", "exact pruning on the CPU; fused Triton or fp16 tiles on CUDA",
+        (Kernel("cpu", _torch_cpu, _describe_torch_cpu),
+         Kernel("cuda", _torch_cuda, _describe_torch_cuda)), auto=("cpu", "cuda")))
+    # FAISS has no GPU range_search: asked for CUDA, it runs on the CPU
+    registry.register(EngineKind(
+        "faiss", "FAISS flat range_search on the CPU (the baseline)",
+        (Kernel("cpu", _faiss, _describe_faiss),), runs_on={"cuda": "cpu"}))
+    return registry
+
+
+ENGINES = _engine_registry()
+AUTO = "auto"
+
+
+def engine_names() -> list[str]:
+    """The choices of ``--engine``: ``auto`` then every registered engine."""
+    return [AUTO, *ENGINES.names()]
 
 
 def _cuda_available() -> bool:
@@ -160,20 +197,40 @@ def _cuda_available() -> bool:
 
 
 def resolve_engine(engine: str, device: str) -> tuple[str, str]:
-    """What ``auto`` picks here, as ``(engine, device)``; the device the engine really uses."""
-    if engine not in ENGINE_NAMES:
-        raise ConfigError(f"unknown engine {engine!r}", f"choose one of {', '.join(ENGINE_NAMES)}")
-    if device not in DEVICE_NAMES:
-        raise ConfigError(f"unknown device {device!r}", f"choose one of {', '.join(DEVICE_NAMES)}")
-    if device == "auto":
-        device = "cuda" if _cuda_available() else "cpu"
-    elif device == "cuda" and not _cuda_available():
-        raise ConfigError("device cuda was asked for but no CUDA device is available",
+    """What ``auto`` picks here, as ``(engine, device)``; the device the engine really uses
+    (``cuda:N`` kept as given)."""
+    from pairmine.runtime import device_kind
+
+    if engine != AUTO and engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}",
+                          f"choose one of {', '.join(engine_names())}")
+    kind = device_kind(device)
+    if kind == "auto":
+        device = kind = "cuda" if _cuda_available() else "cpu"
+    elif kind == "cuda" and not _cuda_available():
+        raise ConfigError(f"device {device} was asked for but no CUDA device is available",
                           "use device cpu or auto")
-    name = AUTO_ENGINE[device] if engine == "auto" else engine
-    if (name, device) not in ENGINES:
-        device = DEVICE_FALLBACK[(name, device)]
-    return name, device
+    if engine == AUTO:
+        chosen = next((k for k in ENGINES.ordered() if kind in k.auto), None)
+        if chosen is None:
+            raise ConfigError(f"no registered engine runs on {kind}", "choose --engine")
+    else:
+        chosen = ENGINES.get(engine)
+    if chosen.kernel(kind) is None:
+        kind = chosen.runs_on.get(kind, "")
+        if chosen.kernel(kind) is None:
+            raise ConfigError(f"engine {chosen.name} does not run on {device}",
+                              "choose another --engine or --device")
+        device = kind
+    return chosen.name, device
+
+
+def _kernel(name: str, device: str) -> Kernel:
+    from pairmine.runtime import device_kind
+
+    kernel = ENGINES.get(name).kernel(device_kind(device))
+    assert kernel is not None  # resolve_engine picked a kernel that exists
+    return kernel
 
 
 def engine_info(engine: tuple[str, str] | str = "auto", device: str | None = None,
@@ -192,8 +249,7 @@ def engine_info(engine: tuple[str, str] | str = "auto", device: str | None = Non
         name, dev = resolve_engine(engine, device or "auto")
     if "vectors" in search:
         return band_search(engine=name, device=dev, **search).info
-    kind = ENGINES[(name, dev)]
-    return {"engine": name, "device": dev, **kind.describe(),
+    return {"engine": name, "device": dev, **_kernel(name, dev).describe(),
             "rescore": "float64 exact (correctly rounded near bounds), stored as float32"}
 
 
@@ -307,7 +363,6 @@ def band_search(
     name, dev = resolve_engine(engine, device)
     rows = default_block_rows(memory_budget) if block_rows is None else block_rows
     problem = make_problem(vectors, anchors, against, rows)
-    kind = ENGINES[(name, dev)]
-    built = kind.build(problem, band, memory_budget, device)
+    built = _kernel(name, dev).build(problem, band, memory_budget, dev, device)
     built.info.setdefault("device_requested", device)
     return BandSearch(problem, band, built, skip_blocks, progress or NullProgress())

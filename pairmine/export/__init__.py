@@ -3,9 +3,10 @@
 ``export`` writes it, ``verify`` re-reads it; docs/export.md describes the format.
 """
 
-from pairmine.export.fetch import Problem
-from pairmine.export.run import FORMATS, ExportFormat, ExportResult, export
+from pairmine.export.fetch import Problem, describe_problems
+from pairmine.export.formats import EXPORT_FORMATS, ExportFormat
+from pairmine.export.run import ExportResult, export
 from pairmine.export.verification import VerifyResult, verify
 
-__all__ = ["FORMATS", "ExportFormat", "ExportResult", "Problem", "VerifyResult", "export",
-           "verify"]
+__all__ = ["EXPORT_FORMATS", "ExportFormat", "ExportResult", "Problem", "VerifyResult",
+           "describe_problems", "export", "verify"]

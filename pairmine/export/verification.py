@@ -15,7 +15,6 @@ import json
 import logging
 import tarfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from pairmine import stores
 from pairmine.errors import StoreError
 from pairmine.export import layout as lay
 from pairmine.export.fetch import Fetcher, Problem
+from pairmine.export.formats import export_format
 from pairmine.export.plan import Catalogue
 from pairmine.export.prefetch import Prefetcher
 from pairmine.progress import NullProgress, Progress
@@ -58,11 +58,10 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
     t0 = time.perf_counter()
     out = Path(out)
     manifest = stores.read_manifest(out, stores.EXPORT_FORMAT)
-    fmt = str(manifest.get("export_format"))
-    if fmt not in VERIFIERS:
-        raise StoreError(f"{out} is an export of unknown format {fmt!r}", "upgrade pairmine")
-    result = VerifyResult(path=out, format=fmt)
-    VERIFIERS[fmt](out, manifest, result, progress)
+    layout = export_format(manifest, out)
+    _check_records(out, manifest, layout.name)
+    result = VerifyResult(path=out, format=layout.name)
+    layout.verify(out, manifest, result, progress)
     result.seconds = time.perf_counter() - t0
     if result.problems:
         listed = "; ".join(result.problems[:MAX_LISTED])
@@ -73,11 +72,31 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
     return result
 
 
+# the manifest records each verifier reads, and their types: checked first, so that a damaged
+# manifest is one clear error rather than a KeyError half-way
+_RECORDS: dict[str, tuple[tuple[str, type], ...]] = {
+    "webdataset": (("counts", dict), ("shards", list), ("inputs", dict), ("files", dict)),
+    "parquet": (("counts", dict), ("files", dict), ("source", dict), ("inputs", dict)),
+}
+
+
+def _check_records(out: Path, manifest: dict[str, Any], fmt: str) -> None:
+    for key, kind in _RECORDS.get(fmt, ()):  # a plugin format checks its own records
+        if not isinstance(manifest.get(key), kind):
+            raise stores.damaged(out, stores.MANIFEST, f"{key!r} is missing or not a "
+                                 f"{'list' if kind is list else 'record'}",
+                                 stores.EXPORT_FORMAT)
+    counts = manifest["counts"]
+    if not all(isinstance(counts.get(k), int) for k in ("samples", "pairs", "images")):
+        raise stores.damaged(out, stores.MANIFEST, "'counts' lacks samples, pairs or images",
+                             stores.EXPORT_FORMAT)
+
+
 # ---------------------------------------------------------------------------------------------
 # webdataset
 
 
-def _verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
+def verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
                        progress: Progress) -> None:
     import pyarrow as pa
 
@@ -275,7 +294,7 @@ def _read_table(out: Path, name: str, files: dict[str, Any],
 # parquet
 
 
-def _verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
+def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
                     progress: Progress) -> None:
     files = manifest["files"]
     spps = _read_table(out, lay.SPPS_FILE, files, result)
@@ -320,8 +339,3 @@ def _verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
     result.problems.extend(f"{p.where()} ({p.reason}: {p.detail})"
                            for p in sorted(fetcher.problems.values(), key=lambda p: p.id))
 
-
-VERIFIERS: dict[str, Callable[[Path, dict[str, Any], VerifyResult, Progress], None]] = {
-    "webdataset": _verify_webdataset,
-    "parquet": _verify_parquet,
-}

@@ -15,21 +15,25 @@ from typing import TYPE_CHECKING
 
 from pairmine.lazy import lazy_getattr
 
+# `calibrate` is also the name of its module: importing the function here, eagerly (the module
+# is light), keeps `pairmine.quality.calibrate` the function once the module has been loaded
+from pairmine.quality.calibrate import Calibration, calibrate
+
 _LAZY = {
     "eval_pairs": ("pairmine.quality.accuracy", "eval_pairs"),
     "EvalReport": ("pairmine.quality.accuracy", "EvalReport"),
     "pair_accuracy": ("pairmine.quality.accuracy", "pair_accuracy"),
     "knn_accuracy": ("pairmine.quality.accuracy", "knn_accuracy"),
-    "calibrate": ("pairmine.quality.calibrate", "calibrate"),
-    "Calibration": ("pairmine.quality.calibrate", "Calibration"),
     "show": ("pairmine.quality.report", "show"),
     "ShowResult": ("pairmine.quality.report", "ShowResult"),
     "load_labels": ("pairmine.quality.labels", "load_labels"),
+    "BAND_HEADERS": ("pairmine.quality.bands", "BAND_HEADERS"),
+    "format_row": ("pairmine.quality.bands", "format_row"),
 }
 
 if TYPE_CHECKING:
     from pairmine.quality.accuracy import EvalReport, eval_pairs, knn_accuracy, pair_accuracy
-    from pairmine.quality.calibrate import Calibration, calibrate
+    from pairmine.quality.bands import BAND_HEADERS, format_row
     from pairmine.quality.labels import load_labels
     from pairmine.quality.report import ShowResult, show
 
@@ -37,5 +41,5 @@ if TYPE_CHECKING:
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
-__all__ = ["Calibration", "EvalReport", "ShowResult", "calibrate", "eval_pairs",
-           "knn_accuracy", "load_labels", "pair_accuracy", "show"]
+__all__ = ["BAND_HEADERS", "Calibration", "EvalReport", "ShowResult", "calibrate",
+           "eval_pairs", "format_row", "knn_accuracy", "load_labels", "pair_accuracy", "show"]

@@ -250,7 +250,7 @@ def eval_pairs(pairs: str | Path, *, labels: str | Path | None = None,
         lows = sorted(set(bd.grid(floor, hi, grid_step)) | {lo})
         lows = [x for x in lows if x < hi] or [lo]
         scored = bd.scan_scores(emb.vectors, floor, scope, engine=engine, device=device,
-                                content=bd.content_codes(emb.meta), progress=progress)
+                                content=bd.duplicate_codes(emb.meta), progress=progress)
         rows = bd.band_table(scored, scope, lab.codes, bd.all_bands(lows, {hi, 1.0}))
         timings["grid_s"] = time.perf_counter() - t0
 

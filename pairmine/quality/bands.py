@@ -18,6 +18,7 @@ from pairmine.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 
     from pairmine.progress import Progress
     from pairmine.quality.labels import Scope
@@ -45,7 +46,7 @@ def scan_scores(vectors: np.ndarray, floor: float, scope: Scope, *, engine: str 
                 progress: Progress | None = None) -> Scored:
     """All pairs of ``scope`` scoring in ``[floor, 1]``, from one exact band search.
 
-    ``content`` (one code per row, equal for identical bytes; see ``content_codes``) drops
+    ``content`` (one code per row, equal for identical bytes; see ``duplicate_codes``) drops
     pairs of identical images, which ``match`` never pairs either."""
     import numpy as np
 
@@ -83,20 +84,13 @@ def scan_scores(vectors: np.ndarray, floor: float, scope: Scope, *, engine: str 
                   candidates=candidates)
 
 
-def content_codes(meta: Any) -> np.ndarray | None:
-    """One integer per row of an embeddings store's metadata, equal exactly when the content
-    hashes (``sha256``, else ``md5``) are; ``None`` when the store has neither."""
-    import numpy as np
+def duplicate_codes(meta: pa.Table) -> np.ndarray | None:
+    """The store's content codes (``pairmine.stores.content_codes``, the ones match uses), or
+    ``None`` when it records no content hash, so there is nothing to drop."""
+    from pairmine.stores import content_codes
 
-    for name in ("sha256", "md5"):
-        if name in meta.column_names and meta.column(name).null_count < meta.num_rows:
-            encoded = meta.column(name).combine_chunks().dictionary_encode()
-            codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=float)
-            # unknown hashes get their own codes: never equal to anything
-            unknown = np.isnan(codes)
-            codes[unknown] = -1 - np.arange(int(unknown.sum()))
-            return codes.astype(np.int64)
-    return None
+    codes, column = content_codes(meta)
+    return None if column is None else codes
 
 
 def scored_from_pairs(a: np.ndarray, b: np.ndarray, score: np.ndarray,

@@ -84,7 +84,7 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
               max_cap: float = 0.99, target_precision: float | None = None,
               target_yield: float | None = None, labels: str | Path | None = None,
               use_labels: bool = True, labels_sample: int | None = None,
-              subset: float | int | None = None, seed: int = 0, min_support: int = 30,
+              subset: str | float | int | None = None, seed: int = 0, min_support: int = 30,
               engine: str = "auto", device: str = "auto", max_pairs: int | None = None,
               out: str | Path | None = None, progress: Progress | None = None) -> Calibration:
     """Measure a grid of bands on an embeddings store in one pass and suggest one.
@@ -98,10 +98,12 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
 
     from pairmine import stores
     from pairmine.quality import bands as bd
-    from pairmine.quality.labels import Scope, draw_subset, load_labels
+    from pairmine.quality.labels import Scope, load_labels
 
     _validate(floor, step, max_cap, target_precision, target_yield, labels_sample,
               min_support)
+    requested = stores.parse_subset(subset)  # the --subset match parses
+    stores.check_seed(seed)
     needs_labels = target_precision is not None or labels_sample is not None
     what = "--target-precision" if target_precision is not None else "--labels-sample"
     if not use_labels and (needs_labels or labels is not None):
@@ -109,15 +111,15 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
                           "drop one of them")
     store = stores.open_embeddings(emb)
     lab = load_labels(store, labels, required=needs_labels, what=what) if use_labels else None
-    anchors = draw_subset(len(store), subset, seed)
-    scope = Scope(anchors=anchors, against="anchors" if subset is None else "all",
+    anchors = stores.draw_subset(len(store), requested, seed)  # the draw match makes
+    scope = Scope(anchors=anchors, against="anchors" if requested is None else "all",
                   n_rows=len(store))
     codes = None if lab is None else _sample_labels(lab.codes, labels_sample, seed)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
     scored = bd.scan_scores(store.vectors, floor, scope, engine=engine, device=device,
-                            content=bd.content_codes(store.meta),
+                            content=bd.duplicate_codes(store.meta),
                             max_pairs=max_pairs or bd.DEFAULT_MAX_PAIRS, progress=progress)
     timings["search_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -139,7 +141,7 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
         suggestion, note = None, "no target given: pass --target-precision or --target-yield"
     result = Calibration(
         embeddings=str(store.path.resolve()), n_rows=len(store), anchors=int(anchors.size),
-        against=scope.against, subset=subset, seed=seed, floor=floor, step=step,
+        against=scope.against, subset=requested, seed=seed, floor=floor, step=step,
         max_cap=max_cap, labels=None if lab is None else lab.origin,
         labelled_images=0 if codes is None else int(np.sum(codes >= 0)),
         labels_sample=labels_sample, target=target, pairs_above_floor=int(scored.a.size),

@@ -170,51 +170,23 @@ class Scope:
                                                                           dtype=np.int64)
 
 
-SUBSET_FILE = "subset.parquet"
 # the match stage says "subset"/"all"; the engines say "anchors"/"all"
 _AGAINST = {"subset": "anchors", "anchors": "anchors", "all": "all"}
 
 
 def pairs_scope(pairs: Pairs, n_rows: int) -> Scope:
-    """The anchors and targets of a pairs store, from its ``subset.parquet`` and config."""
+    """The anchors and targets of a pairs store: the anchors its match run drew, the targets
+    its ``against``."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     config = pairs.manifest.get("config", {})
-    against = _AGAINST.get(str(config.get("against", "subset")))
+    against = _AGAINST.get(str(config.get("against", pairs.info.subset.against)))
     if against is None:
         raise InputError(f"pairs store {pairs.path} records an unknown against="
                          f"{config.get('against')!r}")
-    subset_path = pairs.path / SUBSET_FILE
-    if subset_path.exists():
-        ids = np.asarray(pq.read_table(subset_path).column("id").to_numpy(), dtype=np.int64)
-        ids = np.unique(ids)
-        if ids.size and (ids[0] < 0 or ids[-1] >= n_rows):
-            raise InputError(f"{subset_path} names rows outside the embeddings store "
-                             f"(0..{n_rows - 1})", "the stores do not belong together; "
-                             "re-run match")
-    else:
-        ids = np.arange(n_rows, dtype=np.int64)
+    ids = np.unique(pairs.subset_ids())
+    if ids.size and (ids[0] < 0 or ids[-1] >= n_rows):
+        raise InputError(f"{pairs.path / pairs.info.subset.file} names rows outside the "
+                         f"embeddings store (0..{n_rows - 1})",
+                         "the stores do not belong together; re-run match")
     return Scope(anchors=ids, against=against, n_rows=n_rows)
-
-
-def draw_subset(n_rows: int, subset: float | int | None, seed: int) -> np.ndarray:
-    """Sorted row ids: all rows, a fraction in (0, 1] or a count >= 1, drawn with ``seed``."""
-    import numpy as np
-
-    from pairmine.errors import ConfigError
-
-    if subset is None:
-        return np.arange(n_rows, dtype=np.int64)
-    if isinstance(subset, float):
-        if not 0 < subset <= 1:
-            raise ConfigError(f"subset fraction {subset} is outside (0, 1]",
-                              "give a fraction in (0, 1] or a whole count of images")
-        count = max(1, round(subset * n_rows))
-    else:
-        count = int(subset)
-    if count < 1 or count > n_rows:
-        raise ConfigError(f"subset of {count} images from a store of {n_rows}",
-                          "give a fraction in (0, 1] or a count between 1 and the store size")
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_rows, size=count, replace=False)).astype(np.int64)

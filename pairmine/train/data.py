@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairmine.errors import ConfigError, SourceError, StoreError
+from pairmine.sources.base import IMAGE_EXTS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 INSTANCE, SEMANTIC, DUPLICATE = 0, 1, 2  # item kinds; SEMANTIC and DUPLICATE weigh λ
 KIND_NAMES = {INSTANCE: "instance", SEMANTIC: "semantic", DUPLICATE: "duplicate"}
-_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 
 
 class Reader:
@@ -249,7 +249,7 @@ def _samples(tar_path: Path) -> list[dict[str, tuple[int, int]]]:
 
 
 def _find(refs: dict[str, int], role: str) -> int | None:
-    for ext in _IMAGE_EXTS:
+    for ext in IMAGE_EXTS:
         ref = refs.get(f"{role}.{ext}")
         if ref is not None:
             return ref
@@ -318,19 +318,11 @@ class TwoViews:
 
 
 def _fixed(img: Image.Image, size: int) -> torch.Tensor:
-    """Short side to ``size`` then centre crop: equal-size uint8 (3, size, size)."""
-    import numpy as np
-    import torch
-    from PIL import Image as PILImage
+    """Short side to ``size`` then centre crop: equal-size uint8 (3, size, size), the geometry
+    embed and eval use."""
+    from pairmine.transforms import resize_center_crop
 
-    w, h = img.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.resize((nw, nh), PILImage.Resampling.BILINEAR).crop(
-            (left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return resize_center_crop(img, size, size)
 
 
 class EpochBatches:

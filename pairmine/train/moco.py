@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pairmine.encoders.heads import moco_v2_head
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -74,9 +76,9 @@ def split_batch_norm(module: nn.Module, groups: int) -> nn.Module:
 
 
 def mlp_head(feat_dim: int, dim: int) -> nn.Sequential:
-    """MoCo-v2's projection head: Linear(feat, feat) → ReLU → Linear(feat, dim)."""
-    return nn.Sequential(nn.Linear(feat_dim, feat_dim), nn.ReLU(inplace=True),
-                         nn.Linear(feat_dim, dim))
+    """MoCo-v2's projection head: Linear(feat, feat) → ReLU → Linear(feat, dim) (the one
+    definition, which the ``pairmine:`` and ``moco:`` encoders rebuild from checkpoints)."""
+    return moco_v2_head(feat_dim, feat_dim, dim)
 
 
 class MoCo(nn.Module):

@@ -17,9 +17,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pairmine.stores import atomic_path, write_json_atomic
-from pairmine.errors import CheckpointError, ConfigError, StoreError
+from pairmine.encoders.archs import BACKBONES
+from pairmine.errors import ConfigError, StoreError
 from pairmine.progress import NullProgress, Progress
+from pairmine.stores import atomic_path, write_json_atomic
+from pairmine.stores.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    LAST_CHECKPOINT,
+    read_training_checkpoint,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -28,13 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "pairmine/moco-checkpoint"
-CHECKPOINT_VERSION = 1
-LAST = "checkpoint-last.pt"
+LAST = LAST_CHECKPOINT
 LOG = "log.jsonl"
 SUMMARY = "train.json"
-ARCH_CHOICES = ("resnet18-cifar", "resnet50-cifar", "resnet18", "resnet34", "resnet50",
-                "resnet101", "resnet152")
+ARCH_CHOICES = tuple(BACKBONES)  # the trunks encoders/archs.py builds, the one list
 AUGMENT_CHOICES = ("cpu", "device")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
@@ -378,25 +382,9 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A pairmine training checkpoint, loaded with weights_only=True, or a CheckpointError."""
-    import pickle
-
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist", "check the path")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{p} is not a loadable checkpoint: {str(exc)[:200]}",
-                              "is the file complete?") from None
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p} is not a pairmine training checkpoint",
-                              "give OUT/checkpoint-last.pt of `pairmine train`")
-    if int(obj.get("version", 0)) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{p} was written by a newer pairmine", "upgrade pairmine")
-    return obj
+    """A pairmine training checkpoint, loaded with weights_only=True, or a CheckpointError
+    (the one reader, ``pairmine.stores.checkpoint``, the ``pairmine:`` encoder uses too)."""
+    return read_training_checkpoint(path).state
 
 
 def _restore(path: Path, cfg: TrainConfig, data: dict[str, Any], model: MoCo,
@@ -526,20 +514,20 @@ def _device(device: str, world: int, local_rank: int) -> torch.device:
     from pairmine.runtime import resolve_device
 
     name = resolve_device(device)
-    if name == "cuda":
+    if name.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
-        return torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+        if world > 1:
+            return torch.device("cuda", local_rank)
+        return torch.device(name) if ":" in name else torch.device("cuda",
+                                                                  torch.cuda.current_device())
     return torch.device(name)
 
 
 def _precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type != "cuda":
-        raise ConfigError("bf16 mixed precision is for GPUs only",
-                          "use --precision fp32 on the CPU (on CPUs without native bf16 it "
-                          "runs ~100× slower)")
-    return precision
+    from pairmine.runtime import resolve_precision
+
+    # the policy embed uses: bf16 on a CPU only where it runs natively
+    return resolve_precision(precision, str(device), choices=PRECISION_CHOICES)
 
 
 def _workers(workers: int | None, device: torch.device) -> int:
