@@ -75,6 +75,7 @@ class EmbedResult:
     precision: str
     encoder: dict[str, Any] = field(default_factory=dict)
     ignored: int = 0  # entries the source considered and did not make images of
+    cluster: dict[str, Any] | None = None  # with Ray: units per node, retried units, nodes
 
     @property
     def images_per_second(self) -> float:
@@ -103,6 +104,11 @@ def embed(
     root: str | Path | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    max_retries: int = 3,
 ) -> EmbedResult:
     """Embed every image of ``source`` with ``encoder`` into the store ``out``.
 
@@ -112,6 +118,11 @@ def embed(
     compute device (nvJPEG on CUDA) instead of in the DataLoader workers. An image file over
     ``max_image_bytes``, an image declaring over ``max_image_pixels`` pixels, and with
     ``root`` an image file that resolves outside that folder, is an error entry.
+
+    ``ray`` (``"auto"``, ``"local"`` or a cluster address) encodes the shards on Ray actors
+    (``ray_workers`` of them, each with ``gpus_per_worker``/``cpus_per_worker``, loading the
+    encoder once; a dead one is restarted ``max_retries`` times); the store is byte-identical
+    to one written without Ray.
     """
     from pairmine.encoders import load_encoder
     from pairmine.sources import open_source
@@ -131,8 +142,21 @@ def embed(
         raise ConfigError("--max-image-bytes and --max-image-pixels must be at least 1")
     check_root(root)
     out = Path(out)
-    device = resolve_device(device)
-    precision = resolve_precision(precision, device)
+    scale = None
+    if ray is not None:
+        from pairmine.scale import RayOptions
+
+        scale = RayOptions(address=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, max_retries=max_retries).checked()
+    if scale is not None and scale.gpus_per_worker > 0 and scale.address != "local":
+        # the driver may have no GPU (a CPU-only head): "auto" means what a worker has
+        from pairmine.scale.cluster import on_a_worker, resolve_embed_device
+
+        device, precision, name = on_a_worker(scale, resolve_embed_device, device, precision)
+    else:
+        device = resolve_device(device)
+        precision = resolve_precision(precision, device)
+        name = device_name(device)
     src = open_source(source, labels=labels, kind=source_kind,
                       max_image_bytes=max_image_bytes, root=root)
     ignored = src.ignored()
@@ -160,36 +184,102 @@ def embed(
         todo = [k for k in range(n_shards) if k not in done]
 
         workers = _default_workers(device) if workers is None else workers
-        progress.start("embed", total=n_items, unit="images")
-        progress.advance(sum(_shard_items(k, shard_size, n_items) for k in done))
-        runner = _Runner(enc, device=device, precision=precision, dtype=dtype)
-        if decode == "device":
-            from pairmine.device_decode import DeviceJpegDecoder
-            from pairmine.loader import ImageDataset
+        job = ShardJob(out=out.absolute(), config=config, device=device, n_items=n_items,
+                       workers=workers)
+        cluster: dict[str, Any] | None = None
+        if scale is None:
+            progress.start("embed", total=n_items, unit="images")
+            progress.advance(sum(_shard_items(k, shard_size, n_items) for k in done))
+            computed = ShardEncoder(job, src, refs, enc).run(todo, progress)
+        else:
+            from pairmine.scale.embed import embed_on_ray
 
-            runner.decoder = DeviceJpegDecoder(enc.preprocess, device,
-                                               ImageDataset(src, enc.preprocess, draft=draft,
-                                                            max_pixels=max_image_pixels))
-        computed = 0
-        for k, batches in _shard_batches(src, enc, todo, shard_size, n_items, batch_size,
-                                         workers, device, draft, decode, max_image_pixels):
-            vectors, ok_rows, bad_rows = runner.encode_shard(batches, refs, progress)
-            _write_shard(out, k, vectors, ok_rows, bad_rows, refs)
-            computed += len(ok_rows)
+            computed, cluster = embed_on_ray(job, todo, len(done), scale, progress)
+        missing = sorted(set(range(n_shards)) - _completed_shards(out, n_shards))
+        if missing:
+            raise RuntimeError(f"embed: shards {missing[:5]} of {n_shards} were not written")
 
         manifest = _assemble_manifest(out, n_shards, config, enc, src, refs)
         elapsed = time.perf_counter() - started
         stores.append_line(out / RUN_LOG, json.dumps(
             {"started_unix": time.time() - elapsed, "seconds": round(elapsed, 3),
              "images_computed": computed, "shards_computed": len(todo),
-             "shards_resumed": len(done), "device": device_name(device), "workers": workers},
+             "shards_resumed": len(done), "device": name, "workers": workers},
             sort_keys=True))
         run.finish(manifest)
     progress.finish()
     return EmbedResult(path=out, images=int(manifest["count"]), errors=int(manifest["errors"]),
                        dim=enc.dim, shards=n_shards, resumed_shards=len(done), seconds=elapsed,
-                       device=device_name(device), precision=precision, encoder=enc.describe(),
-                       ignored=sum(ignored.values()))
+                       device=name, precision=precision, encoder=enc.describe(),
+                       ignored=sum(ignored.values()), cluster=cluster)
+
+
+# ---------------------------------------------------------------------------------------------
+# the unit: one shard, encoded and written the same way here and on a Ray worker
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything encoding any shard of one run needs, as paths and options (small and
+    picklable: a Ray actor gets this and opens the source and the encoder itself)."""
+
+    out: Path
+    config: EmbedConfig
+    device: str
+    n_items: int
+    workers: int  # DataLoader decode workers per encoder
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_items // self.config.shard_size)
+
+
+class ShardEncoder:
+    """Encodes and writes shards of one run; the source, the encoder and the model on its
+    device are opened once. Shards are independent: batches never cross one."""
+
+    def __init__(self, job: ShardJob, src: ImageSource, refs: pa.Table, enc: Encoder) -> None:
+        self.job, self.src, self.refs, self.enc = job, src, refs, enc
+        c = job.config
+        self.runner = _Runner(enc, device=job.device, precision=c.precision, dtype=c.dtype)
+        if c.decode == "device":
+            from pairmine.device_decode import DeviceJpegDecoder
+            from pairmine.loader import ImageDataset
+
+            self.runner.decoder = DeviceJpegDecoder(
+                enc.preprocess, job.device,
+                ImageDataset(src, enc.preprocess, draft=c.draft, max_pixels=c.max_image_pixels))
+
+    @classmethod
+    def open(cls, job: ShardJob) -> ShardEncoder:
+        """Open the run's source and encoder from its job (on a worker), checking that the
+        source lists the same items the driver planned the shards for."""
+        from pairmine.encoders import load_encoder
+        from pairmine.sources import open_source
+
+        c = job.config
+        src = open_source(c.source, labels=c.labels, kind=c.source_kind,
+                          max_image_bytes=c.max_image_bytes, root=c.root)
+        refs = src.refs()
+        if refs.num_rows != job.n_items:
+            raise SourceError(f"source {c.source} lists {refs.num_rows} items on this worker, "
+                              f"{job.n_items} on the driver",
+                              "every node must see the same files (shared storage)")
+        enc = load_encoder(c.encoder, arch=c.arch, features=c.features)
+        return cls(job, src, refs, enc)
+
+    def run(self, shards: list[int], progress: Progress) -> int:
+        """Encode and write ``shards``; returns the number of images encoded."""
+        c = self.job.config
+        computed = 0
+        for k, batches in _shard_batches(self.src, self.enc, shards, c.shard_size,
+                                         self.job.n_items, c.batch_size, self.job.workers,
+                                         self.job.device, c.draft, c.decode,
+                                         c.max_image_pixels):
+            vectors, ok_rows, bad_rows = self.runner.encode_shard(batches, self.refs, progress)
+            _write_shard(self.job.out, k, vectors, ok_rows, bad_rows, self.refs)
+            computed += len(ok_rows)
+        return computed
 
 
 # ---------------------------------------------------------------------------------------------

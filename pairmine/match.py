@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from pairmine.stores import (
     PAIRS_DIR,
     PAIRS_FORMAT,
     PAIRS_SCHEMA,
+    PARTIAL_DIR,
     SUBSET_FILE,
     Embeddings,
     begin_run,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from pairmine.scale import RayOptions
     from pairmine.stores import Run
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,8 @@ class MatchResult:
     sweep: dict[str, Any] | None = None
     resumed: bool = False
     blocks_skipped: int = 0
+    cluster: dict[str, Any] | None = None  # with Ray: units per node, retried units, nodes
+    unit_plan: dict[str, Any] | None = None  # a dry run's plan (nothing was written)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +182,10 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
           against: str = "subset", max_per_anchor: int | None = None, engine: str = "auto",
           device: str = "auto", sweep: str | Sequence[float] | None = None,
           wide_histogram: bool = False, block_rows: int | None = None, overwrite: bool = False,
-          progress: Progress | None = None) -> MatchResult:
+          progress: Progress | None = None, ray: str | None = None,
+          ray_workers: int | None = None, gpus_per_worker: float = 0.0,
+          cpus_per_worker: float = 1.0, max_retries: int = 3,
+          dry_run: bool = False) -> MatchResult:
     """Find all pairs of the store ``emb`` scoring in ``[min_score, max_score]``; write ``out``.
 
     ``subset`` is the paper's K (a fraction or a count, drawn with ``seed``); ``against`` is
@@ -188,6 +195,12 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
     ``wide_histogram`` widens the one search to ``[min - 0.05, 1.0]`` so that the score
     histogram shows the scores near the band (exact, at a measured cost). An interrupted run
     resumes from its finished blocks and gives the same bytes.
+
+    ``ray`` (``"auto"``, ``"local"`` or a cluster address) computes the blocks as Ray tasks
+    (``ray_workers`` at a time, each with ``gpus_per_worker``/``cpus_per_worker``, retried
+    ``max_retries`` times); the store is byte-identical to one written without Ray.
+    ``dry_run`` writes nothing: the result's ``unit_plan`` lists the blocks to compute, the
+    bytes each reads and a time estimate from one block measured here.
     """
     from pairmine.engines import plan_blocks, resolve_engine
 
@@ -212,37 +225,71 @@ def match(emb: str | Path, out: str | Path, *, min_score: float = 0.97,
                  sweep=None if sweep is None else Sweep.parse(sweep), wide_histogram=wide_histogram,
                  block_rows=block_rows)
     _check_paths(emb, out)
+    scale = None
+    if ray is not None:
+        from pairmine.scale import RayOptions
+
+        scale = RayOptions(address=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, max_retries=max_retries).checked()
     store = open_embeddings(emb)
     n = len(store)
     if n == 0:
         raise StoreError(f"embeddings store {emb} holds no images", "embed some images first")
     _check_store(store)
     anchors = draw_subset(n, plan.subset, plan.seed)
-    resolved = resolve_engine(engine, device)
+    if scale is not None and scale.gpus_per_worker > 0 and scale.address != "local":
+        # the driver may have no GPU (a CPU-only head): "auto" means what a worker has
+        from pairmine.scale.cluster import on_a_worker
+
+        resolved = on_a_worker(scale, resolve_engine, engine, device)
+    else:
+        resolved = resolve_engine(engine, device)
     codes, hash_column = _hash_codes(store)
     n_blocks = plan_blocks(n, _engine_anchors(anchors, n), block_rows)
 
     # --- the store: locked for this run; resumed only from a run with the same identity
-    identity = {"config": plan.config(), "inputs": {"embeddings": input_record(emb)},
+    emb_record = input_record(emb)
+    identity = {"config": plan.config(), "inputs": {"embeddings": emb_record},
                 "engine": list(resolved), "blocks": n_blocks}
+    job = BlockJob(emb=emb.absolute(), out=out.absolute(), plan=plan, resolved=resolved,
+                   n_blocks=n_blocks, emb_manifest_sha256=emb_record["manifest_sha256"])
+    if dry_run:
+        return _dry_run(job, SearchInputs(store, anchors, codes), scale, t0)
     with begin_run(out, PAIRS_FORMAT, identity, overwrite=overwrite) as run:
-        return _run(run, store, anchors, codes, hash_column, plan, resolved, n_blocks, identity,
-                    progress, t0)
+        return _run(run, job, SearchInputs(store, anchors, codes), hash_column, identity,
+                    progress, t0, scale)
 
 
-def _run(run: Run, store: Embeddings, anchors: np.ndarray, codes: np.ndarray,
-         hash_column: str | None, plan: _Plan, resolved: tuple[str, str], n_blocks: int,
-         identity: dict[str, Any], progress: Progress, t0: float) -> MatchResult:
-    out, partial, resumed, n = run.out, run.partial, run.resumed, len(store)
-    block_rows = plan.block_rows
+def _dry_run(job: BlockJob, inputs: SearchInputs, scale: RayOptions | None,
+             t0: float) -> MatchResult:
+    from pairmine.scale.match import plan_blocks_run
+
+    workers = 1 if scale is None else (scale.workers or 1)
+    unit_plan = plan_blocks_run(job, inputs, workers)
+    return MatchResult(path=job.out, manifest={}, pairs=0, ordered=0, anchors=len(inputs.anchors),
+                       anchors_with_pairs=0, duplicates=0, engine=job.resolved[0],
+                       seconds=time.perf_counter() - t0, blocks_skipped=unit_plan.done,
+                       unit_plan=unit_plan.to_json())
+
+
+def _run(run: Run, job: BlockJob, inputs: SearchInputs, hash_column: str | None,
+         identity: dict[str, Any], progress: Progress, t0: float,
+         scale: RayOptions | None) -> MatchResult:
+    out, resumed = run.out, run.resumed
+    store, anchors, codes, n = inputs.store, inputs.anchors, inputs.codes, len(inputs.store)
+    plan, resolved, n_blocks, block_rows = job.plan, job.resolved, job.n_blocks, job.plan.block_rows
     write_parquet_atomic(out / SUBSET_FILE, _id_table(anchors))
 
-    # --- search, block by block
+    # --- search, block by block (here, or as Ray tasks: the same unit function either way)
     t_search = time.perf_counter()
-    block_dir = partial / _BLOCKS
-    shard_dir = block_dir if plan.max_per_anchor is not None else out / PAIRS_DIR
-    stats, skipped = _search(store, anchors, codes, plan, resolved, n_blocks, block_dir,
-                             shard_dir, progress)
+    block_dir = job.block_dir
+    cluster: dict[str, Any] | None = None
+    if scale is None:
+        stats, skipped = _search(job, inputs, progress)
+    else:
+        from pairmine.scale.match import search_on_ray
+
+        stats, skipped, cluster = search_on_ray(job, scale, progress)
     t_search = time.perf_counter() - t_search
     shards = [out / PAIRS_DIR / shard_name("pairs", i, ".parquet") for i in range(n_blocks)]
 
@@ -303,7 +350,8 @@ def _run(run: Run, store: Embeddings, anchors: np.ndarray, codes: np.ndarray,
                        anchors_with_pairs=counts["anchors_with_pairs"], duplicates=n_dup,
                        engine=resolved[0],
                        seconds=time.perf_counter() - t0, per_anchor=per_anchor,
-                       sweep=manifest["sweep"], resumed=resumed, blocks_skipped=skipped)
+                       sweep=manifest["sweep"], resumed=resumed, blocks_skipped=skipped,
+                       cluster=cluster)
 
 
 def _check_paths(emb: Path, out: Path) -> None:
@@ -428,60 +476,145 @@ def _write_duplicates(path: Path, store: Embeddings, codes: np.ndarray, anchors:
 # the search
 
 
-def _search(store: Embeddings, anchors: np.ndarray, codes: np.ndarray, plan: _Plan,
-            resolved: tuple[str, str], n_blocks: int, block_dir: Path, shard_dir: Path,
-            progress: Progress) -> tuple[list[dict[str, Any]], int]:
-    """Run the engine over the blocks not yet done; return every block's statistics."""
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything computing any block of one match run needs, as paths and options (small and
+    picklable: a Ray task gets this, never the matrix). A block is done when its statistics
+    and then its pair shard exist (the shard is renamed into place last)."""
+
+    emb: Path
+    out: Path
+    plan: _Plan
+    resolved: tuple[str, str]
+    n_blocks: int
+    emb_manifest_sha256: str
+
+    @property
+    def block_dir(self) -> Path:
+        return self.out / PARTIAL_DIR / _BLOCKS
+
+    @property
+    def shard_dir(self) -> Path:
+        # with --max-per-anchor the block shards are an intermediate, capped afterwards
+        return self.block_dir if self.plan.max_per_anchor is not None else self.out / PAIRS_DIR
+
+    def stats_path(self, i: int) -> Path:
+        return self.block_dir / shard_name("block", i, ".json")
+
+    def shard_path(self, i: int) -> Path:
+        return self.shard_dir / shard_name("pairs", i, ".parquet")
+
+    def done_blocks(self) -> set[int]:
+        return {i for i in range(self.n_blocks)
+                if self.shard_path(i).exists() and self.stats_path(i).exists()}
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """The opened inputs of a search: the (memory-mapped) store, the anchors, content codes."""
+
+    store: Embeddings
+    anchors: np.ndarray
+    codes: np.ndarray
+
+    @classmethod
+    def open(cls, job: BlockJob) -> SearchInputs:
+        """Open the inputs from the job's paths (a worker), checking they are the run's."""
+        from pairmine.stores import sha256_file
+
+        found = sha256_file(job.emb / MANIFEST)
+        if found != job.emb_manifest_sha256:
+            raise StoreError(f"the embeddings store {job.emb} changed since this match run "
+                             "started", "rerun match; one store must not be rewritten during "
+                                        "a run")
+        store = open_embeddings(job.emb)
+        codes, _ = content_codes(store.meta)
+        return cls(store, draw_subset(len(store), job.plan.subset, job.plan.seed), codes)
+
+
+BlockDone = Callable[[int, dict[str, Any]], None]
+
+
+def plan_units(job: BlockJob) -> tuple[list[int], set[int]]:
+    """The blocks still to compute, in order (consecutive units share their anchor rows'
+    neighbourhood), and those an earlier run finished."""
+    done = job.done_blocks()
+    return [i for i in range(job.n_blocks) if i not in done], done
+
+
+def run_blocks(job: BlockJob, inputs: SearchInputs, indices: Sequence[int],
+               on_block: BlockDone | None = None, progress: Progress | None = None) -> None:
+    """Compute and write the blocks ``indices``: the one unit of the match stage, run in this
+    process or in a Ray task. Each block writes its statistics, then its shard (last).
+    ``progress`` gets the engine's own report (comparisons)."""
     from pairmine.engines import band_search
 
-    def stats_path(i: int) -> Path:
-        return block_dir / shard_name("block", i, ".json")
-
-    def shard_path(i: int) -> Path:
-        return shard_dir / shard_name("pairs", i, ".parquet")
-
-    # a block is done when its shard exists; its statistics were written just before it
-    done = {i for i in range(n_blocks) if shard_path(i).exists() and stats_path(i).exists()}
-    stats: dict[int, dict[str, Any]] = {i: read_json(stats_path(i)) for i in sorted(done)}
-    pairs_so_far = sum(s["band"] for s in stats.values())
-    skipped = len(done)
-    progress.start("match", total=n_blocks, unit="blocks")
-    if done:
-        log.info("resuming: %d of %d blocks already done", len(done), n_blocks)
-        progress.advance(len(done), pairs=pairs_so_far)
+    plan = job.plan
+    wanted = set(indices)
+    if not wanted:
+        return
     lo, hi = plan.search_range
     edges = plan.hist_edges()
-    engine_file = block_dir / _ENGINE_FILE
-    search = band_search(store.vectors, lo, hi, anchors=_engine_anchors(anchors, len(store)),
+    engine_file = job.block_dir / _ENGINE_FILE
+    search = band_search(inputs.store.vectors, lo, hi,
+                         anchors=_engine_anchors(inputs.anchors, len(inputs.store)),
                          against="anchors" if plan.against == "subset" else "all",
-                         engine=resolved[0], device=resolved[1], block_rows=plan.block_rows,
-                         skip_blocks=frozenset(done))
+                         engine=job.resolved[0], device=job.resolved[1],
+                         block_rows=plan.block_rows,
+                         skip_blocks=frozenset(set(range(job.n_blocks)) - wanted),
+                         progress=progress)
     try:
         t = time.perf_counter()
         for block in search:
-            if block.index in done:
+            if block.index not in wanted:
                 continue
-            s, table = _block_result(block, codes, plan, edges)
+            s, table = _block_result(block, inputs.codes, plan, edges)
             s["seconds"] = round(time.perf_counter() - t, 4)
             if not engine_file.exists():
                 # the engine's plan (pruning, margins) as the first computed block saw it: a
                 # resumed run that computes nothing still records it
                 write_json_atomic(engine_file, {k: v for k, v in search.info.items()
                                                 if k not in _RUNNING_INFO})
-            write_json_atomic(stats_path(block.index), s)
-            write_parquet_atomic(shard_path(block.index), table)  # last: marks the block done
-            stats[block.index] = s
-            done.add(block.index)
-            pairs_so_far += s["band"]
-            progress.advance(1, pairs=pairs_so_far)
+            write_json_atomic(job.stats_path(block.index), s)
+            write_parquet_atomic(job.shard_path(block.index), table)  # last: marks it done
+            if on_block is not None:
+                on_block(block.index, s)
             t = time.perf_counter()
     finally:
         search.close()
+
+
+def _search(job: BlockJob, inputs: SearchInputs,
+            progress: Progress) -> tuple[list[dict[str, Any]], int]:
+    """Run the engine over the blocks not yet done; return every block's statistics."""
+    todo, done = plan_units(job)
+    stats: dict[int, dict[str, Any]] = {i: read_json(job.stats_path(i)) for i in sorted(done)}
+    pairs_so_far = sum(s["band"] for s in stats.values())
+    progress.start("match", total=job.n_blocks, unit="blocks")
+    if done:
+        log.info("resuming: %d of %d blocks already done", len(done), job.n_blocks)
+        progress.advance(len(done), pairs=pairs_so_far)
+
+    def finished(index: int, s: dict[str, Any]) -> None:
+        nonlocal pairs_so_far
+        stats[index] = s
+        pairs_so_far += s["band"]
+        progress.advance(1, pairs=pairs_so_far)
+
+    run_blocks(job, inputs, todo, finished)
     progress.finish()
-    missing = sorted(set(range(n_blocks)) - done)
+    return collect_stats(job, stats), len(done)
+
+
+def collect_stats(job: BlockJob, known: dict[int, dict[str, Any]] | None = None
+                  ) -> list[dict[str, Any]]:
+    """Every block's statistics, after checking that every block is done."""
+    missing = sorted(set(range(job.n_blocks)) - job.done_blocks())
     if missing:
-        raise RuntimeError(f"the engine did not return blocks {missing[:5]} of {n_blocks}")
-    return [stats[i] for i in range(n_blocks)], skipped
+        raise RuntimeError(f"the engine did not return blocks {missing[:5]} of {job.n_blocks}")
+    known = known or {}
+    return [known[i] if i in known else read_json(job.stats_path(i))
+            for i in range(job.n_blocks)]
 
 
 def _block_result(block: Any, codes: np.ndarray, plan: _Plan,

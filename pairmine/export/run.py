@@ -1,29 +1,33 @@
 """``pairmine.export``: a pairs store (and the originals it points at) into an SPPS export.
 
-Two formats, one registry: ``parquet`` writes ``spps.parquet`` (pairs that point at the
-original files); ``webdataset`` also writes tar shards holding the original encoded bytes,
-ready for any WebDataset trainer. ``combined`` adds every image of the embeddings store as a
-single-image sample: the paper's merged training set (SePP-ID, Fig. 6).
+Two formats, one registry (``export.formats``; their writers are here): ``parquet`` writes
+``spps.parquet`` (pairs that point at the original files); ``webdataset`` also writes tar
+shards holding the original encoded bytes, ready for any WebDataset trainer. ``combined``
+adds every image of the embeddings store as a single-image sample: the paper's merged
+training set (SePP-ID, Fig. 6).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pairmine import stores
 from pairmine.errors import ConfigError, SourceError
 from pairmine.export import layout as lay
-from pairmine.export.fetch import DEFAULT_CACHE_BYTES, Fetcher, Problem, describe_problems
+from pairmine.export.fetch import Fetcher, Problem, describe_problems
+from pairmine.export.formats import EXPORT_FORMATS
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan, make_plan
 from pairmine.export.prefetch import Prefetcher
 from pairmine.export.shards import RECORD, ShardLimits, ShardRecord, StoppedAt, write_shards
 from pairmine.export.tables import images_table, pairs_table
 from pairmine.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from pairmine.scale import RayOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ class ExportOptions:
     seed: int
     shard_size: int
     max_shard_bytes: int | None
+    # how the shards are written (Ray or here), not what they hold: not in as_dict
+    scale: RayOptions | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"format": self.format, "combined": self.combined, "shuffle": self.shuffle,
@@ -61,6 +67,7 @@ class Written:
     skipped_pairs: int = 0
     skipped_images: int = 0
     bytes: int = 0  # tar bytes written (shards), or source bytes checked (parquet)
+    cluster: dict[str, Any] | None = None  # with Ray: units per node, retried units, nodes
 
 
 @dataclass
@@ -77,6 +84,7 @@ class ExportResult:
     skipped: list[Problem]
     skipped_pairs: int
     skipped_images: int
+    cluster: dict[str, Any] | None = None  # with Ray: units per node, retried units, nodes
 
     @property
     def mb_per_second(self) -> float:
@@ -85,14 +93,6 @@ class ExportResult:
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class ExportFormat:
-    name: str
-    write: Callable[[Path, Plan, Fetcher, ExportOptions, bool, Progress], Written]
-    help: str
-    cache_bytes: int  # verified images kept for reuse (shards read an image once per sample)
 
 
 def export(
@@ -108,6 +108,11 @@ def export(
     skip_missing: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    max_retries: int = 3,
 ) -> ExportResult:
     """Export the pairs of ``pairs`` (a pairs store) to ``out``.
 
@@ -116,10 +121,20 @@ def export(
     export with an error listing them; with ``skip_missing`` the samples that use them are
     left out and listed in the manifest. An interrupted export resumes after its last
     complete shard when run again with the same options.
+
+    ``ray`` (``"auto"``, ``"local"`` or a cluster address) writes the WebDataset shards as
+    Ray tasks (``ray_workers`` at a time, each with ``gpus_per_worker``/``cpus_per_worker``,
+    retried ``max_retries`` times), byte-identical to an export written without Ray.
     """
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     options = _options(fmt, combined, shard_size, max_shard_bytes, shuffle, seed)
+    if ray is not None:
+        from pairmine.scale import RayOptions
+
+        options = replace(options, scale=RayOptions(
+            address=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker, max_retries=max_retries).checked())
     pairs_path, out = Path(pairs), Path(out)
     plan = make_plan(pairs_path, combined=combined, shuffle=options.shuffle, seed=seed)
     inputs = {"pairs": stores.input_record(pairs_path),
@@ -133,10 +148,9 @@ def export(
                           overwrite=overwrite) as run:
         if run.resumed:
             log.info("resuming the unfinished export in %s", out)
-        fetcher = Fetcher(plan.source_kind, plan.images,
-                          cache_bytes=FORMATS[options.format].cache_bytes)
-        written = FORMATS[options.format].write(out, plan, fetcher, options, skip_missing,
-                                                progress)
+        layout = EXPORT_FORMATS.get(options.format)
+        fetcher = Fetcher(plan.source_kind, plan.images, cache_bytes=layout.cache_bytes)
+        written = layout.write(out, plan, fetcher, options, skip_missing, progress)
         seconds = time.perf_counter() - t0
         run.finish(_manifest(options, skip_missing, inputs, plan, written))
     log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
@@ -146,7 +160,7 @@ def export(
                         images=written.images, samples=samples, shards=len(written.shards),
                         resumed_shards=written.resumed_shards, bytes=written.bytes,
                         seconds=seconds, skipped=written.skipped,
-                        skipped_pairs=written.skipped_pairs,
+                        skipped_pairs=written.skipped_pairs, cluster=written.cluster,
                         skipped_images=written.skipped_images)
 
 
@@ -169,7 +183,7 @@ def _manifest(options: ExportOptions, skip_missing: bool, inputs: dict[str, Any]
             "images_in_store": len(plan.images),
             "skipped_pairs": written.skipped_pairs,
             "skipped_images": written.skipped_images,
-            "bytes": written.bytes if options.format == "webdataset" else 0,
+            "bytes": written.bytes if EXPORT_FORMATS.get(options.format).shards else 0,
         },
         "shards": [s.to_manifest() for s in written.shards],
         "files": written.files,
@@ -180,15 +194,15 @@ def _manifest(options: ExportOptions, skip_missing: bool, inputs: dict[str, Any]
 def _options(fmt: str, combined: bool, shard_size: int, max_shard_bytes: int | None,
              shuffle: bool | None, seed: int) -> ExportOptions:
     stores.check_seed(seed)
-    if fmt not in FORMATS:
+    if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}",
-                          f"choose one of: {', '.join(sorted(FORMATS))}")
+                          f"choose one of: {', '.join(EXPORT_FORMATS.names())}")
     if shard_size < 1:
         raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
     if max_shard_bytes is not None and max_shard_bytes < 2 * RECORD:
         raise ConfigError(f"--max-shard-bytes {max_shard_bytes} is too small",
                           f"give at least {2 * RECORD} bytes (tars grow in 10 KiB records)")
-    shards = fmt == "webdataset"
+    shards = EXPORT_FORMATS.get(fmt).shards
     if shuffle and not shards:
         raise ConfigError("--shuffle orders shard samples; spps.parquet is always ordered by "
                           "pair id", "drop --shuffle, or use --format webdataset")
@@ -228,15 +242,25 @@ def _problems_error(out: Path, problems: list[Problem]) -> SourceError:
 # formats
 
 
-def _write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
-                      skip_missing: bool, progress: Progress) -> Written:
+def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+                     skip_missing: bool, progress: Progress) -> Written:
     import numpy as np
     import pyarrow.parquet as pq
 
     limits = ShardLimits(samples=options.shard_size, bytes=options.max_shard_bytes)
+    cluster = None
     try:
-        shards, resumed = write_shards(out, plan, fetcher, limits, skip_missing=skip_missing,
-                                       progress=progress)
+        if options.scale is None:
+            shards, resumed = write_shards(out, plan, fetcher, limits,
+                                           skip_missing=skip_missing, progress=progress)
+        else:
+            from pairmine.scale.export import write_shards_on_ray
+
+            shards, resumed, cluster = write_shards_on_ray(
+                out, plan, limits, combined=options.combined, shuffle=options.shuffle,
+                seed=options.seed, skip_missing=skip_missing,
+                cache_bytes=EXPORT_FORMATS.get(options.format).cache_bytes,
+                options=options.scale, progress=progress)
     except StoppedAt as stop:
         raise _stop(out, plan, fetcher, stop.position, progress) from None
 
@@ -259,7 +283,8 @@ def _write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOp
                 image_at.append((tar, key))
 
     written = Written(shards=shards, resumed_shards=resumed, pairs=len(pair_ids),
-                      images=len(image_ids), bytes=sum(s.bytes for s in shards))
+                      images=len(image_ids), bytes=sum(s.bytes for s in shards),
+                      cluster=cluster)
     order = np.argsort(np.asarray(pair_ids, dtype=np.int64), kind="stable")
     table = pairs_table(plan, np.asarray(pair_ids, dtype=np.int64)[order],
                         [pair_at[i][0] for i in order], [pair_at[i][1] for i in order])
@@ -279,8 +304,8 @@ def _write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOp
     return written
 
 
-def _write_parquet(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
-                   skip_missing: bool, progress: Progress) -> Written:
+def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+                  skip_missing: bool, progress: Progress) -> Written:
     """Pairs that point at the original files. Every image they use is read once and its
     hash checked, so the table never points at a file that changed since embed."""
     import numpy as np
@@ -322,14 +347,3 @@ def _write_table(out: Path, name: str, table: Any) -> dict[str, Any]:
     stores.write_parquet_atomic(out / name, table)
     return {"rows": table.num_rows, "sha256": stores.sha256_file(out / name)}
 
-
-FORMATS: dict[str, ExportFormat] = {
-    "webdataset": ExportFormat(
-        "webdataset", _write_webdataset,
-        "tar shards holding the original bytes (+ spps.parquet and per-shard indexes)",
-        cache_bytes=DEFAULT_CACHE_BYTES),
-    "parquet": ExportFormat(
-        "parquet", _write_parquet,
-        "spps.parquet only: one row per pair pointing at the original files",
-        cache_bytes=0),  # each image is checked once
-}

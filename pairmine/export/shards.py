@@ -15,7 +15,7 @@ import json
 import logging
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from pairmine.export import layout as lay
 from pairmine.export.fetch import Fetcher, Original, Problem
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan
 from pairmine.export.prefetch import Prefetcher
-from pairmine.progress import Progress
+from pairmine.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -77,35 +77,96 @@ class StoppedAt(Exception):
 def finished_shards(out: Path) -> list[ShardRecord]:
     """The complete shards of an unfinished export: the run of indexes 0, 1, ... whose tar is
     there with the recorded size. Anything after the first gap is rewritten."""
+    done: list[ShardRecord] = []
+    while (record := finished_shard(out, len(done))) is not None:
+        done.append(record)
+    return done
+
+
+def finished_shard(out: Path, number: int) -> ShardRecord | None:
+    """Shard ``number`` if it is complete (its index, then its tar with the recorded size)."""
     import pyarrow.parquet as pq
 
-    done: list[ShardRecord] = []
-    number = 0
-    while True:
-        index = out / lay.shard_index(number)
-        tar = out / lay.shard_tar(number)
-        if not index.exists() or not tar.exists():
-            break
-        meta = pq.read_schema(index).metadata or {}
-        try:
-            tar_bytes = int(meta[lay.META_TAR_BYTES])
-            skipped = json.loads(meta[lay.META_SKIPPED])
-            record_next = int(meta[lay.META_NEXT_POSITION])
-            tar_sha = meta[lay.META_TAR_SHA256].decode()
-        except (KeyError, ValueError):
-            break
-        if tar.stat().st_size != tar_bytes:
-            break
-        kinds = pq.read_table(index, columns=["kind"]).column("kind").to_pylist()
-        pairs = sum(1 for k in kinds if k == lay.KIND_PAIR)
-        done.append(ShardRecord(
-            number=number, samples=len(kinds), pairs=pairs, images=len(kinds) - pairs,
-            bytes=tar_bytes, sha256=tar_sha, index_sha256=stores.sha256_file(index),
-            next_position=record_next,
-            skipped=[Problem.from_json(p) for p in skipped["problems"]],
-            skipped_pairs=int(skipped["pairs"]), skipped_images=int(skipped["images"])))
-        number += 1
-    return done
+    index = out / lay.shard_index(number)
+    tar = out / lay.shard_tar(number)
+    if not index.exists() or not tar.exists():
+        return None
+    meta = pq.read_schema(index).metadata or {}
+    try:
+        tar_bytes = int(meta[lay.META_TAR_BYTES])
+        skipped = json.loads(meta[lay.META_SKIPPED])
+        record_next = int(meta[lay.META_NEXT_POSITION])
+        tar_sha = meta[lay.META_TAR_SHA256].decode()
+    except (KeyError, ValueError):
+        return None
+    if tar.stat().st_size != tar_bytes:
+        return None
+    kinds = pq.read_table(index, columns=["kind"]).column("kind").to_pylist()
+    pairs = sum(1 for k in kinds if k == lay.KIND_PAIR)
+    return ShardRecord(
+        number=number, samples=len(kinds), pairs=pairs, images=len(kinds) - pairs,
+        bytes=tar_bytes, sha256=tar_sha, index_sha256=stores.sha256_file(index),
+        next_position=record_next,
+        skipped=[Problem.from_json(p) for p in skipped["problems"]],
+        skipped_pairs=int(skipped["pairs"]), skipped_images=int(skipped["images"]))
+
+
+def shard_bounds(sizes: Sequence[int], limits: ShardLimits, *,
+                 skip_missing: bool) -> list[tuple[int, int]]:
+    """Every shard's ``(first position, next position)`` from each sample's tar size (``-1``:
+    a sample whose images have problems), cut exactly where :func:`_fill` cuts while writing:
+    the plan of the units when shards are written out of order (on Ray). A problem without
+    ``skip_missing`` stops the plan: ``ValueError(position)``."""
+    bounds: list[tuple[int, int]] = []
+    position, total = 0, len(sizes)
+    while position < total:
+        start, count, offset = position, 0, 0
+        while position < total and count < limits.samples:
+            size = sizes[position]
+            if size < 0:
+                if not skip_missing:
+                    raise ValueError(position)
+                position += 1
+                continue
+            if not _fits(count, offset, size, limits):
+                break
+            count += 1
+            offset += size
+            position += 1
+        bounds.append((start, position))
+    return bounds
+
+
+def _fits(count: int, offset: int, size: int, limits: ShardLimits) -> bool:
+    """Does a sample of ``size`` tar bytes still go into a shard holding ``count`` samples that
+    end at ``offset``? (A shard always takes its first sample, however large.)"""
+    return limits.bytes is None or count == 0 or _closed_size(offset + size) <= limits.bytes
+
+
+def sample_size(plan: Plan, fetcher: Fetcher, position: int) -> tuple[int, list[Problem]]:
+    """The tar bytes the sample at ``position`` takes (wherever it starts), or ``-1`` and
+    its problems."""
+    sample = _make_sample(plan, fetcher, position)
+    if isinstance(sample, list):
+        return -1, sample
+    return sample.layout(0)[0], []
+
+
+def write_one_shard(out: Path, number: int, bounds: tuple[int, int], plan: Plan,
+                    fetcher: Fetcher, limits: ShardLimits, *, skip_missing: bool) -> ShardRecord:
+    """Write shard ``number`` over the planned positions ``bounds``: the unit of a distributed
+    export, through the writer the in-order loop uses."""
+    start, stop = bounds
+    # the writer looks at one sample past a shard cut by bytes (it did not fit)
+    with Prefetcher(lambda p: _make_sample(plan, fetcher, p), start,
+                    min(stop + 1, plan.samples)) as ahead, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pairmine-tar-hash") as hasher:
+        record = _write_shard(out, number, start, plan, ahead.get, hasher, limits,
+                              skip_missing=skip_missing, meter=_Meter(NullProgress()))
+    if record.next_position != stop:
+        raise RuntimeError(f"shard {number} ended at sample {record.next_position}, planned "
+                           f"{stop}: a source image changed during the export")
+    return record
 
 
 def write_shards(out: Path, plan: Plan, fetcher: Fetcher, limits: ShardLimits, *,
@@ -128,11 +189,11 @@ def write_shards(out: Path, plan: Plan, fetcher: Fetcher, limits: ShardLimits, *
             position = record.next_position
     meter.flush()
     progress.finish()
-    _remove_strays(out, len(shards))
+    remove_strays(out, len(shards))
     return shards, resumed
 
 
-def _remove_strays(out: Path, count: int) -> None:
+def remove_strays(out: Path, count: int) -> None:
     """Drop shard files an earlier, interrupted run left beyond the final shard list, and
     temporary files of writes that were killed: the export holds only what it lists."""
     keep = {lay.shard_tar(i) for i in range(count)} | {lay.shard_index(i) for i in range(count)}
@@ -315,8 +376,7 @@ def _fill(writer: Any, rows: _IndexRows, skips: _Skips, position: int, plan: Pla
             continue
         where = sample.layout(offset)
         size = where[0]
-        if limits.bytes is not None and rows.count > 0 and \
-                _closed_size(offset + size) > limits.bytes:
+        if not _fits(rows.count, offset, size, limits):
             break
         writer.write(sample.members())
         if writer.tarstream.offset != offset + size:  # the layout assumption broke
