@@ -10,8 +10,11 @@ Test-only fault injection: with ``PAIRMINE_FAULT=after:N`` in the environment th
 with ``os._exit(137)`` (as abruptly as ``kill -9``: no clean-up, no ``finally``) right after
 the Nth step of a store writer, a step being an atomic write landing, the work folder renamed
 aside, or one file removed by the final clean-up (:func:`fault_point`). The crash tests and
-``benchmarks/reliability.py`` kill runs at every such point and check that they resume. The
-variable is read once, at import; unset, a step costs one comparison.
+``benchmarks/reliability.py`` kill runs at every such point and check that they resume. With
+``PAIRMINE_FAULT=stop-after-lock`` a writer stops itself (``SIGSTOP``) as soon as it holds the
+store's lock, before it reads or writes anything else in OUT (:func:`stop_point`): the
+one-writer tests start a second writer then, deterministically. The variable is read once, at
+import; unset, a step costs one comparison.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ _UMASK = _current_umask()
 
 def _fault_limit(spec: str) -> int | None:
     """``after:N`` (N >= 1) → N; unset → None; anything else is ignored with a warning."""
-    if not spec:
+    if not spec or spec == _STOP_AFTER_LOCK:
         return None
     kind, _, count = spec.partition(":")
     if kind == "after" and count.isdigit() and int(count) >= 1:
@@ -59,8 +62,19 @@ def _fault_limit(spec: str) -> int | None:
     return None
 
 
-_FAULT_AFTER = _fault_limit(os.environ.get("PAIRMINE_FAULT", ""))
+_STOP_AFTER_LOCK = "stop-after-lock"
+_FAULT = os.environ.get("PAIRMINE_FAULT", "")
+_FAULT_AFTER = _fault_limit(_FAULT)
 _fault_steps = 0
+
+
+def stop_point() -> None:
+    """A writer has just taken its store's lock; under ``PAIRMINE_FAULT=stop-after-lock`` it
+    stops here until sent ``SIGCONT`` (tests only, see the module doc)."""
+    if _FAULT == _STOP_AFTER_LOCK:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def fault_point() -> None:
@@ -122,6 +136,21 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_writable(target: Path) -> None:
+    """Fail now rather than after the work if ``target`` cannot be written: a temporary file
+    is made and removed in its folder, or in the nearest existing folder above it (nothing is
+    created that a failed run would leave behind)."""
+    folder = Path(os.path.abspath(target)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    with writing(target):
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a directory", str(folder))
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:

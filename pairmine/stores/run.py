@@ -31,6 +31,7 @@ from pairmine.stores.atomic import (
     atomic_path,
     fault_point,
     remove_temporaries,
+    stop_point,
     write_json_atomic,
     writing,
 )
@@ -209,6 +210,7 @@ def begin_run(out: str | os.PathLike[str], kind: str, identity: dict[str, Any], 
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     lock = StoreLock.acquire(out)
+    stop_point()
     try:
         resumed = _prepare(out, kind, identity, overwrite)
     except BaseException:
@@ -219,8 +221,12 @@ def begin_run(out: str | os.PathLike[str], kind: str, identity: dict[str, Any], 
 
 def _prepare(out: Path, kind: str, identity: dict[str, Any], overwrite: bool) -> bool:
     manifest, partial, finishing = out / MANIFEST, out / PARTIAL_DIR, out / FINISHING_DIR
-    if manifest.exists() and finishing.exists():
-        shutil.rmtree(finishing)  # a finished run was killed while removing its work folder
+    if manifest.exists():
+        # a finished run killed while removing its work folder or releasing the lock: what it
+        # left goes, whether or not this run may replace the store
+        if finishing.exists():
+            shutil.rmtree(finishing)
+        remove_temporaries(out)
     others = [p for p in out.iterdir() if p.name != LOCK_FILE]
     if manifest.exists() or is_unfinished(out):
         if manifest.exists() and not overwrite:
