@@ -36,6 +36,7 @@ class DeviceJpegDecoder:
         import torch
 
         self.resize, self.crop = preprocess.resize, preprocess.crop
+        self.interpolation, self.resize_mode = preprocess.interpolation, preprocess.resize_mode
         self.device = torch.device(device)
         self.fallback = fallback  # the CPU path, for what the device cannot decode
         self.fallbacks = 0
@@ -115,4 +116,6 @@ class DeviceJpegDecoder:
         ``resize_center_crop``, on the device)."""
         from pairmine.transforms import resize_center_crop_batch
 
-        return resize_center_crop_batch(images, self.resize, self.crop)
+        return resize_center_crop_batch(images, self.resize, self.crop,
+                                        interpolation=self.interpolation,
+                                        resize_mode=self.resize_mode)

@@ -133,6 +133,7 @@ class _EvalImages:
     def __init__(self, source: ImageSource, labels: list[int], preprocess: Preprocess) -> None:
         self.source, self.labels = source, labels
         self.resize, self.crop = preprocess.resize, preprocess.crop
+        self.interpolation, self.resize_mode = preprocess.interpolation, preprocess.resize_mode
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -146,7 +147,9 @@ class _EvalImages:
         except ImageDecodeError as exc:
             raise SourceError(f"image {i} of the evaluation source cannot be decoded: {exc}",
                               "remove or fix the image") from None
-        return resize_center_crop(img, self.resize, self.crop), self.labels[i]
+        return resize_center_crop(img, self.resize, self.crop,
+                                  interpolation=self.interpolation,
+                                  resize_mode=self.resize_mode), self.labels[i]
 
 
 def source_labels(source: ImageSource, name: str) -> list[int]:

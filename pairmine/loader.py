@@ -55,6 +55,8 @@ class ImageDataset:
         self.source = source
         self.resize = preprocess.resize
         self.crop = preprocess.crop
+        self.interpolation = preprocess.interpolation
+        self.resize_mode = preprocess.resize_mode
         self.draft = draft
         self.defer_jpeg = decode == "device"
         self.max_pixels = max_pixels
@@ -95,7 +97,8 @@ class ImageDataset:
         from pairmine.transforms import resize_center_crop
 
         assert isinstance(img, Image.Image)
-        return resize_center_crop(img, self.resize, self.crop)
+        return resize_center_crop(img, self.resize, self.crop,
+                                  interpolation=self.interpolation, resize_mode=self.resize_mode)
 
 
 def collate(items: list[LoadedItem]) -> LoadedBatch:
