@@ -69,4 +69,5 @@ register_encoder(EncoderKind(
     name="cifar-resnet", load=load, usage="cifar-resnet:PATH",
     help="CIFAR ResNet-20/32/44/56/110 (He et al. 2016, option-A shortcut), e.g. akamaster's "
          "checkpoints. Depth from the keys or --arch resnetD. backbone = 64-D pooled "
-         "(default), head = class logits. 32 px, ImageNet mean/std."))
+         "(default), head = class logits. 32 px, ImageNet mean/std.",
+    features=("backbone", "head")))

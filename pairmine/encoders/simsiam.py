@@ -26,4 +26,5 @@ register_encoder(EncoderKind(
     name="simsiam", load=load, usage="simsiam:PATH",
     help="SimSiam checkpoint (keys module.encoder.*). backbone = pooled trunk (default; "
          "2048-D for resnet50), head = projector output (2048-D). --arch: any ResNet trunk, "
-         "default from the keys."))
+         "default from the keys.",
+    features=("backbone", "head")))

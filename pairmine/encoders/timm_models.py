@@ -101,4 +101,5 @@ register_encoder(EncoderKind(
     name="timm", load=load, usage="timm:NAME:PATH",
     help="A timm model (needs `pip install timm`) with local weights (.pth or .safetensors). "
          "backbone = pooled features, classifier removed (default), head = logits. "
-         "Preprocess from the model's pretrained config."))
+         "Preprocess from the model's pretrained config.",
+    features=("backbone", "head")))

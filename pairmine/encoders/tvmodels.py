@@ -190,4 +190,5 @@ register_encoder(EncoderKind(
     help="Any torchvision classification model (resnet50, vit_b_16, convnext_tiny, ...) with "
          "a local weights file, or a weight-set name (IMAGENET1K_V2, DEFAULT) already in the "
          "torch hub cache. backbone = penultimate features (default), head = logits. "
-         "Preprocess from the weight set (ImageNet 256/224 for most)."))
+         "Preprocess from the weight set (ImageNet 256/224 for most).",
+    features=("backbone", "head")))

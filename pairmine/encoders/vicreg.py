@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from pairmine.encoders.base import Encoder, EncoderKind, EncoderOptions, register_encoder
 from pairmine.encoders.ssl_resnet import build_encoder, check_arch, load_trunk_state
-from pairmine.errors import EncoderError
 
 PREFIXES = ("module.backbone.", "backbone.", "module.", "")
 
 
 def load(args: str, opts: EncoderOptions) -> Encoder:
-    if opts.features == "head":
-        raise EncoderError("vicreg checkpoints are used through their backbone only",
-                           "drop --features head (or use --features backbone)")
+    # --features head never arrives here: the kind declares backbone only
     check_arch(opts.arch)
     state = load_trunk_state(args, PREFIXES)
     return build_encoder(kind="vicreg", path=args, state=state, opts=opts,
@@ -30,4 +27,5 @@ register_encoder(EncoderKind(
     name="vicreg", load=load, usage="vicreg:PATH",
     help="VICReg backbone (a plain ResNet state dict, e.g. the published resnet50.pth). "
          "backbone features only (2048-D for resnet50). --arch: any ResNet trunk, default "
-         "from the keys."))
+         "from the keys.",
+    features=("backbone",)))
