@@ -3,11 +3,13 @@
 Target: end-to-end >= 90% of the hardware limit. On CUDA decode (CPU) and model (GPU) overlap,
 so the limit is min(decode-only, model-only). On the CPU both compete for the same cores, so the
 limit is the serial sum 1 / (1/decode_all_cores + 1/model): decode-only is then measured with one
-worker per core. Two workloads:
+worker per core. Workloads:
   cifar   CIFAR-10 test JPEGs (../shared/data) with the CIFAR ResNet-20 checkpoint, 32 px
   r50     generated 500x375 JPEGs with a torchvision ResNet-50 (random weights saved to a
           local file: throughput does not depend on the weight values), 224 px
-Writes its table between markers in docs/benchmarks.md.
+  vit     the same JPEGs with a ViT-S/16 and a ViT-B/16 (pairmine's ViT, random weights saved
+          in DINO's released-backbone layout, loaded as dino:PATH), 224 px, bicubic resize
+Writes its tables between markers in docs/benchmarks.md (the ViT rows in their own section).
 
     python benchmarks/embed.py --workload cifar --workload r50 [--device cuda] [--n 2000]
         [--decode cpu --decode device]   (one row per decode mode; device = nvJPEG on CUDA)
@@ -16,6 +18,7 @@ Writes its table between markers in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import sys
@@ -90,6 +93,9 @@ def model_only(encoder: object, device: str, precision: str, batch: int, n: int)
     return reps * batch / (time.perf_counter() - t)
 
 
+VITS = {"vit-s16": (384, 6), "vit-b16": (768, 12)}  # width, heads (DINO's ViT-S/16, ViT-B/16)
+
+
 def run(workload: str, n: int, device: str, workers: int | None, batch: int,
         decode: str = "cpu") -> dict[str, object]:
     import torch
@@ -108,6 +114,18 @@ def run(workload: str, n: int, device: str, workers: int | None, batch: int,
         if workload == "cifar":
             source = cifar_images(tmp, n)
             spec = f"cifar-resnet:{SHARED / 'resnet20-cifar10.th'}"
+        elif workload in VITS:
+            source = tmp / "jpegs"
+            make_jpegs(source, n)
+            from pairmine.encoders.vit import PosInterpolation, VisionTransformer, ViTConfig
+
+            width, heads = VITS[workload]
+            vit = VisionTransformer(ViTConfig(width=width, depth=12, heads=heads, patch=16,
+                                              grid=14, mlp_hidden=4 * width,
+                                              pos=PosInterpolation(offset=0.1)))
+            weights = tmp / f"dino_{workload}_pretrain.pth"
+            torch.save(vit.state_dict(), weights)
+            spec = f"dino:{weights}"
         else:
             source = tmp / "jpegs"
             make_jpegs(source, n)
@@ -135,8 +153,9 @@ def run(workload: str, n: int, device: str, workers: int | None, batch: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", action="append", choices=["cifar", "r50"])
-    ap.add_argument("--n", type=int, default=None, help="images (default 10000 cifar, 1000 r50)")
+    ap.add_argument("--workload", action="append", choices=["cifar", "r50", "vit"])
+    ap.add_argument("--n", type=int, default=None,
+                    help="images (default 10000 cifar, 1000 r50, 300 vit)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
@@ -145,19 +164,39 @@ def main() -> None:
                          "always the CPU path")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say so
     rows = []
-    for w in args.workload or ["cifar", "r50"]:
-        n = args.n or (10_000 if w == "cifar" else 1000)
+    workloads = [x for w in args.workload or ["cifar", "r50"]
+                 for x in (list(VITS) if w == "vit" else [w])]
+    for w in workloads:
+        n = args.n or {"cifar": 10_000, "r50": 1000}.get(w, 300)
         batch = args.batch or (500 if w == "cifar" else 64)
         for decode in args.decode or ["cpu"]:
             r = run(w, n, args.device, args.workers, batch, decode)
             print(r, flush=True)
             rows.append(r)
+    dev = rows[0]["device"] if rows else "cpu"
+    vit_rows = [r for r in rows if r["workload"] in VITS]
+    for name, title, part in ((f"embed-{dev}", f"embed ({dev})",
+                               [r for r in rows if r not in vit_rows]),
+                              (f"embed-vit-{dev}", f"embed, ViT encoders ({dev})", vit_rows)):
+        if part:
+            write_table(part, str(dev), name, title, write=not args.no_write,
+                        load=(load_before, os.getloadavg()[0]))
+
+
+def _rate(x: object) -> str:
+    v = float(x)  # type: ignore[arg-type]
+    return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def write_table(rows: list[dict[str, object]], dev: str, name: str, title: str,
+                write: bool, load: tuple[float, float]) -> None:
     from pairmine.runtime import device_name
 
-    dev = rows[0]["device"] if rows else "cpu"
     lines = [f"Machine: {device_name(str(dev))}, {platform.platform()}; "
-             f"date {time.strftime('%Y-%m-%d')}; command: `python benchmarks/embed.py "
+             f"date {time.strftime('%Y-%m-%d')}; 1-min load average {load[0]:.1f} at the "
+             f"start, {load[1]:.1f} at the end; command: `python benchmarks/embed.py "
              f"{' '.join(sys.argv[1:])}`", "",
              "| workload | images | device, precision | decode in | workers | batch "
              "| decode-only img/s | model-only img/s | limit img/s | end-to-end img/s "
@@ -166,15 +205,15 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['workload']} | {r['n']:,} | {r['device']}, {r['precision']} | "
                      f"{r['decode_in']} | "
-                     f"{r['workers']} | {r['batch']} | {r['decode']:,.0f} | {r['model']:,.0f} | "
-                     f"{r['limit']:,.0f} | {r['e2e']:,.0f} | {r['ratio']:.0%} |")
+                     f"{r['workers']} | {r['batch']} | {_rate(r['decode'])} | "
+                     f"{_rate(r['model'])} | {_rate(r['limit'])} | {_rate(r['e2e'])} | "
+                     f"{r['ratio']:.0%} |")
     lines += ["", "limit: min(decode, model) on CUDA, where the two overlap; on the CPU, where "
               "they share the cores, 1 / (1/decode + 1/model) with decode-only on every core."]
     text = "\n".join(lines)
     print(text)
-    if not args.no_write:
-        update_section(ROOT / "docs" / "benchmarks.md", f"embed-{dev}", "## embed (" + str(dev)
-                       + ")\n\n" + text)
+    if write:
+        update_section(ROOT / "docs" / "benchmarks.md", name, f"## {title}\n\n{text}")
 
 
 if __name__ == "__main__":

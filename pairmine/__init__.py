@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pairmine.stores import Embeddings, Pairs, open_embeddings, open_pairs
+# The stage modules share their function's name (pairmine/embed.py defines embed): importing
+# the functions here, eagerly, makes `pairmine.embed` the function for good. Stage modules
+# import torch/faiss only inside functions, so this stays cheap.
+from pairmine.embed import EmbedResult, embed
 from pairmine.errors import (
     CheckpointError,
     ConfigError,
@@ -24,16 +27,11 @@ from pairmine.errors import (
     SourceError,
     StoreError,
 )
-
-__version__ = "0.1.0"
-
-# The stage modules share their function's name (pairmine/embed.py defines embed): importing
-# the functions here, eagerly, makes `pairmine.embed` the function for good. Stage modules
-# import torch/faiss only inside functions, so this stays cheap.
-from pairmine.embed import EmbedResult, embed
 from pairmine.export import ExportResult, VerifyResult, export, verify
 from pairmine.lazy import lazy_getattr
 from pairmine.match import MatchResult, match
+from pairmine.stores import Embeddings, Pairs, open_embeddings, open_pairs
+from pairmine.version import __version__
 
 # stage entry points, imported on first use so `import pairmine` stays light
 _LAZY = {

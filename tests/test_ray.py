@@ -151,7 +151,7 @@ def test_a_worker_of_another_pairmine_version_is_refused(ray_local: Path,
                                                          monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     # the workers import the installed pairmine; the driver now claims another version
-    monkeypatch.setattr(pairmine, "__version__", "0.0.0+other")
+    monkeypatch.setattr(pairmine.version, "__version__", "0.0.0+other")
     with pytest.raises(ConfigError, match=r"runs pairmine .*, the driver 0\.0\.0\+other"):
         pairmine.match(reference["emb"], tmp_path / "pairs", **MATCH, ray="local")
     assert not list((tmp_path / "pairs").glob("pairs/*.parquet"))  # no unit ran

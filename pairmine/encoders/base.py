@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairmine.errors import CheckpointError, EncoderError
+from pairmine.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,13 @@ class Preprocess:
     crop: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # the resize filter of the project's eval transform: "bilinear" (torchvision's default)
+    # or "bicubic" (DINO, DINOv2, iBOT, MAE)
+    interpolation: str = "bilinear"
+    # how the image reaches resize x resize before the crop: "shortest" (the short side to
+    # `resize`, aspect kept: torchvision's Resize(int)) or "squash" (both sides to `resize`,
+    # aspect not kept: SigLIP, as open_clip and Hugging Face's processors do for it)
+    resize_mode: str = "shortest"
 
     @classmethod
     def imagenet(cls) -> Preprocess:
@@ -62,14 +70,22 @@ class Encoder:
                 "dim": self.dim, "preprocess": {"resize": self.preprocess.resize,
                                                "crop": self.preprocess.crop,
                                                "mean": list(self.preprocess.mean),
-                                               "std": list(self.preprocess.std)},
+                                               "std": list(self.preprocess.std),
+                                               "interpolation": self.preprocess.interpolation,
+                                               "resize_mode": self.preprocess.resize_mode},
                 **self.info}
 
 
 @dataclass(frozen=True)
 class EncoderOptions:
     arch: str | None = None  # architecture override (e.g. resnet18 for a MoCo checkpoint)
-    features: str | None = None  # "head" | "backbone"; None = the loader's default
+    features: str | None = None  # one of the kind's `features`; None = the loader's default
+
+
+# Every --features value any kind may declare (the CLI's choice list): head = projection head
+# (or classifier) output, backbone = pooled trunk; for ViTs cls = CLS token after the final
+# norm, mean = mean of the patch tokens.
+FEATURE_OPTIONS = ("head", "backbone", "cls", "mean")
 
 
 @dataclass(frozen=True)
@@ -78,33 +94,48 @@ class EncoderKind:
     load: Callable[[str, EncoderOptions], Encoder]  # (ARGS, options) -> Encoder
     usage: str  # e.g. "moco:PATH"
     help: str
+    features: tuple[str, ...] = ("head", "backbone")  # the --features values it accepts
 
 
-ENCODERS: dict[str, EncoderKind] = {}
+# the built-ins register themselves when `_load_builtin` imports their modules; third-party
+# kinds are entry points in the group `pairmine.encoders` (an EncoderKind each)
+ENCODERS: Registry[EncoderKind] = Registry(
+    "encoders", name_of=lambda kind: kind.name, help_of=lambda kind: kind.help,
+    error=EncoderError, what="encoder kind")
 
 
 def register_encoder(kind: EncoderKind) -> EncoderKind:
-    ENCODERS[kind.name] = kind
-    return kind
+    if not kind.features or set(kind.features) - set(FEATURE_OPTIONS):
+        raise ValueError(f"encoder kind {kind.name}: features {kind.features} must be drawn "
+                         f"from {FEATURE_OPTIONS}")  # a programming error, not a user's
+    return ENCODERS.register(kind)
 
 
 def _load_builtin() -> None:
     # Each module registers one kind on import; none of them imports torch at module level.
     from pairmine.encoders import (  # noqa: F401
         cifar_resnet,
+        hf,
+        lightly,
+        mmpretrain,
         moco,
+        openclip,
         pairmine_ckpt,
+        resnet_official,
         simsiam,
+        solo_learn,
         timm_models,
         torchscript,
         tvmodels,
         vicreg,
+        vissl,
+        vit_layouts,
     )
 
 
 def list_encoders() -> list[EncoderKind]:
     _load_builtin()
-    return [ENCODERS[k] for k in sorted(ENCODERS)]
+    return sorted(ENCODERS.ordered(), key=lambda kind: kind.name)
 
 
 def load_encoder(spec: str, *, arch: str | None = None, features: str | None = None) -> Encoder:
@@ -113,14 +144,15 @@ def load_encoder(spec: str, *, arch: str | None = None, features: str | None = N
     name, sep, args = spec.partition(":")
     if name not in ENCODERS:
         raise EncoderError(f"unknown encoder {name!r} in spec {spec!r}",
-                           f"choose one of: {', '.join(sorted(ENCODERS))} "
+                           f"choose one of: {', '.join(sorted(ENCODERS.names()))} "
                            "(see `pairmine encoders`)")
+    kind = ENCODERS.get(name)
     if not sep or not args:
-        raise EncoderError(f"encoder spec {spec!r} is incomplete",
-                           f"expected {ENCODERS[name].usage}")
-    if features is not None and features not in ("head", "backbone"):
-        raise EncoderError(f"unknown --features {features!r}", "choose head or backbone")
-    encoder = ENCODERS[name].load(args, EncoderOptions(arch=arch, features=features))
+        raise EncoderError(f"encoder spec {spec!r} is incomplete", f"expected {kind.usage}")
+    if features is not None and features not in kind.features:
+        raise EncoderError(f"--features {features!r} is not an option of {name} encoders",
+                           f"choose one of: {', '.join(kind.features)}")
+    encoder = kind.load(args, EncoderOptions(arch=arch, features=features))
     encoder.model.eval()
     return encoder
 
@@ -130,23 +162,11 @@ def load_encoder(spec: str, *, arch: str | None = None, features: str | None = N
 
 
 def load_checkpoint(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` with clear errors for missing or foreign files."""
-    import pickle
+    """``torch.load(path, weights_only=True)`` with clear errors for missing or foreign files
+    (the one reader of checkpoint files: ``pairmine.stores.checkpoint.load_torch_file``)."""
+    from pairmine.stores.checkpoint import load_torch_file
 
-    import torch
-
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist", "check the path")
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint {p} is a directory", "give the checkpoint file")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
-            AttributeError, ImportError, KeyError, IndexError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{p} is not a loadable PyTorch checkpoint: {first[:200]}",
-                              "give a file saved with torch.save (weights only)") from None
+    return load_torch_file(path)
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -161,7 +181,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             safetensors_torch = importlib.import_module("safetensors.torch")
         except ImportError:
             raise CheckpointError(f"{p} is a safetensors file but safetensors is not "
-                                  "installed", "pip install safetensors") from None
+                                  "installed", "pip install 'pairmine[safetensors]'") from None
         try:
             state = dict(safetensors_torch.load_file(str(p), device="cpu"))
         except (safetensors.SafetensorError, OSError, ValueError) as exc:

@@ -123,7 +123,7 @@ def alive_nodes() -> list[NodeInfo]:
 def probe_node(read: Sequence[str], write: Sequence[str],
                see: Sequence[str] = ()) -> dict[str, Any]:
     """Run on a node: its pairmine version, and the store paths it cannot use."""
-    import pairmine
+    from pairmine import version
 
     problems = [f"{path} (it does not exist there)" for path in see if not os.path.exists(path)]
     for path in read:
@@ -136,7 +136,7 @@ def probe_node(read: Sequence[str], write: Sequence[str],
             os.unlink(probe)
         except OSError as exc:
             problems.append(f"{path} (cannot write there: {exc.strerror or exc})")
-    return {"version": pairmine.__version__, "host": socket.gethostname(),
+    return {"version": version.__version__, "host": socket.gethostname(),
             "problems": problems}
 
 
@@ -148,7 +148,7 @@ def check_nodes(cluster: Cluster, *, read: Sequence[Path] = (), write: Sequence[
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    import pairmine
+    from pairmine import version
 
     workers = [n for n in cluster.nodes if n.resources.get(resource, 0) > 0
                or n.resources.get("CPU", 0) > 0]
@@ -165,7 +165,7 @@ def check_nodes(cluster: Cluster, *, read: Sequence[Path] = (), write: Sequence[
     except Exception as exc:
         raise PairmineError(f"a Ray node did not answer the pre-run check: {str(exc)[:200]}",
                             "check the cluster with `ray status`") from None
-    mine = pairmine.__version__
+    mine = version.__version__
     for node, got in zip(refs.values(), found, strict=True):
         where = f"node {got['host']} ({node.node_id[:12]})"
         if got["version"] != mine:

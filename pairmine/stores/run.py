@@ -61,7 +61,7 @@ def shard_name(prefix: str, index: int, suffix: str, width: int = 5) -> str:
 
 
 def pairmine_version() -> str:
-    from pairmine import __version__
+    from pairmine.version import __version__
 
     return __version__
 

@@ -1,0 +1,4 @@
+"""pairmine's version, in a module of its own so that any module can read it without
+importing the package root (which re-exports every stage)."""
+
+__version__ = "0.1.0"
