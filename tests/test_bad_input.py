@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.conftest import write_image
+from conftest import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 # the band of every match in these tests: wide, so a 30-image store has pairs in it

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from tests.test_bad_input import (
+from test_bad_input import (
     World,
     build_world,
     data_digests,

@@ -14,6 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 import pairmine
+from pairmine.cli import cli
+from pairmine.match import match
 from pairmine.stores import (
     EMBEDDINGS_FORMAT,
     FORMAT_VERSION,
@@ -22,8 +24,6 @@ from pairmine.stores import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from pairmine.cli import cli
-from pairmine.match import match
 
 TOL = 1e-6  # pairs this close to a bound may fall either way (float32 vs float64 scores)
 Pair = tuple[int, int]

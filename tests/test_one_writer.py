@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.test_bad_input import (
+from test_bad_input import (
     REPO,
     World,
     build_world,

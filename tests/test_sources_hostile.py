@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import write_image
 
 import pairmine
 from pairmine.errors import ConfigError, SourceError
@@ -33,7 +34,6 @@ from pairmine.loader import _device_decodable
 from pairmine.sources import open_source, ref_reader
 from pairmine.sources import wds as wds_mod
 from pairmine.sources.files import DEFAULT_MAX_IMAGE_BYTES, read_file
-from tests.conftest import write_image
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pairmine.commands.common import DEVICE, known_errors, out, progress_bar, summary_table
+from pairmine.encoders.base import FEATURE_OPTIONS
 
 
 @click.command("eval")
@@ -15,8 +16,9 @@ from pairmine.commands.common import DEVICE, known_errors, out, progress_bar, su
               help="Labelled images the kNN bank and the linear probe are fitted on.")
 @click.option("--test", "test_source", required=True, metavar="SOURCE",
               help="Labelled images the accuracies are measured on.")
-@click.option("--features", type=click.Choice(["head", "backbone"]), default="backbone",
-              show_default=True, help="Frozen pooled backbone (the usual protocol) or head.")
+@click.option("--features", type=click.Choice(FEATURE_OPTIONS), default="backbone",
+              show_default=True, help="Frozen pooled backbone (the usual protocol) or head; "
+              "for ViT kinds cls or mean (see `pairmine encoders`).")
 @click.option("--arch", default=None, help="Architecture override for encoder SPECs.")
 @click.option("--k", "k", default=200, show_default=True, type=click.IntRange(min=1),
               help="Neighbours of the kNN monitor.")
