@@ -268,6 +268,7 @@ def test_embed_eval_and_train_crop_the_same_pixels(size: tuple[int, int]) -> Non
     pre = Preprocess(resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     dataset = ImageDataset.__new__(ImageDataset)
     dataset.resize, dataset.crop = pre.resize, pre.crop
+    dataset.interpolation, dataset.resize_mode = pre.interpolation, pre.resize_mode
     assert torch.equal(dataset._resize_crop(img), reference)
 
 
