@@ -6,6 +6,7 @@ import math
 import socket
 from dataclasses import dataclass
 
+from pairmine.config import StageConfig, check_int, check_number, setting
 from pairmine.errors import ConfigError, InputError
 
 DEFAULT_MAX_RETRIES = 3  # Ray's own default for tasks
@@ -52,6 +53,43 @@ class RayOptions:
     def resources(self) -> dict[str, float]:
         """The Ray resource request of one unit."""
         return {"num_cpus": self.cpus_per_worker, "num_gpus": self.gpus_per_worker}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleSettings(StageConfig):
+    """The Ray fields every scalable stage config has (embed, match, export): without ``ray``
+    the stage runs in this process, unchanged. Checked (and the head's address tried) by
+    :meth:`ray_options` when the stage starts, not when the config is built."""
+
+    ray: str | None = setting(
+        None, metavar="ADDRESS",
+        help="Run the units on Ray: auto (a running cluster), local (start one here) or the "
+             "head's HOST:PORT. The store is byte-identical to one written without Ray.")
+    ray_workers: int | None = setting(
+        None, metavar="N", minimum=1,
+        help="With --ray: units at once (default: what the cluster holds).")
+    gpus_per_worker: float = setting(
+        0.0, metavar="F", minimum=0, help="With --ray: GPUs per worker (fractions allowed).")
+    cpus_per_worker: float = setting(1.0, metavar="F", minimum=0,
+                                     help="With --ray: CPUs per worker.")
+    max_retries: int = setting(DEFAULT_MAX_RETRIES, metavar="K", minimum=0,
+                               help="With --ray: retries of a unit whose worker died.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("--ray-workers", self.ray_workers, minimum=1, optional=True)
+        check_number("--gpus-per-worker", self.gpus_per_worker, minimum=0)
+        check_number("--cpus-per-worker", self.cpus_per_worker, minimum=0)
+        check_int("--max-retries", self.max_retries, minimum=0)
+
+    def ray_options(self) -> RayOptions | None:
+        """The checked :class:`RayOptions`, or None to run without Ray."""
+        if self.ray is None:
+            return None
+        return RayOptions(address=self.ray, workers=self.ray_workers,
+                          gpus_per_worker=self.gpus_per_worker,
+                          cpus_per_worker=self.cpus_per_worker,
+                          max_retries=self.max_retries).checked()
 
 
 def check_reachable(address: str) -> None:

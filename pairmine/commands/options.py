@@ -1,0 +1,104 @@
+"""CLI options derived from a stage config's fields (``pairmine.config``): each option is
+declared once, on the config, and the command receives the built config.
+
+    @click.command("match")
+    @click.argument("emb")
+    @config_options(MatchConfig)
+    def command(emb: str, config: MatchConfig) -> None: ...
+
+Types come from the field's annotation, choices from its :class:`~pairmine.config.Setting`
+(a registry's names, read lazily so ``--help`` imports no engine), defaults from the field.
+Building the config runs its ``__post_init__`` checks: a bad value is one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pairmine.commands.common import DEVICE, LazyChoice, known_errors
+from pairmine.config import Setting, StageConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def config_options(cls: type[StageConfig], *, skip: tuple[str, ...] = (),
+                   fixed: dict[str, Any] | None = None) -> Callable[[F], F]:
+    """Add one click option per field of ``cls`` (except ``skip``, and fields given by the
+    command itself in ``fixed`` or as its own arguments); the command gets ``config=cls(...)``."""
+    fixed = dict(fixed or {})
+    entries = [(f, s) for f, s in cls.settings()
+               if s.cli and f.name not in skip and f.name not in fixed]
+
+    def decorate(fn: F) -> F:
+        @wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {f.name: kwargs.pop(f.name) for f, _ in entries}
+            values.update(fixed)
+            # the fields the command takes as arguments (e.g. ENCODER) travel in kwargs too
+            for f in dataclasses.fields(cls):
+                if f.name in kwargs and f.name not in values and f.name not in skip:
+                    values[f.name] = kwargs[f.name]
+            config = known_errors(cls.build)(None, values)
+            return fn(*args, config=config, **kwargs)
+
+        decorated: Any = wrapper
+        for f, s in reversed(entries):
+            decorated = click_option(f, s)(decorated)
+        return decorated  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def click_option(f: dataclasses.Field[Any], s: Setting) -> Callable[[F], F]:
+    """The click option of one config field."""
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    default: Any = None
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    kind = _annotation(f)
+    flag = s.flag_for(f.name)
+    common: dict[str, Any] = {"help": s.help}
+    if s.metavar is not None:
+        common["metavar"] = s.metavar
+    if kind is bool:
+        if default is True:  # offered as the flag that turns it off: --no-labels
+            if s.negate is None:
+                raise TypeError(f"{f.name}: a boolean that defaults to True needs negate=")
+            return click.option(flag, f.name, is_flag=True, flag_value=False, default=True,
+                                **common)
+        return click.option(flag, f.name, is_flag=True, default=False, **common)
+    choices = s.choices
+    ptype: Any
+    if s.kind == "device":
+        ptype = DEVICE
+    elif s.kind == "path":
+        ptype = click.Path(path_type=Path)
+    elif choices is not None:
+        ptype = LazyChoice(choices) if callable(choices) else click.Choice(list(choices))
+    elif kind is int:
+        ptype = int if s.minimum is None else click.IntRange(min=int(s.minimum))
+    elif kind is float:
+        ptype = float if s.minimum is None else click.FloatRange(min=s.minimum)
+    else:
+        ptype = str
+    if required:
+        return click.option(flag, f.name, type=ptype, required=True, **common)
+    show = s.show_default and default is not None
+    return click.option(flag, f.name, type=ptype, default=default, show_default=show, **common)
+
+
+def _annotation(f: dataclasses.Field[Any]) -> type | None:
+    """The scalar type of a field's annotation (``int | None`` → int); None for others."""
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    parts = [p.strip() for p in str(text).split("|") if p.strip() != "None"]
+    return _SCALARS.get(parts[0]) if len(parts) == 1 else None
