@@ -61,7 +61,7 @@ def cifar_images(tmp: Path, n: int) -> Path:
 def decode_only(source: Path, preprocess: object, workers: int, batch: int) -> float:
     from torch.utils.data import DataLoader
 
-    from pairmine.loader import ImageDataset, collate
+    from pairmine.embed.reader import ImageDataset, collate
     from pairmine.sources import open_source
 
     ds = ImageDataset(open_source(source), preprocess)  # type: ignore[arg-type]
@@ -75,9 +75,9 @@ def decode_only(source: Path, preprocess: object, workers: int, batch: int) -> f
 def model_only(encoder: object, device: str, precision: str, batch: int, n: int) -> float:
     import torch
 
-    from pairmine.embed import _Runner
+    from pairmine.embed.runner import DeviceEncoder
 
-    runner = _Runner(encoder, device=device, precision=precision, dtype="float16")  # type: ignore[arg-type]
+    runner = DeviceEncoder(encoder, device=device, precision=precision, dtype="float16")  # type: ignore[arg-type]
     crop = encoder.preprocess.crop  # type: ignore[attr-defined]
     x = torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8)
     if device == "cuda":

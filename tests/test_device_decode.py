@@ -13,9 +13,9 @@ import torch
 from conftest import write_image
 
 import pairmine
-from pairmine.device_decode import DeviceJpegDecoder
+from pairmine.embed.decode import DeviceJpegDecoder
+from pairmine.embed.reader import ImageDataset, collate
 from pairmine.encoders.base import Preprocess
-from pairmine.loader import ImageDataset, collate
 from pairmine.sources import open_source
 
 
@@ -109,7 +109,7 @@ def test_cifar_jpegs_decode_identically(cifar_test_folder: Path) -> None:
 
 
 def test_only_complete_rgb_or_gray_jpegs_are_deferred(mixed_folder: Path) -> None:
-    from pairmine.loader import _device_decodable
+    from pairmine.embed.reader import _device_decodable
 
     verdict = {p.name: _device_decodable(p.read_bytes()) for p in mixed_folder.rglob("*.*")}
     assert verdict == {"wide.jpg": True, "tall.jpg": True, "gray.jpg": True, "exact.jpg": True,

@@ -28,9 +28,9 @@ from click.testing import CliRunner
 from conftest import write_image
 
 import pairmine
+from pairmine.embed.reader import _device_decodable
 from pairmine.errors import ConfigError, SourceError
 from pairmine.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
-from pairmine.loader import _device_decodable
 from pairmine.sources import open_source, ref_reader
 from pairmine.sources import wds as wds_mod
 from pairmine.sources.files import DEFAULT_MAX_IMAGE_BYTES, read_file

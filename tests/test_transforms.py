@@ -57,8 +57,8 @@ def test_unknown_options_are_refused() -> None:
 def test_embed_loader_uses_the_encoders_declared_transform(tmp_path: object) -> None:
     from pathlib import Path
 
+    from pairmine.embed.reader import ImageDataset
     from pairmine.encoders.base import Preprocess
-    from pairmine.loader import ImageDataset
     from pairmine.sources import open_source
 
     root = Path(str(tmp_path)) / "imgs"

@@ -78,7 +78,7 @@ def embed_on_ray(job: ShardJob, todo: list[int], done: int, options: RayOptions,
 
     from pairmine.scale.cluster import check_nodes, connect
 
-    source = Path(job.config.source)
+    source = Path(job.record.source)
     see = [source] if source.exists() else []  # a folder or a file list (not a tar pattern)
     with connect(options) as cluster:
         gpu = options.gpus_per_worker > 0

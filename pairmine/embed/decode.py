@@ -1,4 +1,5 @@
-"""JPEG decoding on the compute device (nvJPEG on CUDA), for `embed --decode device`.
+"""The device decoder of the embed stage: JPEGs decoded on the compute device (nvJPEG on
+CUDA), for `embed --decode device`.
 
 On one GPU the CPU decode path, not the model, limits embedding: the performance anchors
 measured ~3,000 images/s for 500x375 JPEGs with 16 DataLoader workers against ~12,800 images/s
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pairmine.loader import ImageDataset, LoadedBatch
+from pairmine.embed.reader import ImageDataset, LoadedBatch
 
 if TYPE_CHECKING:
     import torch

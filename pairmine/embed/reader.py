@@ -1,14 +1,16 @@
-"""Reader → mapper for encoders: original bytes → hash → RGB → resize/crop → uint8 tensor.
+"""The reader of the embed stage: source item → original bytes → hash → RGB → resize/crop →
+uint8 tensor, in DataLoader workers, batched so that no batch crosses a shard.
 
-Runs inside DataLoader workers. The float conversion and normalisation happen later, batched,
-on the device: moving uint8 is 4× fewer bytes than float32 through pinned memory. With
-``decode="device"`` the workers only read and hash JPEGs and hand over their bytes; the main
-process decodes them on the device (device_decode.py).
+The float conversion and normalisation happen later, batched, on the device (``runner``):
+moving uint8 is 4× fewer bytes than float32 through pinned memory. With ``decode="device"``
+the workers only read and hash JPEGs and hand over their bytes; the main process decodes them
+on the device (``decode``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ from pairmine.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_r
 if TYPE_CHECKING:
     import torch
 
-    from pairmine.encoders import Preprocess
+    from pairmine.encoders import Encoder, Preprocess
     from pairmine.sources import ImageSource
 
 
@@ -152,3 +154,45 @@ def _first_line(text: str) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# batches that never cross a shard boundary
+
+
+def shard_items(k: int, shard_size: int, n_items: int) -> int:
+    """The number of source items in shard ``k``."""
+    return min(shard_size, n_items - k * shard_size)
+
+
+def shard_batches(src: ImageSource, enc: Encoder, todo: list[int], shard_size: int,
+                  n_items: int, batch_size: int, workers: int, device: str,
+                  draft: bool, decode: str,
+                  max_pixels: int) -> Iterator[tuple[int, Iterator[LoadedBatch]]]:
+    """For each shard to do: (shard index, its batches). One DataLoader serves all shards so
+    decode workers stay busy across shard boundaries."""
+    from torch.utils.data import DataLoader
+
+    batches: list[list[int]] = []
+    per_shard: list[tuple[int, int]] = []  # (shard, number of batches)
+    for k in todo:
+        lo, hi = k * shard_size, min((k + 1) * shard_size, n_items)
+        of_shard = [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
+        batches.extend(of_shard)
+        per_shard.append((k, len(of_shard)))
+    if not batches:
+        return
+    dataset = ImageDataset(src, enc.preprocess, draft=draft, decode=decode,
+                           max_pixels=max_pixels)
+    loader: DataLoader[LoadedItem] = DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.startswith("cuda"),
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+    stream = iter(loader)
+    for k, count in per_shard:
+        yield k, (next(stream) for _ in range(count))
