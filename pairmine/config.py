@@ -40,10 +40,13 @@ class Setting:
     """How one config field is offered: help text, CLI flag, choices, bounds.
 
     ``flag`` defaults to ``--field-name``. A boolean whose default is True is offered as the
-    flag that turns it off (``negate``, e.g. ``--no-labels`` for ``labels``). ``choices`` is a
+    flag that turns it off (``negate``, e.g. ``--no-labels`` for ``labels``), or as both
+    (``flag="--cos/--no-cos"``; that form also offers a ``bool | None`` whose None lets the
+    stage decide). ``minimum``/``maximum`` bound a number (inclusive). ``choices`` is a
     list or a function returning one (a registry's ``names``, read when first needed).
-    ``kind`` names a special CLI type: ``"device"`` or ``"path"``. ``cli=False`` keeps a field
-    out of the CLI (an API-only option)."""
+    ``kind`` names a special CLI type: ``"device"``, ``"path"``, ``"size"`` (bytes written
+    ``512M``, ``1G`` or ``none``) or ``"ints"`` (a tuple of integers written ``1,5,10``).
+    ``cli=False`` keeps a field out of the CLI (an API-only option)."""
 
     help: str
     flag: str | None = None
@@ -54,6 +57,8 @@ class Setting:
     kind: str | None = None
     cli: bool = True
     show_default: bool = True
+    maximum: float | None = None
+    minimum_open: bool = False  # the minimum itself is excluded: --grid-step x>0
 
     def flag_for(self, name: str) -> str:
         if self.negate is not None:
@@ -70,11 +75,13 @@ def setting(default: Any = dataclasses.MISSING, *, help: str,
             flag: str | None = None, metavar: str | None = None,
             choices: Choices | None = None, minimum: float | None = None,
             negate: str | None = None, kind: str | None = None, cli: bool = True,
-            show_default: bool = True) -> Any:
+            show_default: bool = True, maximum: float | None = None,
+            minimum_open: bool = False) -> Any:
     """A config field with its :class:`Setting`; no ``default`` makes the field required."""
     meta = {METADATA_KEY: Setting(help=help, flag=flag, metavar=metavar, choices=choices,
                                   minimum=minimum, negate=negate, kind=kind, cli=cli,
-                                  show_default=show_default)}
+                                  show_default=show_default, maximum=maximum,
+                                  minimum_open=minimum_open)}
     return dataclasses.field(default=default, metadata=meta)
 
 

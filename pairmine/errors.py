@@ -40,3 +40,7 @@ class StoreError(PairmineError):
 
 class ConfigError(InputError):
     """Options that contradict each other or are out of range (e.g. a band with min > max)."""
+
+
+class TrainingError(PairmineError):
+    """A training run failed on valid options and inputs (e.g. the loss diverged)."""

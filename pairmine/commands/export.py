@@ -3,62 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from pairmine.commands import common
-from pairmine.commands.common import LazyChoice, console, known_errors, progress_bar, summary_table
-from pairmine.scale.cli import cluster_rows, ray_options
+from pairmine.commands.common import console, known_errors, progress_bar, summary_table
+from pairmine.commands.options import config_options
+from pairmine.export import ExportConfig
+from pairmine.scale.cli import cluster_rows
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def _format_names() -> list[str]:
-    from pairmine.export import EXPORT_FORMATS
-
-    return EXPORT_FORMATS.names()
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """``1073741824``, ``512M``, ``1G`` (binary units) → bytes; ``none`` → no limit."""
-    if value is None or value.lower() == "none":
-        return None
-    text = value.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = text[-1:] if text[-1:] in _UNITS else ""
-    try:
-        number = float(text[:-1] if unit else text)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size (e.g. 1G, 512M, 100000000)") from None
-    return int(number * _UNITS[unit])
+_OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace a complete export at OUT.")
 
 
 @click.command("export")
 @click.argument("pairs", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=LazyChoice(_format_names),
-              default="webdataset", show_default=True,
-              help="webdataset: tar shards of original bytes + spps.parquet; parquet: "
-                   "spps.parquet only, pointing at the original files.")
-@click.option("--combined", is_flag=True,
-              help="Also write every image of the embeddings store as a single-image sample: "
-                   "the paper's merged training set.")
-@click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1),
-              help="Most samples per shard.")
-@click.option("--max-shard-bytes", default="1G", show_default=True, callback=_size,
-              metavar="B", help="Most bytes per tar (K/M/G suffixes; 'none' for no limit).")
-@click.option("--shuffle/--no-shuffle", default=None,
-              help="Shuffle the sample order with --seed [default: on with --combined].")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--skip-missing", is_flag=True,
-              help="Leave out samples whose source image changed or vanished since embed "
-                   "(listed in the manifest) instead of failing.")
-@click.option("--overwrite", is_flag=True, help="Replace a complete export at OUT.")
-@ray_options
+@config_options(ExportConfig, before={"ray": [_OVERWRITE]})  # --overwrite where it always was
 @known_errors
-def command(pairs: Path, out: Path, fmt: str, combined: bool, shard_size: int,
-            max_shard_bytes: int | None, shuffle: bool | None, seed: int, skip_missing: bool,
-            overwrite: bool, scale: dict[str, Any]) -> None:
+def command(pairs: Path, out: Path, config: ExportConfig, overwrite: bool) -> None:
     """Export the pairs store PAIRS, with the original images, to OUT.
 
     An interrupted export resumes after its last complete shard when run again with the same
@@ -67,10 +29,7 @@ def command(pairs: Path, out: Path, fmt: str, combined: bool, shard_size: int,
     from pairmine.export import EXPORT_FORMATS, describe_problems, export
 
     with progress_bar() as progress:
-        result = export(pairs, out, fmt=fmt, combined=combined, shard_size=shard_size,
-                        max_shard_bytes=max_shard_bytes, shuffle=shuffle, seed=seed,
-                        skip_missing=skip_missing, overwrite=overwrite, progress=progress,
-                        **scale)
+        result = export(pairs, out, config, overwrite=overwrite, progress=progress)
     rows: list[tuple[str, object]] = [
         ("format", result.format),
         ("pairs", result.pairs),

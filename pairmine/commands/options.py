@@ -14,7 +14,7 @@ Building the config runs its ``__post_init__`` checks: a bad value is one line, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,10 +30,17 @@ _SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": boo
 
 
 def config_options(cls: type[StageConfig], *, skip: tuple[str, ...] = (),
-                   fixed: dict[str, Any] | None = None) -> Callable[[F], F]:
+                   fixed: dict[str, Any] | None = None,
+                   before: Mapping[str, Sequence[Callable[[Any], Any]]] | None = None,
+                   ) -> Callable[[F], F]:
     """Add one click option per field of ``cls`` (except ``skip``, and fields given by the
-    command itself in ``fixed`` or as its own arguments); the command gets ``config=cls(...)``."""
+    command itself in ``fixed`` or as its own arguments); the command gets ``config=cls(...)``.
+
+    ``before`` places the command's own options (``click.option(...)``, passed to it as
+    keyword arguments) in ``--help`` just before a field's option, e.g. ``--overwrite``
+    before the inherited Ray options, where the command showed it before there was a config."""
     fixed = dict(fixed or {})
+    before = dict(before or {})
     entries = [(f, s) for f, s in cls.settings()
                if s.cli and f.name not in skip and f.name not in fixed]
 
@@ -52,6 +59,8 @@ def config_options(cls: type[StageConfig], *, skip: tuple[str, ...] = (),
         decorated: Any = wrapper
         for f, s in reversed(entries):
             decorated = click_option(f, s)(decorated)
+            for option in reversed(before.get(f.name, ())):  # the outer one is listed first
+                decorated = option(decorated)
         return decorated  # type: ignore[no-any-return]
 
     return decorate
@@ -70,6 +79,9 @@ def click_option(f: dataclasses.Field[Any], s: Setting) -> Callable[[F], F]:
     common: dict[str, Any] = {"help": s.help}
     if s.metavar is not None:
         common["metavar"] = s.metavar
+    if kind is bool and "/" in flag:  # --cos/--no-cos; None (no default shown): stage decides
+        return click.option(flag, f.name, default=default,
+                            show_default=s.show_default and default is not None, **common)
     if kind is bool:
         if default is True:  # offered as the flag that turns it off: --no-labels
             if s.negate is None:
@@ -83,12 +95,19 @@ def click_option(f: dataclasses.Field[Any], s: Setting) -> Callable[[F], F]:
         ptype = DEVICE
     elif s.kind == "path":
         ptype = click.Path(path_type=Path)
+    elif s.kind == "size":  # shown and parsed as text: --max-shard-bytes 1G
+        ptype, default = SIZE, size_text(default)
+    elif s.kind == "ints":  # shown and parsed as text: --k 1,5,10
+        ptype, default = INTS, ",".join(str(v) for v in default)
     elif choices is not None:
         ptype = LazyChoice(choices) if callable(choices) else click.Choice(list(choices))
     elif kind is int:
-        ptype = int if s.minimum is None else click.IntRange(min=int(s.minimum))
+        ptype = int if s.minimum is None and s.maximum is None else click.IntRange(
+            min=None if s.minimum is None else int(s.minimum),
+            max=None if s.maximum is None else int(s.maximum), min_open=s.minimum_open)
     elif kind is float:
-        ptype = float if s.minimum is None else click.FloatRange(min=s.minimum)
+        ptype = float if s.minimum is None and s.maximum is None else click.FloatRange(
+            min=s.minimum, max=s.maximum, min_open=s.minimum_open)
     else:
         ptype = str
     if required:
@@ -102,3 +121,68 @@ def _annotation(f: dataclasses.Field[Any]) -> type | None:
     text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     parts = [p.strip() for p in str(text).split("|") if p.strip() != "None"]
     return _SCALARS.get(parts[0]) if len(parts) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes in bytes: kind="size"
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ByteSize(click.ParamType[int | None, Any]):
+    """``1073741824``, ``512M``, ``1G`` (binary units) → bytes; ``none`` → no limit (None)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if str(value).strip().lower() == "none":
+            return None
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        try:
+            number = float(text[:-1] if unit else text)
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 1G, 512M, 100000000)", param, ctx)
+        return int(number * _UNITS[unit])
+
+
+SIZE = ByteSize()
+
+
+def size_text(size: int | None) -> str:
+    """How ``--help`` shows a size: the largest binary unit that divides it (``1G``)."""
+    if size is None:
+        return "none"
+    for unit in ("T", "G", "M", "K"):
+        if size and size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+# ---------------------------------------------------------------------------------------------
+# lists of integers: kind="ints"
+
+
+class IntList(click.ParamType[tuple[int, ...], Any]):
+    """``1,5,10`` → ``(1, 5, 10)``: integers >= 1, comma-separated."""
+
+    name = "integers"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            ints = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers, e.g. 1,5,10",
+                      param, ctx)
+        if not ints or any(k < 1 for k in ints):
+            self.fail("give integers >= 1, e.g. 1,5,10", param, ctx)
+        return ints
+
+
+INTS = IntList()

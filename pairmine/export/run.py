@@ -11,47 +11,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pairmine import stores
 from pairmine.errors import ConfigError, SourceError
 from pairmine.export import layout as lay
+from pairmine.export.config import ExportConfig
 from pairmine.export.fetch import Fetcher, Problem, describe_problems
 from pairmine.export.formats import EXPORT_FORMATS
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan, make_plan
 from pairmine.export.prefetch import Prefetcher
-from pairmine.export.shards import RECORD, ShardLimits, ShardRecord, StoppedAt, write_shards
+from pairmine.export.shards import ShardRecord, StoppedAt, write_shards
 from pairmine.export.tables import images_table, pairs_table
 from pairmine.progress import NullProgress, Progress
 
-if TYPE_CHECKING:
-    from pairmine.scale import RayOptions
-
 log = logging.getLogger(__name__)
-
-DEFAULT_SHARD_SIZE = 10_000
-DEFAULT_MAX_SHARD_BYTES = 1 << 30  # WebDataset's advice: shards of a few hundred MB to ~1 GB
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Everything that determines the bytes of the export (recorded in the manifest)."""
-
-    format: str
-    combined: bool
-    shuffle: bool
-    seed: int
-    shard_size: int
-    max_shard_bytes: int | None
-    # how the shards are written (Ray or here), not what they hold: not in as_dict
-    scale: RayOptions | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "combined": self.combined, "shuffle": self.shuffle,
-                "seed": self.seed, "shard_size": self.shard_size,
-                "max_shard_bytes": self.max_shard_bytes}
 
 
 @dataclass
@@ -95,27 +71,13 @@ class ExportResult:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
-def export(
-    pairs: str | Path,
-    out: str | Path,
-    *,
-    fmt: str = "webdataset",
-    combined: bool = False,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
-    shuffle: bool | None = None,
-    seed: int = 0,
-    skip_missing: bool = False,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    ray: str | None = None,
-    ray_workers: int | None = None,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
-    max_retries: int = 3,
-) -> ExportResult:
+def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = None, *,
+           overwrite: bool = False, progress: Progress | None = None,
+           **options: Any) -> ExportResult:
     """Export the pairs of ``pairs`` (a pairs store) to ``out``.
 
+    ``config`` is an :class:`ExportConfig`; its fields may also be given as keyword arguments
+    (``export(pairs, out, fmt="parquet")``), which override those of ``config``.
     ``shuffle`` defaults to on for combined shard exports (images and pairs interleaved by
     ``seed``) and off otherwise. Source images that vanished or changed since embed stop the
     export with an error listing them; with ``skip_missing`` the samples that use them are
@@ -126,37 +88,35 @@ def export(
     Ray tasks (``ray_workers`` at a time, each with ``gpus_per_worker``/``cpus_per_worker``,
     retried ``max_retries`` times), byte-identical to an export written without Ray.
     """
+    config = ExportConfig.build(config, options)
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    options = _options(fmt, combined, shard_size, max_shard_bytes, shuffle, seed)
-    if ray is not None:
-        from pairmine.scale import RayOptions
-
-        options = replace(options, scale=RayOptions(
-            address=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
-            cpus_per_worker=cpus_per_worker, max_retries=max_retries).checked())
+    config.ray_options()  # checks the Ray options and reaches the head before touching `out`
+    run_config = config.resolved()
     pairs_path, out = Path(pairs), Path(out)
-    plan = make_plan(pairs_path, combined=combined, shuffle=options.shuffle, seed=seed)
+    plan = make_plan(pairs_path, combined=run_config.combined,
+                     shuffle=bool(run_config.shuffle), seed=run_config.seed)
     inputs = {"pairs": stores.input_record(pairs_path),
               "embeddings": stores.input_record(plan.embeddings_path)}
     if out.resolve() in (plan.pairs_path, plan.embeddings_path):
         raise ConfigError(f"output {out} is an input store", "choose another output path")
 
-    identity = {**options.as_dict(),
+    identity = {**run_config.recorded(),
                 "pairs_manifest_sha256": inputs["pairs"]["manifest_sha256"]}
     with stores.begin_run(out, stores.EXPORT_FORMAT, {"config": identity},
                           overwrite=overwrite) as run:
         if run.resumed:
             log.info("resuming the unfinished export in %s", out)
-        layout = EXPORT_FORMATS.get(options.format)
+        layout = EXPORT_FORMATS.get(run_config.fmt)
         fetcher = Fetcher(plan.source_kind, plan.images, cache_bytes=layout.cache_bytes)
-        written = layout.write(out, plan, fetcher, options, skip_missing, progress)
+        written = layout.write(out, plan, fetcher, run_config, run_config.skip_missing,
+                               progress)
         seconds = time.perf_counter() - t0
-        run.finish(_manifest(options, skip_missing, inputs, plan, written))
+        run.finish(_manifest(run_config, inputs, plan, written))
     log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
              out, seconds)
     samples = written.pairs + written.images
-    return ExportResult(path=out, format=options.format, pairs=written.pairs,
+    return ExportResult(path=out, format=run_config.fmt, pairs=written.pairs,
                         images=written.images, samples=samples, shards=len(written.shards),
                         resumed_shards=written.resumed_shards, bytes=written.bytes,
                         seconds=seconds, skipped=written.skipped,
@@ -164,13 +124,13 @@ def export(
                         skipped_images=written.skipped_images)
 
 
-def _manifest(options: ExportOptions, skip_missing: bool, inputs: dict[str, Any], plan: Plan,
+def _manifest(config: ExportConfig, inputs: dict[str, Any], plan: Plan,
               written: Written) -> dict[str, Any]:
     samples = written.pairs + written.images
     return {
         "format": stores.EXPORT_FORMAT,
-        "export_format": options.format,
-        "config": {**options.as_dict(), "skip_missing": skip_missing},
+        "export_format": config.fmt,
+        "config": {**config.recorded(), "skip_missing": config.skip_missing},
         "inputs": inputs,
         "source": plan.source,
         "class_names": plan.class_names,
@@ -183,33 +143,12 @@ def _manifest(options: ExportOptions, skip_missing: bool, inputs: dict[str, Any]
             "images_in_store": len(plan.images),
             "skipped_pairs": written.skipped_pairs,
             "skipped_images": written.skipped_images,
-            "bytes": written.bytes if EXPORT_FORMATS.get(options.format).shards else 0,
+            "bytes": written.bytes if config.shards else 0,
         },
         "shards": [s.to_manifest() for s in written.shards],
         "files": written.files,
         "skipped": [p.to_json() for p in written.skipped],
     }  # no timings: a re-run or a resumed run writes the very same manifest
-
-
-def _options(fmt: str, combined: bool, shard_size: int, max_shard_bytes: int | None,
-             shuffle: bool | None, seed: int) -> ExportOptions:
-    stores.check_seed(seed)
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}",
-                          f"choose one of: {', '.join(EXPORT_FORMATS.names())}")
-    if shard_size < 1:
-        raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
-    if max_shard_bytes is not None and max_shard_bytes < 2 * RECORD:
-        raise ConfigError(f"--max-shard-bytes {max_shard_bytes} is too small",
-                          f"give at least {2 * RECORD} bytes (tars grow in 10 KiB records)")
-    shards = EXPORT_FORMATS.get(fmt).shards
-    if shuffle and not shards:
-        raise ConfigError("--shuffle orders shard samples; spps.parquet is always ordered by "
-                          "pair id", "drop --shuffle, or use --format webdataset")
-    return ExportOptions(format=fmt, combined=combined,
-                         shuffle=(combined and shards) if shuffle is None else shuffle,
-                         seed=seed, shard_size=shard_size,
-                         max_shard_bytes=max_shard_bytes if shards else None)
 
 
 def _stop(out: Path, plan: Plan, fetcher: Fetcher, start: int, progress: Progress) -> SourceError:
@@ -242,25 +181,23 @@ def _problems_error(out: Path, problems: list[Problem]) -> SourceError:
 # formats
 
 
-def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
                      skip_missing: bool, progress: Progress) -> Written:
+    """Tar shards of the original bytes, here or (``config.ray``) as Ray tasks, then the
+    tables saying where every sample landed. ``config`` is resolved."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    limits = ShardLimits(samples=options.shard_size, bytes=options.max_shard_bytes)
     cluster = None
     try:
-        if options.scale is None:
-            shards, resumed = write_shards(out, plan, fetcher, limits,
+        if config.ray is None:
+            shards, resumed = write_shards(out, plan, fetcher, config.limits(),
                                            skip_missing=skip_missing, progress=progress)
         else:
             from pairmine.scale.export import write_shards_on_ray
 
-            shards, resumed, cluster = write_shards_on_ray(
-                out, plan, limits, combined=options.combined, shuffle=options.shuffle,
-                seed=options.seed, skip_missing=skip_missing,
-                cache_bytes=EXPORT_FORMATS.get(options.format).cache_bytes,
-                options=options.scale, progress=progress)
+            shards, resumed, cluster = write_shards_on_ray(out, plan, config,
+                                                           progress=progress)
     except StoppedAt as stop:
         raise _stop(out, plan, fetcher, stop.position, progress) from None
 
@@ -289,7 +226,7 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOpt
     table = pairs_table(plan, np.asarray(pair_ids, dtype=np.int64)[order],
                         [pair_at[i][0] for i in order], [pair_at[i][1] for i in order])
     written.files[lay.SPPS_FILE] = _write_table(out, lay.SPPS_FILE, table)
-    if options.combined:
+    if config.combined:
         order = np.argsort(np.asarray(image_ids, dtype=np.int64), kind="stable")
         table = images_table(plan, np.asarray(image_ids, dtype=np.int64)[order],
                              [image_at[i][0] for i in order], [image_at[i][1] for i in order])
@@ -304,14 +241,14 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOpt
     return written
 
 
-def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
                   skip_missing: bool, progress: Progress) -> Written:
     """Pairs that point at the original files. Every image they use is read once and its
     hash checked, so the table never points at a file that changed since embed."""
     import numpy as np
 
     n = len(plan.images)
-    ids = np.arange(n) if options.combined else np.unique(np.concatenate([plan.pair_a,
+    ids = np.arange(n) if config.combined else np.unique(np.concatenate([plan.pair_a,
                                                                           plan.pair_b]))
     checked = 0
     progress.start("checking sources", total=int(ids.shape[0]), unit="images")
@@ -333,7 +270,7 @@ def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, options: ExportOption
     none = [None] * int(keep.shape[0])
     written.files[lay.SPPS_FILE] = _write_table(out, lay.SPPS_FILE,
                                                 pairs_table(plan, keep, none, none))
-    if options.combined:
+    if config.combined:
         image_ids = np.flatnonzero(~bad)
         written.images = int(image_ids.shape[0])
         written.skipped_images = n - written.images

@@ -33,6 +33,7 @@ from pairmine.scale.units import (
 if TYPE_CHECKING:
     import numpy as np
 
+    from pairmine.export.config import ExportConfig
     from pairmine.export.fetch import Fetcher
     from pairmine.export.plan import Plan
     from pairmine.export.shards import ShardLimits, ShardRecord
@@ -109,22 +110,28 @@ def shard_unit(job: ExportJob, number: int, bounds: tuple[int, int]) -> dict[str
     return {**where_am_i(), "record": record, "seconds": time.perf_counter() - t}
 
 
-def write_shards_on_ray(out: Path, plan: Plan, limits: ShardLimits, *, combined: bool,
-                        shuffle: bool, seed: int, skip_missing: bool, cache_bytes: int,
-                        options: RayOptions,
+def write_shards_on_ray(out: Path, plan: Plan, config: ExportConfig, *,
                         progress: Progress) -> tuple[list[ShardRecord], int, dict[str, Any]]:
-    """Every shard of the export, written by Ray tasks. Returns the shards (in order), how
-    many an earlier run had finished, and the cluster report. Raises ``StoppedAt`` at the
-    first sample with problems when they are not to be skipped, as the in-order writer does."""
+    """Every shard of the export, written by Ray tasks as ``config`` (resolved, with ``ray``
+    set) says. Returns the shards (in order), how many an earlier run had finished, and the
+    cluster report. Raises ``StoppedAt`` at the first sample with problems when they are not
+    to be skipped, as the in-order writer does."""
     import ray
 
+    from pairmine.errors import ConfigError
+    from pairmine.export.formats import EXPORT_FORMATS
     from pairmine.export.shards import finished_shard, remove_strays
     from pairmine.scale.cluster import check_nodes, connect
     from pairmine.stores import MANIFEST, sha256_file
 
-    job = ExportJob(out=out.absolute(), pairs=plan.pairs_path, combined=combined,
-                    shuffle=shuffle, seed=seed, limits=limits, skip_missing=skip_missing,
-                    cache_bytes=cache_bytes,
+    options = config.ray_options()
+    if options is None:
+        raise ConfigError("the export's shards go to Ray only with --ray",
+                          "give --ray auto, local or HOST:PORT")
+    job = ExportJob(out=out.absolute(), pairs=plan.pairs_path, combined=config.combined,
+                    shuffle=bool(config.shuffle), seed=config.seed, limits=config.limits(),
+                    skip_missing=config.skip_missing,
+                    cache_bytes=EXPORT_FORMATS.get(config.fmt).cache_bytes,
                     pairs_manifest_sha256=sha256_file(plan.pairs_path / MANIFEST))
     spec = Path(str(plan.source.get("spec", "")))
     with connect(options) as cluster:

@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from pairmine.config import StageConfig, check_int, check_number, setting
 from pairmine.encoders.archs import BACKBONES
-from pairmine.errors import ConfigError, StoreError
+from pairmine.errors import ConfigError, StoreError, TrainingError
 from pairmine.progress import NullProgress, Progress
+from pairmine.runtime import device_kind
 from pairmine.stores import atomic_path, write_json_atomic
 from pairmine.stores.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -43,39 +45,126 @@ AUGMENT_CHOICES = ("cpu", "device")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every option of a run. ``None`` = the default for the arch: CIFAR archs (``-cifar``)
-    K 4096, m 0.99, τ 0.1, 32 px; ImageNet archs K 65536, m 0.999, τ 0.2, 224 px."""
+def arch_names() -> list[str]:
+    """``--arch``'s choices: the one architecture list (``pairmine.encoders.archs``)."""
+    return list(ARCH_CHOICES)
 
-    arch: str = "resnet50"
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 0.03
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    cos: bool = True
-    moco_dim: int = 128
-    moco_k: int | None = None
-    moco_m: float | None = None
-    temperature: float | None = None
-    lam: float = 1.0
-    image_size: int | None = None
-    bn_groups: int | None = None  # virtual devices of shuffle BN: 8 in one process, else 1
-    augment: str = "cpu"  # stage-1 crops in CPU workers, or batched on the device
-    pair_directions: int = 2
-    random_duplicates: int = 0
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None
-    save_every: int = 0  # also keep checkpoint-EEEE.pt every N epochs (and the last epoch)
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(StageConfig):
+    """Every option of a run. ``None`` = the default for the arch: CIFAR archs (``-cifar``)
+    K 4096, m 0.99, τ 0.1, 32 px; ImageNet archs K 65536, m 0.999, τ 0.2, 224 px
+    (:meth:`resolved` fills them in)."""
+
+    arch: str = setting("resnet50", choices=arch_names,
+                        help="Backbone; the -cifar variants have a 3x3 stem and no max-pool "
+                             "(32 px).")
+    # no help words: today's --help shows only the default and the range for these
+    epochs: int = setting(200, minimum=1, help="")
+    batch_size: int = setting(256, minimum=2, help="")
+    lr: float = setting(0.03, help="")
+    weight_decay: float = setting(1e-4, help="")
+    momentum: float = setting(0.9, help="")
+    cos: bool = setting(True, flag="--cos/--no-cos",
+                        help="Cosine learning-rate schedule (MoCo-v2), else ×0.1 at 60% and "
+                             "80%.")
+    moco_dim: int = setting(128, minimum=1, help="Output size of the projection head.")
+    moco_k: int | None = setting(
+        None, minimum=1, help="Queue size [default: 4096 for -cifar archs, else 65536].")
+    moco_m: float | None = setting(
+        None, help="Key-encoder momentum [default: 0.99 for -cifar archs, else 0.999].")
+    temperature: float | None = setting(
+        None, help="InfoNCE temperature τ [default: 0.1 for -cifar archs, else 0.2].")
+    lam: float = setting(
+        1.0, flag="--lambda",
+        help="λ of Eq. 2: weight of the semantic-pair terms (0 = vanilla MoCo-v2).")
+    image_size: int | None = setting(
+        None, minimum=8, help="Crop size [default: 32 for -cifar archs, else 224].")
+    # virtual devices of shuffle BN: 8 in one process, else 1
+    bn_groups: int | None = setting(
+        None, minimum=1,
+        help="Shuffle-BN groups in one process [default: 8; 1 per process under torchrun].")
+    # stage-1 crops in CPU workers, or batched on the device
+    augment: str = setting(
+        "cpu", choices=AUGMENT_CHOICES,
+        help="Random crops in CPU workers, or batched on the device (colour, grayscale and "
+             "blur always run batched).")
+    pair_directions: int = setting(
+        2, minimum=1, maximum=2,
+        help="2: a pair gives anchor→positive and positive→anchor items; 1: one item.")
+    random_duplicates: int = setting(
+        0, minimum=0,
+        help="Add N randomly chosen images as extra two-view items (Table 6 control).")
+    device: str = setting("auto", kind="device", help="")
+    precision: str = setting("auto", choices=PRECISION_CHOICES,
+                             help="auto = bf16 autocast on GPU, fp32 on CPU.")
+    workers: int | None = setting(
+        None, minimum=0, help="Data-loading processes [default: up to 8 on GPU, 1 on CPU].")
+    seed: int = setting(0, help="")
+    save_every: int = setting(
+        0, minimum=0,
+        help="Also keep checkpoint-EEEE.pt every N epochs (the last epoch always).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # every check happens before the run touches OUT: bad options write nothing
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                            ("--moco-dim", self.moco_dim), ("--pair-directions",
+                                                            self.pair_directions),
+                            ("--random-duplicates", self.random_duplicates),
+                            ("--seed", self.seed), ("--save-every", self.save_every)):
+            check_int(flag, value)
+        for flag, optional in (("--moco-k", self.moco_k), ("--image-size", self.image_size),
+                               ("--bn-groups", self.bn_groups), ("--workers", self.workers)):
+            check_int(flag, optional, optional=True)
+        for flag, number in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
+                             ("--momentum", self.momentum), ("--lambda", self.lam)):
+            check_number(flag, number)
+        for flag, maybe in (("--moco-m", self.moco_m), ("--temperature", self.temperature)):
+            if maybe is not None:
+                check_number(flag, maybe)
+        checks = [
+            (self.arch in ARCH_CHOICES, f"unknown --arch {self.arch!r}",
+             f"choose one of {', '.join(ARCH_CHOICES)}"),
+            (self.epochs >= 1, "--epochs must be >= 1", None),
+            (self.batch_size >= 2, "--batch-size must be >= 2", None),
+            (self.lr > 0, "--lr must be > 0", None),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0", None),
+            (0 <= self.momentum < 1, "--momentum must be in [0, 1)", None),
+            (self.moco_dim >= 1, "--moco-dim must be >= 1", None),
+            (self.moco_k is None or self.moco_k >= 1, "--moco-k must be >= 1", None),
+            (self.moco_m is None or 0 <= self.moco_m < 1, "--moco-m must be in [0, 1)", None),
+            (self.temperature is None or self.temperature > 0, "--temperature must be > 0",
+             None),
+            (0 <= self.lam <= 1, f"--lambda must be in [0, 1] (Eq. 2), not {self.lam}", None),
+            (self.image_size is None or self.image_size >= 8, "--image-size must be >= 8",
+             None),
+            (self.augment in AUGMENT_CHOICES, f"unknown --augment {self.augment!r}",
+             "choose cpu or device"),
+            (self.pair_directions in (1, 2), "--pair-directions must be 1 or 2", None),
+            (self.random_duplicates >= 0, "--random-duplicates must be >= 0", None),
+            (self.precision in PRECISION_CHOICES, f"unknown --precision {self.precision!r}",
+             "choose auto, fp32 or bf16"),
+            (self.workers is None or self.workers >= 0, "--workers must be >= 0", None),
+            (self.save_every >= 0, "--save-every must be >= 0", None),
+        ]
+        for ok, message, hint in checks:
+            if not ok:
+                raise ConfigError(message, hint)
+        if self.bn_groups is not None and self.batch_size % self.bn_groups:
+            raise ConfigError(f"--batch-size {self.batch_size} does not split into "
+                              f"{self.bn_groups} batch-norm groups",
+                              "choose a batch size divisible by --bn-groups")
+        if not isinstance(self.device, str):
+            raise ConfigError(f"unknown device {self.device!r}", "choose auto, cpu, cuda or cuda:N")
+        device_kind(self.device)
 
     @property
     def cifar(self) -> bool:
         return self.arch.endswith("-cifar")
 
     def resolved(self, world: int = 1) -> TrainConfig:
+        """The arch's defaults filled in (``world``: processes under torchrun)."""
         return replace(
             self,
             moco_k=self.moco_k if self.moco_k is not None else (4096 if self.cifar else 65536),
@@ -117,59 +206,25 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * 0.1 ** drops
 
 
-def validate(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.arch in ARCH_CHOICES, f"unknown --arch {cfg.arch!r}",
-         f"choose one of {', '.join(ARCH_CHOICES)}"),
-        (cfg.epochs >= 1, "--epochs must be >= 1", None),
-        (cfg.batch_size >= 2, "--batch-size must be >= 2", None),
-        (cfg.lr > 0, "--lr must be > 0", None),
-        (cfg.weight_decay >= 0, "--weight-decay must be >= 0", None),
-        (0 <= cfg.momentum < 1, "--momentum must be in [0, 1)", None),
-        (cfg.moco_dim >= 1, "--moco-dim must be >= 1", None),
-        (cfg.moco_k is None or cfg.moco_k >= 1, "--moco-k must be >= 1", None),
-        (cfg.moco_m is None or 0 <= cfg.moco_m < 1, "--moco-m must be in [0, 1)", None),
-        (cfg.temperature is None or cfg.temperature > 0, "--temperature must be > 0", None),
-        (0 <= cfg.lam <= 1, f"--lambda must be in [0, 1] (Eq. 2), not {cfg.lam}", None),
-        (cfg.image_size is None or cfg.image_size >= 8, "--image-size must be >= 8", None),
-        (cfg.augment in AUGMENT_CHOICES, f"unknown --augment {cfg.augment!r}",
-         "choose cpu or device"),
-        (cfg.precision in PRECISION_CHOICES, f"unknown --precision {cfg.precision!r}",
-         "choose auto, fp32 or bf16"),
-        (cfg.workers is None or cfg.workers >= 0, "--workers must be >= 0", None),
-        (cfg.save_every >= 0, "--save-every must be >= 0", None),
-    ]
-    for ok, message, hint in checks:
-        if not ok:
-            raise ConfigError(message, hint)
-    if cfg.bn_groups is not None and cfg.batch_size % cfg.bn_groups:
-        raise ConfigError(f"--batch-size {cfg.batch_size} does not split into "
-                          f"{cfg.bn_groups} batch-norm groups",
-                          "choose a batch size divisible by --bn-groups")
-
-
-def train(data: str | Path, out: str | Path, *, resume: bool = False,
-          stop_after: int | None = None, progress: Progress | None = None,
-          **options: Any) -> TrainResult:
+def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, *,
+          resume: bool = False, stop_after: int | None = None,
+          progress: Progress | None = None, **options: Any) -> TrainResult:
     """Train MoCo-v2 (DATA = an image source) or SePP-ID (DATA = a combined export).
 
-    ``options`` are :class:`TrainConfig` fields. ``resume`` continues from
-    ``OUT/checkpoint-last.pt`` when there is one. ``stop_after`` ends this call after that
-    many epochs (a later ``resume`` goes on): for time-limited machines.
+    ``config`` is a :class:`TrainConfig`; its fields may also be given as keyword arguments
+    (``train(data, out, epochs=1)``), which override those of ``config``. ``resume``
+    continues from ``OUT/checkpoint-last.pt`` when there is one. ``stop_after`` ends this
+    call after that many epochs (a later ``resume`` goes on): for time-limited machines.
     """
     import torch
 
     from pairmine.train.data import open_train_data
 
-    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+    base = TrainConfig.build(config, options)
+    check_int("--stop-after", stop_after, minimum=1, optional=True)
     progress = progress or NullProgress()
-    base = TrainConfig(**options)
-    validate(base)
     rank, world, local_rank = _init_distributed(base.device)
-    cfg = base.resolved(world)
-    validate(cfg)
+    cfg = base.resolved(world)  # checked again, with the arch's defaults
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} does not split over {world} processes")
     device = _device(cfg.device, world, local_rank)
@@ -312,8 +367,8 @@ class _Loop:
             progress.finish()
         mean = _mean_over_processes(total, steps)
         if not math.isfinite(mean):
-            raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {mean})",
-                              "lower --lr, or use --precision fp32")
+            raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean})",
+                                "lower --lr, or use --precision fp32")
         return {"epoch": epoch + 1, "loss": mean, "lr": lr, "steps": steps,
                 "images": steps * cfg.batch_size, "semantic_items": n_semantic,
                 "seconds": round(seconds, 3),
