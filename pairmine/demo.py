@@ -149,7 +149,7 @@ def _train(spps: Path, run: Path, epochs: int, device: str,
 
 def _eval(encoder: str, train_list: Path, test_list: Path, out: Path, device: str,
           progress: Progress) -> dict[str, Any]:
-    from pairmine.evaluate import evaluate
+    from pairmine.quality import evaluate
 
     result = evaluate(encoder, train_list, test_list, linear=False, device=device, out=out,
                       progress=progress)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from pairmine.cli import cli
 from pairmine.errors import SourceError
-from pairmine.evaluate import evaluate, knn_predict, linear_probe, resolve_encoder_spec
+from pairmine.quality import evaluate, knn_predict, linear_probe, resolve_encoder_spec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESNET20 = SHARED_DATA / "resnet20-cifar10.th"
@@ -29,7 +29,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _colour_split(root: Path, per_class: int, seed: int) -> Path:
+def colour_split(root: Path, per_class: int, seed: int) -> Path:
     """Four well separated classes: noisy solid colours, 16x16 PNG."""
     from PIL import Image
 
@@ -57,7 +57,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     run = root / "run"
     run.mkdir()
     _save(run / "checkpoint-last.pt", _checkpoint(cfg, model, opt, 1, {"spec": "toy"}, []))
-    return (_colour_split(root / "train", 10, seed=1), _colour_split(root / "test", 5, seed=2),
+    return (colour_split(root / "train", 10, seed=1), colour_split(root / "test", 5, seed=2),
             run)
 
 

@@ -6,25 +6,9 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import (
-    DEVICE,
-    engine_choice,
-    known_errors,
-    out,
-    progress_bar,
-    summary_table,
-)
-
-
-def _ks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, "
-                                 "e.g. 1,5,10") from None
-    if not ks or any(k < 1 for k in ks):
-        raise click.BadParameter("give integers >= 1, e.g. 1,5,10")
-    return ks
+from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+from pairmine.commands.options import config_options
+from pairmine.quality import EvalPairsConfig
 
 
 def _pct(v: float | None) -> str:
@@ -33,26 +17,9 @@ def _pct(v: float | None) -> str:
 
 @click.command("eval-pairs")
 @click.argument("pairs", type=click.Path(path_type=Path))
-@click.option("--labels", "labels", type=click.Path(path_type=Path), default=None,
-              metavar="FILE", help="A .csv or .parquet with columns key,label "
-              "[default: the labels in the embeddings metadata].")
-@click.option("--k", "ks", default="1,5,10", show_default=True, callback=_ks,
-              help="Neighbour baselines: each image's k nearest neighbours.")
-@click.option("--grid-floor", type=float, default=None,
-              help="Lowest bound of the precision–yield grid [default: the band's min - 0.05].")
-@click.option("--grid-step", type=click.FloatRange(min=0.0, min_open=True), default=0.01,
-              show_default=True, help="Spacing of the grid's lower bounds.")
-@click.option("--no-grid", is_flag=True, help="Skip the precision–yield grid (one search).")
-@click.option("--engine", type=engine_choice(), default="auto",
-              show_default=True, help="Band-search engine for the grid.")
-@click.option("--device", type=DEVICE, default="auto",
-              show_default=True)
-@click.option("--out", "out_json", type=click.Path(path_type=Path), default=None,
-              metavar="JSON", help="Also write every figure as JSON.")
+@config_options(EvalPairsConfig)
 @known_errors
-def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: float | None,
-            grid_step: float, no_grid: bool, engine: str, device: str,
-            out_json: Path | None) -> None:
+def command(pairs: Path, config: EvalPairsConfig) -> None:
     """Pair accuracy of the pairs store PAIRS, next to nearest-neighbour baselines.
 
     Accuracy = share of pairs whose two images have the same label, counted three ways:
@@ -64,14 +31,12 @@ def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: f
 
     from pairmine.quality import BAND_HEADERS, eval_pairs, format_row
 
-    if out_json is not None:  # fail before the work, not after it
+    if config.out is not None:  # fail before the work, not after it
         from pairmine.stores import check_writable
 
-        check_writable(out_json)
+        check_writable(Path(config.out))
     with progress_bar() as progress:
-        report = eval_pairs(pairs, labels=labels, ks=ks, grid=not no_grid,
-                            grid_floor=grid_floor, grid_step=grid_step, engine=engine,
-                            device=device, out=out_json, progress=progress)
+        report = eval_pairs(pairs, config, progress=progress)
     acc = report.accuracy
     lo, hi = report.band
     out.print(summary_table(escape(f"pair accuracy of {report.pairs_path}  "
@@ -114,5 +79,5 @@ def command(pairs: Path, labels: Path | None, ks: tuple[int, ...], grid_floor: f
             style = "bold" if (row.lo, row.hi) == (lo, hi) else None
             grid.add_row(*format_row(row), style=style)
         out.print(grid)
-    if out_json is not None:
-        out.print(f"written: {out_json}")
+    if config.out is not None:
+        out.print(f"written: {config.out}")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairmine.errors import ConfigError
+from pairmine.quality.config import DEFAULT_KS, EvalPairsConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from pairmine.quality.labels import Scope
 
 log = logging.getLogger(__name__)
-
-DEFAULT_KS = (1, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -205,26 +204,23 @@ class EvalReport:
         return next((r for r in self.bands if r.lo == lo and r.hi == hi), None)
 
 
-def eval_pairs(pairs: str | Path, *, labels: str | Path | None = None,
-               ks: Sequence[int] = DEFAULT_KS, grid: bool = True,
-               grid_floor: float | None = None, grid_step: float = 0.01,
-               engine: str = "auto", device: str = "auto", out: str | Path | None = None,
-               progress: Progress | None = None) -> EvalReport:
+def eval_pairs(pairs: str | Path, config: EvalPairsConfig | None = None, *,
+               progress: Progress | None = None, **options: Any) -> EvalReport:
     """Pair accuracy of a pairs store, neighbour baselines and a precision–yield grid."""
+    config = EvalPairsConfig.build(config, options)
     import numpy as np
 
     from pairmine import stores
     from pairmine.quality import bands as bd
     from pairmine.quality.labels import load_labels, pairs_scope
 
-    if any(k < 1 for k in ks):
-        raise ConfigError(f"k must be >= 1 (got {', '.join(map(str, ks))})")
     store = stores.open_pairs(pairs)
     emb = stores.open_pairs_embeddings(store)
-    lab = load_labels(emb, labels, what="eval-pairs")
+    lab = load_labels(emb, config.labels, what="eval-pairs")
     assert lab is not None  # required=True
     scope = pairs_scope(store, len(emb))
     lo, hi = float(store.manifest["min"]), float(store.manifest["max"])
+    grid_floor = config.grid_floor
     if grid_floor is not None and not -1.0 <= grid_floor <= lo:
         raise ConfigError(f"--grid-floor {grid_floor} must lie in [-1, {lo}] (the band's min)")
     timings: dict[str, float] = {}
@@ -239,18 +235,19 @@ def eval_pairs(pairs: str | Path, *, labels: str | Path | None = None,
     timings["accuracy_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    baselines = knn_accuracy(emb.vectors, scope, lab.codes, ks, progress=progress)
+    baselines = knn_accuracy(emb.vectors, scope, lab.codes, config.ks, progress=progress)
     timings["neighbours_s"] = time.perf_counter() - t0
 
     rows: list[BandStats] = []
     floor = None
-    if grid:
+    if config.grid:
         t0 = time.perf_counter()
         floor = round(max(-1.0, lo - 0.05), 6) if grid_floor is None else grid_floor
-        lows = sorted(set(bd.grid(floor, hi, grid_step)) | {lo})
+        lows = sorted(set(bd.grid(floor, hi, config.grid_step)) | {lo})
         lows = [x for x in lows if x < hi] or [lo]
-        scored = bd.scan_scores(emb.vectors, floor, scope, engine=engine, device=device,
-                                content=bd.duplicate_codes(emb.meta), progress=progress)
+        scored = bd.scan_scores(emb.vectors, floor, scope, engine=config.engine,
+                                device=config.device, content=bd.duplicate_codes(emb.meta),
+                                progress=progress)
         rows = bd.band_table(scored, scope, lab.codes, bd.all_bands(lows, {hi, 1.0}))
         timings["grid_s"] = time.perf_counter() - t0
 
@@ -260,6 +257,6 @@ def eval_pairs(pairs: str | Path, *, labels: str | Path | None = None,
         n_rows=len(emb), labels=lab.origin,
         labelled_anchors=int(np.sum(lab.codes[scope.anchors] >= 0)),
         accuracy=acc, baselines=baselines, bands=rows, grid_floor=floor, timings=timings)
-    if out is not None:
-        stores.write_json_atomic(Path(out), report.as_dict())
+    if config.out is not None:
+        stores.write_json_atomic(Path(config.out), report.as_dict())
     return report

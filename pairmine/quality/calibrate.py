@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairmine.errors import ConfigError
+from pairmine.quality.config import CalibrateConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,13 +81,8 @@ class Calibration:
         return [r for r in self.bands if r.hi == hi]
 
 
-def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
-              max_cap: float = 0.99, target_precision: float | None = None,
-              target_yield: float | None = None, labels: str | Path | None = None,
-              use_labels: bool = True, labels_sample: int | None = None,
-              subset: str | float | int | None = None, seed: int = 0, min_support: int = 30,
-              engine: str = "auto", device: str = "auto", max_pairs: int | None = None,
-              out: str | Path | None = None, progress: Progress | None = None) -> Calibration:
+def calibrate(emb: str | Path, config: CalibrateConfig | None = None, *,
+              progress: Progress | None = None, **options: Any) -> Calibration:
     """Measure a grid of bands on an embeddings store in one pass and suggest one.
 
     ``subset`` (fraction or count) searches only those anchors, against every image, so
@@ -94,87 +90,58 @@ def calibrate(emb: str | Path, *, floor: float = 0.9, step: float = 0.005,
     ``use_labels=False`` ignores every label, so the suggestion is label-free (what a
     self-supervised protocol may use); it excludes the precision options.
     """
+    config = CalibrateConfig.build(config, options)
     import numpy as np
 
     from pairmine import stores
     from pairmine.quality import bands as bd
     from pairmine.quality.labels import Scope, load_labels
 
-    _validate(floor, step, max_cap, target_precision, target_yield, labels_sample,
-              min_support)
-    requested = stores.parse_subset(subset)  # the --subset match parses
-    stores.check_seed(seed)
-    needs_labels = target_precision is not None or labels_sample is not None
-    what = "--target-precision" if target_precision is not None else "--labels-sample"
-    if not use_labels and (needs_labels or labels is not None):
-        raise ConfigError(f"--no-labels excludes {what if needs_labels else '--labels'}",
-                          "drop one of them")
+    requested = stores.parse_subset(config.subset)  # the --subset match parses
     store = stores.open_embeddings(emb)
-    lab = load_labels(store, labels, required=needs_labels, what=what) if use_labels else None
-    anchors = stores.draw_subset(len(store), requested, seed)  # the draw match makes
+    lab = (load_labels(store, config.labels, required=config.needs_labels,
+                       what=config.labels_flag) if config.use_labels else None)
+    anchors = stores.draw_subset(len(store), requested, config.seed)  # the draw match makes
     scope = Scope(anchors=anchors, against="anchors" if requested is None else "all",
                   n_rows=len(store))
-    codes = None if lab is None else _sample_labels(lab.codes, labels_sample, seed)
+    codes = None if lab is None else _sample_labels(lab.codes, config.labels_sample, config.seed)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    scored = bd.scan_scores(store.vectors, floor, scope, engine=engine, device=device,
-                            content=bd.duplicate_codes(store.meta),
-                            max_pairs=max_pairs or bd.DEFAULT_MAX_PAIRS, progress=progress)
+    scored = bd.scan_scores(store.vectors, config.floor, scope, engine=config.engine,
+                            device=config.device, content=bd.duplicate_codes(store.meta),
+                            max_pairs=config.max_pairs or bd.DEFAULT_MAX_PAIRS, progress=progress)
     timings["search_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    extra = {x for x in PAPER_BAND if x >= floor}
-    lows = sorted(set(bd.grid(floor, 1.0, step)) | extra)
-    highs = sorted(set(bd.grid(floor, 1.0, step)) | extra | {max_cap})
+    extra = {x for x in PAPER_BAND if x >= config.floor}
+    lows = sorted(set(bd.grid(config.floor, 1.0, config.step)) | extra)
+    highs = sorted(set(bd.grid(config.floor, 1.0, config.step)) | extra | {config.max_cap})
     rows = bd.band_table(scored, scope, codes, bd.all_bands(lows, highs))
     timings["table_s"] = time.perf_counter() - t0
 
     target: dict[str, float] = {}
-    if target_precision is not None:
-        target["precision"] = target_precision
-        suggestion, note = suggest_for_precision(rows, target_precision, max_cap, min_support)
-    elif target_yield is not None:
-        target["yield"] = target_yield
-        suggestion, note = suggest_for_yield(rows, target_yield, max_cap,
+    if config.target_precision is not None:
+        target["precision"] = config.target_precision
+        suggestion, note = suggest_for_precision(rows, config.target_precision, config.max_cap,
+                                                 config.min_support)
+    elif config.target_yield is not None:
+        target["yield"] = config.target_yield
+        suggestion, note = suggest_for_yield(rows, config.target_yield, config.max_cap,
                                              labelled=codes is not None)
     else:
         suggestion, note = None, "no target given: pass --target-precision or --target-yield"
     result = Calibration(
         embeddings=str(store.path.resolve()), n_rows=len(store), anchors=int(anchors.size),
-        against=scope.against, subset=requested, seed=seed, floor=floor, step=step,
-        max_cap=max_cap, labels=None if lab is None else lab.origin,
+        against=scope.against, subset=requested, seed=config.seed, floor=config.floor,
+        step=config.step, max_cap=config.max_cap, labels=None if lab is None else lab.origin,
         labelled_images=0 if codes is None else int(np.sum(codes >= 0)),
-        labels_sample=labels_sample, target=target, pairs_above_floor=int(scored.a.size),
+        labels_sample=config.labels_sample, target=target, pairs_above_floor=int(scored.a.size),
         bands=rows, suggestion=suggestion, note=note,
         paper_band=next((r for r in rows if (r.lo, r.hi) == PAPER_BAND), None),
         timings=timings)
-    if out is not None:
-        stores.write_json_atomic(Path(out), result.as_dict())
+    if config.out is not None:
+        stores.write_json_atomic(Path(config.out), result.as_dict())
     return result
-
-
-def _validate(floor: float, step: float, max_cap: float, target_precision: float | None,
-              target_yield: float | None, labels_sample: int | None, min_support: int) -> None:
-    """Every option checked before any work (and before anything is written)."""
-    if target_precision is not None and target_yield is not None:
-        raise ConfigError("--target-precision and --target-yield are alternatives",
-                          "give one of them")
-    if not -1.0 <= floor < 1.0:
-        raise ConfigError(f"--floor {floor} is outside [-1, 1)", "e.g. --floor 0.9")
-    if not 0 < step <= 0.5:
-        raise ConfigError(f"--step {step} is outside (0, 0.5]", "e.g. --step 0.005")
-    if not floor < max_cap <= 1.0:
-        raise ConfigError(f"--max-cap {max_cap} must lie in ({floor}, 1] (above the floor)")
-    if target_precision is not None and not 0.0 < target_precision <= 1.0:
-        raise ConfigError(f"--target-precision {target_precision} is outside (0, 1]",
-                          "a share, e.g. 0.9 for 90% of pairs with the same label")
-    if target_yield is not None and target_yield <= 0:
-        raise ConfigError(f"--target-yield {target_yield} must be > 0",
-                          "positives per image, e.g. 1.0")
-    if labels_sample is not None and labels_sample < 2:
-        raise ConfigError(f"--labels-sample {labels_sample} must be >= 2")
-    if min_support < 1:
-        raise ConfigError(f"--min-support {min_support} must be >= 1")
 
 
 def _sample_labels(codes: np.ndarray, sample: int | None, seed: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Evaluate a frozen encoder on a labelled train/test pair: kNN monitor and linear probe.
+"""Evaluate a frozen encoder on a labelled train/test pair (``pairmine eval``): kNN monitor
+and linear probe.
 
 - kNN (InstDisc / MoCo monitor): L2-normalised features, cosine similarity to every train
   feature, the k = 200 nearest vote for their class with weight exp(sim / t), t = 0.07.
@@ -9,7 +10,8 @@
   features are the usual cheap variant and say so in the result.
 
 The encoder is any ``--encoder`` SPEC (``pairmine.encoders``), or a path to a ``pairmine
-train`` checkpoint or output directory (read as ``pairmine:PATH``).
+train`` checkpoint or output directory (read as ``pairmine:PATH``). The protocol's options are
+an :class:`~pairmine.quality.config.EvalConfig` (or the same fields as keyword arguments).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pairmine.errors import ConfigError, SourceError
+from pairmine.errors import SourceError
 from pairmine.progress import NullProgress, Progress
+from pairmine.quality.config import EvalConfig
 
 if TYPE_CHECKING:
     import torch
@@ -31,8 +34,6 @@ if TYPE_CHECKING:
     from pairmine.sources import ImageSource
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("sgd", "lbfgs")
 
 
 @dataclass
@@ -58,14 +59,12 @@ def resolve_encoder_spec(spec: str) -> str:
     return spec
 
 
-def evaluate(encoder: str, train: str | Path, test: str | Path, *,
-             features: str | None = "backbone", arch: str | None = None, k: int = 200,
-             t: float = 0.07, knn: bool = True, linear: bool = True, linear_epochs: int = 100,
-             linear_optimizer: str = "sgd", linear_lr: float = 0.1,
-             linear_weight_decay: float = 0.0, batch_size: int = 256, device: str = "auto",
-             workers: int | None = None, seed: int = 0, out: str | Path | None = None,
-             progress: Progress | None = None) -> EvalResult:
-    """kNN accuracy and linear-probe accuracy of ``encoder``'s frozen features."""
+def evaluate(encoder: str, train: str | Path, test: str | Path,
+             config: EvalConfig | None = None, *, progress: Progress | None = None,
+             **options: Any) -> EvalResult:
+    """kNN accuracy and linear-probe accuracy of ``encoder``'s frozen features, fitted on the
+    labelled images ``train`` and measured on ``test`` (image source specs)."""
+    config = EvalConfig.build(config, options)
     import torch
 
     import pairmine.encoders.pairmine_ckpt  # noqa: F401 - registers `pairmine:` (idempotent)
@@ -73,18 +72,10 @@ def evaluate(encoder: str, train: str | Path, test: str | Path, *,
     from pairmine.runtime import resolve_device
     from pairmine.sources import open_source
 
-    if k < 1 or t <= 0:
-        raise ConfigError("--k must be >= 1 and --t > 0")
-    if linear_optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown --linear-optimizer {linear_optimizer!r}",
-                          "choose sgd or lbfgs")
-    if linear and linear_epochs < 1:
-        raise ConfigError("--linear-epochs must be >= 1 (or pass --no-linear)")
-    if not (knn or linear):
-        raise ConfigError("nothing to evaluate", "leave --knn or --linear on")
     progress = progress or NullProgress()
-    dev = torch.device(resolve_device(device))
-    enc = load_encoder(resolve_encoder_spec(encoder), arch=arch, features=features)
+    dev = torch.device(resolve_device(config.device))
+    enc = load_encoder(resolve_encoder_spec(encoder), arch=config.arch,
+                       features=config.features)
     enc.model.to(dev).eval()
     timings: dict[str, float] = {}
 
@@ -92,8 +83,8 @@ def evaluate(encoder: str, train: str | Path, test: str | Path, *,
     for name, spec in (("train", train), ("test", test)):
         source = open_source(str(spec))
         t0 = time.perf_counter()
-        feats, labels = extract_features(enc, source, name=name, batch_size=batch_size,
-                                         device=dev, workers=workers, progress=progress)
+        feats, labels = extract_features(enc, source, name=name, batch_size=config.batch_size,
+                                         device=dev, workers=config.workers, progress=progress)
         timings[f"features_{name}_s"] = round(time.perf_counter() - t0, 3)
         sets[name] = (feats, labels, {"spec": str(spec), "count": int(labels.shape[0]),
                                       "source": source.describe()})
@@ -102,24 +93,26 @@ def evaluate(encoder: str, train: str | Path, test: str | Path, *,
     classes = int(max(int(train_y.max()), int(test_y.max())) + 1)
     result = EvalResult(encoder=enc.describe(), train={**train_info, "classes": classes},
                         test=test_info, features=enc.features, dim=enc.dim, device=str(dev))
-    if knn:
+    if config.knn:
         t0 = time.perf_counter()
-        pred = knn_predict(train_f.to(dev), train_y.to(dev), test_f.to(dev), classes, k=k, t=t)
+        pred = knn_predict(train_f.to(dev), train_y.to(dev), test_f.to(dev), classes,
+                           k=config.k, t=config.t)
         top1 = float((pred.cpu() == test_y).double().mean())
-        result.knn = {"top1": top1, "k": min(k, int(train_y.shape[0])), "t": t}
+        result.knn = {"top1": top1, "k": min(config.k, int(train_y.shape[0])), "t": config.t}
         timings["knn_s"] = round(time.perf_counter() - t0, 3)
-    if linear:
+    if config.linear:
         t0 = time.perf_counter()
         result.linear = linear_probe(train_f, train_y, test_f, test_y, classes,
-                                     epochs=linear_epochs, optimizer=linear_optimizer,
-                                     lr=linear_lr, weight_decay=linear_weight_decay,
-                                     seed=seed, device=dev, progress=progress)
+                                     epochs=config.linear_epochs,
+                                     optimizer=config.linear_optimizer, lr=config.linear_lr,
+                                     weight_decay=config.linear_weight_decay, seed=config.seed,
+                                     device=dev, progress=progress)
         timings["linear_s"] = round(time.perf_counter() - t0, 3)
     result.timings = timings
-    if out is not None:
+    if config.out is not None:
         from pairmine.stores import write_json_atomic
 
-        write_json_atomic(Path(out), result.to_json())
+        write_json_atomic(Path(config.out), result.to_json())
     return result
 
 
