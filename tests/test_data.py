@@ -1,4 +1,4 @@
-"""pairmine.data: the map-style and WebDataset training datasets over real exports, with a real
+"""pairmine.datasets: the map-style and WebDataset training datasets over real exports, with a real
 torchvision augmentation pipeline; and the two examples, run end to end on a tiny export."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from test_export import Stores, build_embeddings, build_pairs, make_stores, writ
 from torchvision.transforms import v2 as T
 
 from pairmine import stores
-from pairmine.data import SPPSDataset, ToViews, shard_urls, spps_webdataset
+from pairmine.datasets import SPPSDataset, ToViews, shard_urls, spps_webdataset
 from pairmine.errors import StoreError
 from pairmine.export import export
 
@@ -96,6 +96,26 @@ def test_both_backends_serve_the_same_bytes(exported: tuple[Stores, Path, Path])
 
     assert len(by_shards) == len(by_table) == 27
     assert both(by_shards) == both(by_table)
+
+
+def test_the_reference_trainer_reads_the_items_outside_trainers_read(
+        exported: tuple[Stores, Path, Path]) -> None:
+    """One reader: pairmine.train's items of a --combined export are SPPSDataset's, image for
+    image, in the same order (the trainer lists single images first, then the pairs, then
+    each pair reversed)."""
+    from pairmine.train.data import INSTANCE, SEMANTIC, open_train_data
+
+    _, shards, _ = exported
+    data = open_train_data(shards)
+    trained = [(int(k), data.reader.read(int(a)), data.reader.read(int(b)))
+               for k, a, b in zip(data.kind, data.a, data.b, strict=True)]
+    images = SPPSDataset(shards, kinds=("image",))
+    pairs = SPPSDataset(shards, kinds=("pair",))
+    single = [(INSTANCE, raw, raw) for raw, _ in (images.raw(i) for i in range(len(images)))]
+    forward = [(SEMANTIC, a, b) for a, b in (pairs.raw(i) for i in range(len(pairs)))]
+    backward = [(SEMANTIC, b, a) for _, a, b in forward]
+    assert trained == single + forward + backward
+    assert data.describe()["images"] == 12 and data.describe()["pairs"] == 15
 
 
 def test_kinds_select_pairs_or_images(exported: tuple[Stores, Path, Path]) -> None:
@@ -245,3 +265,15 @@ def test_example_reads_spps_parquet(exported: tuple[Stores, Path, Path]) -> None
     assert stats["pairs"] == 15
     assert stats["pair_accuracy"] == pytest.approx(same / 15)
     assert sum(stats["shards"].values()) == 15
+
+
+def test_pairmine_data_is_a_deprecated_alias() -> None:
+    import importlib
+
+    import pairmine.datasets
+
+    sys.modules.pop("pairmine.data", None)
+    with pytest.warns(DeprecationWarning, match="import pairmine.datasets instead"):
+        alias = importlib.import_module("pairmine.data")
+    for name in pairmine.datasets.__all__:
+        assert getattr(alias, name) is getattr(pairmine.datasets, name), name

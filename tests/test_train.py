@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,35 +59,22 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _write_export(root: Path, n_images: int = 24, n_pairs: int = 5, combined: bool = True,
                   seed: int = 3) -> Path:
-    """An export store laid out as `pairmine export --combined` writes it: manifest.json and
-    WebDataset tar shards with image samples and pair samples."""
+    """A real `pairmine export` (`--combined` by default) in two shards: ``n_images`` random
+    PNGs, the pairs (0, 1), (2, 3), ... of an embeddings and a pairs store built by hand."""
+    from test_export import build_embeddings, build_pairs
+
+    from pairmine.export import export
+
     rng = np.random.default_rng(seed)
-    images = [_png(rng.integers(0, 256, (18, 18, 3), np.uint8)) for _ in range(n_images)]
-    samples: list[tuple[str, dict[str, bytes]]] = []
-    for p in range(n_pairs):
-        a, b = 2 * p, 2 * p + 1
-        samples.append((f"pair-{p:09d}", {"anchor.png": images[a], "positive.png": images[b],
-                                          "json": json.dumps({"a": a, "b": b}).encode()}))
-    if combined:
-        for i, data in enumerate(images):
-            samples.append((f"image-{i:09d}", {"image.png": data,
-                                               "json": json.dumps({"id": i}).encode()}))
-    order = rng.permutation(len(samples))
-    shards = []
-    for s, chunk in enumerate(np.array_split(order, 2)):
-        rel = f"shards/spps-{s:06d}.tar"
-        (root / "shards").mkdir(parents=True, exist_ok=True)
-        with tarfile.open(root / rel, "w") as tf:
-            for j in chunk:
-                key, members = samples[j]
-                for suffix, data in members.items():
-                    info = tarfile.TarInfo(f"{key}.{suffix}")
-                    info.size = len(data)
-                    tf.addfile(info, io.BytesIO(data))
-        shards.append({"tar": rel, "samples": len(chunk)})
-    (root / "manifest.json").write_text(json.dumps({"format": "pairmine/export", "version": 1,
-                                                    "shards": shards}))
-    return root
+    for i in range(n_images):
+        folder = root / "images" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.png").write_bytes(_png(rng.integers(0, 256, (18, 18, 3), np.uint8)))
+    emb = build_embeddings(root / "images", root / "emb")
+    pairs = build_pairs(emb, root / "pairs", [(2 * p, 2 * p + 1) for p in range(n_pairs)])
+    samples = n_pairs + (n_images if combined else 0)
+    return export(pairs, root / "spps", combined=combined, shuffle=True, seed=seed,
+                  shard_size=-(-samples // 2)).path
 
 
 # ---------------------------------------------------------------------------------------------

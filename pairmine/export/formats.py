@@ -8,7 +8,7 @@ the built-ins (``webdataset``, ``parquet``) and plugins (entry points in the gro
 
 To add a format: subclass ``ExportFormat``, implement the three methods, register the object
 here (or through an entry point). The implementations live with the code they share (the
-writers in ``run``, the checks in ``verification``, the readers in ``pairmine.data``); the
+writers in ``run``, the checks in ``verification``, the readers in ``pairmine.datasets``); the
 methods import them when called, so this module stays light.
 """
 
@@ -22,12 +22,14 @@ from pairmine.errors import ConfigError, StoreError
 from pairmine.registry import Registry
 
 if TYPE_CHECKING:
-    from pairmine.data import ExportItems
+    from pairmine.datasets import ExportItems
+    from pairmine.export.config import ExportConfig
     from pairmine.export.fetch import Fetcher
     from pairmine.export.plan import Plan
-    from pairmine.export.run import ExportOptions, Written
+    from pairmine.export.run import Written
     from pairmine.export.verification import VerifyResult
     from pairmine.progress import Progress
+    from pairmine.stores.export import Export
 
 
 class ExportFormat(ABC):
@@ -41,9 +43,10 @@ class ExportFormat(ABC):
     cache_bytes: int
 
     @abstractmethod
-    def write(self, out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+    def write(self, out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
               skip_missing: bool, progress: Progress) -> Written:
-        """Write the export's data files into ``out`` (the manifest is written by the run)."""
+        """Write the export's data files into ``out`` (the manifest is written by the run);
+        ``config`` is resolved (``ExportConfig.resolved``)."""
 
     @abstractmethod
     def verify(self, out: Path, manifest: dict[str, Any], result: VerifyResult,
@@ -66,11 +69,11 @@ class WebDatasetFormat(ExportFormat):
 
         return DEFAULT_CACHE_BYTES
 
-    def write(self, out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+    def write(self, out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
               skip_missing: bool, progress: Progress) -> Written:
         from pairmine.export.run import write_webdataset
 
-        return write_webdataset(out, plan, fetcher, options, skip_missing, progress)
+        return write_webdataset(out, plan, fetcher, config, skip_missing, progress)
 
     def verify(self, out: Path, manifest: dict[str, Any], result: VerifyResult,
                progress: Progress) -> None:
@@ -79,9 +82,9 @@ class WebDatasetFormat(ExportFormat):
         verify_webdataset(out, manifest, result, progress)
 
     def open(self, out: Path, manifest: dict[str, Any], kinds: tuple[str, ...]) -> ExportItems:
-        from pairmine.data import ShardItems
+        from pairmine.datasets import ShardItems
 
-        return ShardItems(out, manifest, kinds)
+        return ShardItems(_export(out, manifest), kinds)
 
 
 class ParquetFormat(ExportFormat):
@@ -90,11 +93,11 @@ class ParquetFormat(ExportFormat):
     shards = False
     cache_bytes = 0  # each image is checked once
 
-    def write(self, out: Path, plan: Plan, fetcher: Fetcher, options: ExportOptions,
+    def write(self, out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
               skip_missing: bool, progress: Progress) -> Written:
         from pairmine.export.run import write_parquet
 
-        return write_parquet(out, plan, fetcher, options, skip_missing, progress)
+        return write_parquet(out, plan, fetcher, config, skip_missing, progress)
 
     def verify(self, out: Path, manifest: dict[str, Any], result: VerifyResult,
                progress: Progress) -> None:
@@ -103,9 +106,16 @@ class ParquetFormat(ExportFormat):
         verify_parquet(out, manifest, result, progress)
 
     def open(self, out: Path, manifest: dict[str, Any], kinds: tuple[str, ...]) -> ExportItems:
-        from pairmine.data import TableItems
+        from pairmine.datasets import TableItems
 
-        return TableItems(out, manifest, kinds)
+        return TableItems(_export(out, manifest), kinds)
+
+
+def _export(out: Path, manifest: dict[str, Any]) -> Export:
+    """The export at ``out`` through the store's reader (``manifest`` already read)."""
+    from pairmine.stores.export import Export, ExportManifest
+
+    return Export(path=out, manifest=ExportManifest.from_json(manifest, out))
 
 
 def _registry() -> Registry[ExportFormat]:

@@ -1,34 +1,38 @@
-"""The export store's layout: file names, sample keys, tar members, Parquet schemas.
+"""The export writer's side of the export store's layout: tar header fields, the resume
+metadata of a shard index, member names and where members land in a tar.
 
-An export (``format: pairmine/export``) holds ``spps.parquet`` (one row per pair),
-``images.parquet`` (combined exports: one row per original image) and, for the webdataset
-format, ``shards/spps-NNNNNN.tar`` with one index ``shards/spps-NNNNNN.parquet`` per tar.
-docs/export.md describes the format for readers outside pairmine.
+The store's contract (file names, shard naming, sample kinds, member roles, the Parquet
+schemas) lives in ``pairmine.stores.export``, with the typed manifest and the one reader;
+its names are imported here so that ``lay.SPPS_FILE`` and the like keep working in the writer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import pyarrow as pa
+from pairmine.stores.export import (  # the store's contract, re-exported for the writer
+    ANCHOR,
+    IMAGE,
+    IMAGES_FILE,
+    IMAGES_SCHEMA,
+    INDEX_SCHEMA,
+    JSON,
+    KIND_IMAGE,
+    KIND_PAIR,
+    POSITIVE,
+    SHARD_PREFIX,
+    SHARD_WIDTH,
+    SHARDS_DIR,
+    SPPS_FILE,
+    SPPS_SCHEMA,
+    image_key,
+    pair_key,
+    shard_index,
+    shard_stem,
+    shard_tar,
+)
 
-SHARDS_DIR = "shards"
-SHARD_PREFIX = "spps"
-SHARD_WIDTH = 6
-SPPS_FILE = "spps.parquet"
-IMAGES_FILE = "images.parquet"
 PROBLEMS_FILE = "problems.json"  # in .partial/: the full list when bad sources stop an export
-
-KIND_PAIR = "pair"
-KIND_IMAGE = "image"
-
-# member names inside a sample (the part after the key's dot)
-ANCHOR = "anchor"
-POSITIVE = "positive"
-IMAGE = "image"
-JSON = "json"
 
 # fixed tar header fields: an export is reproducible byte for byte
 TAR_MTIME = 0  # an int: a float mtime makes tarfile add a PAX header per member
@@ -46,29 +50,6 @@ META_NEXT_POSITION = b"pairmine.next_position"
 META_TAR_SHA256 = b"pairmine.tar_sha256"
 META_TAR_BYTES = b"pairmine.tar_bytes"
 META_SKIPPED = b"pairmine.skipped"
-
-
-def shard_stem(index: int) -> str:
-    return f"{SHARDS_DIR}/{SHARD_PREFIX}-{index:0{SHARD_WIDTH}d}"
-
-
-def shard_tar(index: int) -> str:
-    """``shard_tar(3) == "shards/spps-000003.tar"`` (relative to the export)."""
-    return shard_stem(index) + ".tar"
-
-
-def shard_index(index: int) -> str:
-    return shard_stem(index) + ".parquet"
-
-
-def pair_key(pair_id: int) -> str:
-    """The ``__key__`` of a pair sample. Keys never hold dots: WebDataset splits the member
-    name at the first dot of its base name."""
-    return f"pair-{pair_id:09d}"
-
-
-def image_key(image_id: int) -> str:
-    return f"image-{image_id:09d}"
 
 
 _EXT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "tif": "tiff"}
@@ -113,85 +94,11 @@ def member_spans(key: str, start: int, members: dict[str, int]) -> list[MemberSp
     return spans
 
 
-# ---------------------------------------------------------------------------------------------
-# schemas
-
-
-def INDEX_SCHEMA() -> pa.Schema:  # a constant, built lazily to keep pyarrow lazy
-    """One row per sample of a shard, in tar order.
-
-    ``a``/``b`` are embeddings-store ids (``b`` null for image samples); ``name_*``,
-    ``offset_*``, ``size_*`` and ``sha256_*`` locate and check each member's data in the tar.
-    """
-    import pyarrow as pa
-
-    return pa.schema([
-        ("key", pa.string()),
-        ("kind", pa.string()),
-        ("position", pa.int64()),
-        ("pair_id", pa.int64()),
-        ("a", pa.int64()),
-        ("b", pa.int64()),
-        ("score", pa.float32()),
-        ("key_a", pa.string()),
-        ("key_b", pa.string()),
-        ("label_a", pa.int64()),
-        ("label_b", pa.int64()),
-        ("offset", pa.int64()),
-        ("size", pa.int64()),
-        ("name_a", pa.string()),
-        ("offset_a", pa.int64()),
-        ("size_a", pa.int64()),
-        ("sha256_a", pa.string()),
-        ("name_b", pa.string()),
-        ("offset_b", pa.int64()),
-        ("size_b", pa.int64()),
-        ("sha256_b", pa.string()),
-        ("offset_json", pa.int64()),
-        ("size_json", pa.int64()),
-        ("sha256_json", pa.string()),
-    ])
-
-
-def SPPS_SCHEMA() -> pa.Schema:
-    """``spps.parquet``: one row per pair, ordered by ``pair_id``.
-
-    ``source_*``/``member_*`` say where the original image lives (as in the embeddings
-    store); ``shard``/``sample_key`` where the pair landed (null for the parquet format).
-    """
-    import pyarrow as pa
-
-    return pa.schema([
-        ("pair_id", pa.int64()),
-        ("a", pa.int64()),
-        ("b", pa.int64()),
-        ("score", pa.float32()),
-        ("key_a", pa.string()),
-        ("key_b", pa.string()),
-        ("source_a", pa.string()),
-        ("source_b", pa.string()),
-        ("member_a", pa.string()),
-        ("member_b", pa.string()),
-        ("label_a", pa.int64()),
-        ("label_b", pa.int64()),
-        ("sha256_a", pa.string()),
-        ("sha256_b", pa.string()),
-        ("shard", pa.string()),
-        ("sample_key", pa.string()),
-    ])
-
-
-def IMAGES_SCHEMA() -> pa.Schema:
-    """``images.parquet`` (combined exports): one row per original image, ordered by id."""
-    import pyarrow as pa
-
-    return pa.schema([
-        ("id", pa.int64()),
-        ("key", pa.string()),
-        ("source", pa.string()),
-        ("member", pa.string()),
-        ("label", pa.int64()),
-        ("sha256", pa.string()),
-        ("shard", pa.string()),
-        ("sample_key", pa.string()),
-    ])
+__all__ = [
+    "ANCHOR", "BLOCK", "END_OF_ARCHIVE", "IMAGE", "IMAGES_FILE", "IMAGES_SCHEMA", "INDEX_SCHEMA",
+    "JSON", "KIND_IMAGE", "KIND_PAIR", "MAX_MEMBER_NAME", "META_NEXT_POSITION", "META_SKIPPED",
+    "META_TAR_BYTES", "META_TAR_SHA256", "POSITIVE", "PROBLEMS_FILE", "SHARDS_DIR", "SHARD_PREFIX",
+    "SHARD_WIDTH", "SPPS_FILE", "SPPS_SCHEMA", "TAR_GROUP", "TAR_MODE", "TAR_MTIME", "TAR_USER",
+    "MemberSpan", "image_key", "member_spans", "normalise_ext", "padded", "pair_key",
+    "shard_index", "shard_stem", "shard_tar",
+]

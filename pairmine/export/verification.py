@@ -27,6 +27,7 @@ from pairmine.export.formats import export_format
 from pairmine.export.plan import Catalogue
 from pairmine.export.prefetch import Prefetcher
 from pairmine.progress import NullProgress, Progress
+from pairmine.stores.export import ExportFile, ExportManifest, ExportShard, InputRecord
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -58,8 +59,8 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
     t0 = time.perf_counter()
     out = Path(out)
     manifest = stores.read_manifest(out, stores.EXPORT_FORMAT)
+    ExportManifest.from_json(manifest, out)  # a damaged manifest: one clear error, up front
     layout = export_format(manifest, out)
-    _check_records(out, manifest, layout.name)
     result = VerifyResult(path=out, format=layout.name)
     layout.verify(out, manifest, result, progress)
     result.seconds = time.perf_counter() - t0
@@ -72,26 +73,6 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
     return result
 
 
-# the manifest records each verifier reads, and their types: checked first, so that a damaged
-# manifest is one clear error rather than a KeyError half-way
-_RECORDS: dict[str, tuple[tuple[str, type], ...]] = {
-    "webdataset": (("counts", dict), ("shards", list), ("inputs", dict), ("files", dict)),
-    "parquet": (("counts", dict), ("files", dict), ("source", dict), ("inputs", dict)),
-}
-
-
-def _check_records(out: Path, manifest: dict[str, Any], fmt: str) -> None:
-    for key, kind in _RECORDS.get(fmt, ()):  # a plugin format checks its own records
-        if not isinstance(manifest.get(key), kind):
-            raise stores.damaged(out, stores.MANIFEST, f"{key!r} is missing or not a "
-                                 f"{'list' if kind is list else 'record'}",
-                                 stores.EXPORT_FORMAT)
-    counts = manifest["counts"]
-    if not all(isinstance(counts.get(k), int) for k in ("samples", "pairs", "images")):
-        raise stores.damaged(out, stores.MANIFEST, "'counts' lacks samples, pairs or images",
-                             stores.EXPORT_FORMAT)
-
-
 # ---------------------------------------------------------------------------------------------
 # webdataset
 
@@ -100,45 +81,46 @@ def verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
                        progress: Progress) -> None:
     import pyarrow as pa
 
-    counts = manifest["counts"]
-    meta_sha = _embeddings_hashes(manifest)
+    info = ExportManifest.from_json(manifest, out)
+    counts = info.counts
+    meta_sha = _embeddings_hashes(info.inputs.embeddings)
     result.embeddings_checked = meta_sha is not None
-    progress.start("verify", total=int(counts["samples"]), unit="samples")
+    progress.start("verify", total=counts.samples, unit="samples")
     indexes: list[pa.Table] = []
-    for rec in manifest["shards"]:
+    for rec in info.shards:
         table = _verify_shard(out, rec, meta_sha, result, progress)
         if table is not None:
             indexes.append(table)
     progress.finish()
-    result.shards = len(manifest["shards"])
+    result.shards = len(info.shards)
     if result.problems:  # totals of damaged shards would only repeat those problems
         return
     for name in ("samples", "pairs", "images", "bytes"):
-        if int(counts[name]) != getattr(result, name):
-            result.problems.append(f"the manifest counts {counts[name]} {name}, the shards hold "
-                                   f"{getattr(result, name)}")
+        if getattr(counts, name) != getattr(result, name):
+            result.problems.append(f"the manifest counts {getattr(counts, name)} {name}, the "
+                                   f"shards hold {getattr(result, name)}")
     index = pa.concat_tables(indexes) if indexes else lay.INDEX_SCHEMA().empty_table()
-    _verify_tables(out, manifest, index, result)
+    _verify_tables(out, info, index, result)
 
 
-def _verify_shard(out: Path, rec: dict[str, Any], meta_sha: list[str] | None,
+def _verify_shard(out: Path, rec: ExportShard, meta_sha: list[str] | None,
                   result: VerifyResult, progress: Progress) -> pa.Table | None:
     import pyarrow.parquet as pq
 
-    tar, index = out / rec["tar"], out / rec["index"]
+    tar, index = out / rec.tar, out / rec.index
     problems = result.problems
     for path in (tar, index):
         if not path.exists():
             problems.append(f"{path} is missing")
             return None
-    if stores.sha256_file(index) != rec["index_sha256"]:
-        problems.append(f"{rec['index']} does not match the manifest's sha256")
+    if stores.sha256_file(index) != rec.index_sha256:
+        problems.append(f"{rec.index} does not match the manifest's sha256")
         return None
     table = pq.read_table(index)
     rows = table.to_pylist()
-    if len(rows) != int(rec["samples"]):
-        problems.append(f"{rec['index']} lists {len(rows)} samples, the manifest "
-                        f"{rec['samples']}")
+    if len(rows) != rec.samples:
+        problems.append(f"{rec.index} lists {len(rows)} samples, the manifest "
+                        f"{rec.samples}")
 
     # 1. the tar's own member list, read by tarfile, against the index
     expected = [(s.name, s.offset, s.size) for r in rows for s in _spans(r)]
@@ -146,12 +128,12 @@ def _verify_shard(out: Path, rec: dict[str, Any], meta_sha: list[str] | None,
         with tarfile.open(tar, "r:") as tf:
             found = [(m.name, m.offset_data, m.size) for m in tf.getmembers()]
     except tarfile.TarError as exc:
-        problems.append(f"{rec['tar']} is not a readable tar: {exc}")
+        problems.append(f"{rec.tar} is not a readable tar: {exc}")
         return table
     if found != expected:
         first = next((i for i, (x, y) in enumerate(zip(found, expected, strict=False))
                       if x != y), min(len(found), len(expected)))
-        problems.append(f"{rec['tar']}: members differ from the index from member {first} on "
+        problems.append(f"{rec.tar}: members differ from the index from member {first} on "
                         f"({len(found)} in the tar, {len(expected)} in the index)")
         return table
 
@@ -161,13 +143,13 @@ def _verify_shard(out: Path, rec: dict[str, Any], meta_sha: list[str] | None,
     with open(tar, "rb") as fh:
         for r in rows:
             if fh.tell() != r["offset"]:
-                problems.append(f"{rec['tar']}: sample {r['key']} is not where the index "
+                problems.append(f"{rec.tar}: sample {r['key']} is not where the index "
                                 "says")
                 return table
             buf = fh.read(r["size"])
             sha.update(buf)
             size += len(buf)
-            _check_sample(rec["tar"], r, buf, meta_sha, problems)
+            _check_sample(rec.tar, r, buf, meta_sha, problems)
             result.members += 2 if r["name_b"] is None else 3
             result.samples += 1
             result.pairs += r["kind"] == lay.KIND_PAIR
@@ -177,9 +159,9 @@ def _verify_shard(out: Path, rec: dict[str, Any], meta_sha: list[str] | None,
     sha.update(rest)
     size += len(rest)
     if rest.count(0) != len(rest):
-        problems.append(f"{rec['tar']}: data after the last indexed sample")
-    if size != int(rec["bytes"]) or sha.hexdigest() != rec["sha256"]:
-        problems.append(f"{rec['tar']} does not match the manifest's size and sha256")
+        problems.append(f"{rec.tar}: data after the last indexed sample")
+    if size != rec.bytes or sha.hexdigest() != rec.sha256:
+        problems.append(f"{rec.tar} does not match the manifest's size and sha256")
     result.bytes += size
     return table
 
@@ -228,12 +210,11 @@ def _check_json(tar: str, row: dict[str, Any], data: bytes, problems: list[str])
                         "lists")
 
 
-def _embeddings_hashes(manifest: dict[str, Any]) -> list[str] | None:
+def _embeddings_hashes(rec: InputRecord) -> list[str] | None:
     """The embeddings store's hashes by id, when the very store the export read is there."""
-    rec = manifest["inputs"]["embeddings"]
-    emb = Path(rec["path"])
+    emb = Path(rec.path)
     if not (emb / stores.MANIFEST).exists() or stores.sha256_file(emb / stores.MANIFEST) != \
-            rec["manifest_sha256"]:
+            rec.manifest_sha256:
         log.info("embeddings store %s is gone or changed: checking against the indexes only",
                  emb)
         return None
@@ -241,12 +222,12 @@ def _embeddings_hashes(manifest: dict[str, Any]) -> list[str] | None:
     return hashes
 
 
-def _verify_tables(out: Path, manifest: dict[str, Any], index: pa.Table,
+def _verify_tables(out: Path, info: ExportManifest, index: pa.Table,
                    result: VerifyResult) -> None:
     """spps.parquet and images.parquet against the manifest and the shard indexes."""
     import pyarrow.compute as pc
 
-    files = manifest["files"]
+    files = info.files
     spps = _read_table(out, lay.SPPS_FILE, files, result)
     pairs = index.filter(pc.equal(index.column("kind"), lay.KIND_PAIR))
     if spps is not None:
@@ -269,7 +250,7 @@ def _verify_tables(out: Path, manifest: dict[str, Any], index: pa.Table,
                                        "shards hold")
 
 
-def _read_table(out: Path, name: str, files: dict[str, Any],
+def _read_table(out: Path, name: str, files: dict[str, ExportFile],
                 result: VerifyResult) -> pa.Table | None:
     import pyarrow.parquet as pq
 
@@ -280,13 +261,13 @@ def _read_table(out: Path, name: str, files: dict[str, Any],
     if not path.exists():
         result.problems.append(f"{path} is missing")
         return None
-    if stores.sha256_file(path) != files[name]["sha256"]:
+    if stores.sha256_file(path) != files[name].sha256:
         result.problems.append(f"{name} does not match the manifest's sha256")
         return None
     table = pq.read_table(path)
-    if table.num_rows != int(files[name]["rows"]):
+    if table.num_rows != files[name].rows:
         result.problems.append(f"{name} has {table.num_rows} rows, the manifest says "
-                               f"{files[name]['rows']}")
+                               f"{files[name].rows}")
     return table
 
 
@@ -296,7 +277,8 @@ def _read_table(out: Path, name: str, files: dict[str, Any],
 
 def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
                     progress: Progress) -> None:
-    files = manifest["files"]
+    info = ExportManifest.from_json(manifest, out)
+    files = info.files
     spps = _read_table(out, lay.SPPS_FILE, files, result)
     images = _read_table(out, lay.IMAGES_FILE, files, result) if lay.IMAGES_FILE in files \
         else None
@@ -305,8 +287,7 @@ def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
     result.pairs = spps.num_rows
     result.images = 0 if images is None else images.num_rows
     result.samples = result.pairs + result.images
-    if result.pairs != int(manifest["counts"]["pairs"]) or \
-            result.images != int(manifest["counts"]["images"]):
+    if result.pairs != info.counts.pairs or result.images != info.counts.images:
         result.problems.append("the tables do not hold the counts the manifest records")
 
     # every source image the export points at, once, re-read and hashed
@@ -326,7 +307,7 @@ def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
     catalogue = Catalogue(keys=[refs[i][0] for i in ids], sources=[refs[i][1] for i in ids],
                           members=[refs[i][2] for i in ids], labels=[None] * len(ids),
                           sha256=[refs[i][3] for i in ids])
-    fetcher = Fetcher(str(manifest["source"]["kind"]), catalogue, cache_bytes=0)
+    fetcher = Fetcher(info.source_kind, catalogue, cache_bytes=0)
     progress.start("verify sources", total=len(ids), unit="images")
     with Prefetcher(fetcher.get, 0, len(ids)) as ahead:
         for local in range(len(ids)):

@@ -7,7 +7,8 @@ complete, so an interrupted run resumes by skipping finished shards. One module 
 - ``atomic``: atomic writes, the temporary-name pattern, write errors as one clear message;
 - ``lock``: one writer per store (an ``flock`` the kernel releases when the process dies);
 - ``run``: a run's life (``begin_run`` → shards → ``Run.finish``), manifests, damage reports;
-- ``embeddings``, ``pairs``: each store's layout constants, typed manifest and reader.
+- ``embeddings``, ``pairs``, ``export``: each store's layout constants, typed manifest and
+  reader.
 """
 
 from pairmine.stores.atomic import (
@@ -39,6 +40,19 @@ from pairmine.stores.embeddings import (
     open_embeddings,
     read_meta,
     read_vectors,
+)
+from pairmine.stores.export import (
+    EXPORT_FORMAT,
+    IMAGES_FILE,
+    IMAGES_SCHEMA,
+    INDEX_SCHEMA,
+    SPPS_FILE,
+    SPPS_SCHEMA,
+    Export,
+    ExportManifest,
+    ExportShard,
+    ShardIndex,
+    open_export,
 )
 from pairmine.stores.lock import LOCK_FILE, StoreLock
 from pairmine.stores.pairs import (
@@ -75,9 +89,6 @@ from pairmine.stores.run import (
     shard_name,
 )
 
-# the export store's format name (its layout lives with the export stage, pairmine.export)
-EXPORT_FORMAT = "pairmine/export"
-
 __all__ = [
     "DUPLICATES_FILE", "EMBEDDINGS_FORMAT", "EMB_DIR", "ERRORS_FILE", "ERRORS_SCHEMA",
     "EXPORT_FORMAT", "FINISHING_DIR", "FORMAT_VERSION", "LOCK_FILE", "MANIFEST", "META_DIR",
@@ -91,4 +102,9 @@ __all__ = [
     "read_meta", "read_vectors", "remove_temporaries", "save_npy_atomic", "sha256_file",
     "shard_name", "subset_size", "write_bytes_atomic", "write_failure", "write_json_atomic",
     "write_parquet_atomic", "writing",
+]
+# the export store
+__all__ += [
+    "IMAGES_FILE", "IMAGES_SCHEMA", "INDEX_SCHEMA", "SPPS_FILE", "SPPS_SCHEMA", "Export",
+    "ExportManifest", "ExportShard", "ShardIndex", "open_export",
 ]

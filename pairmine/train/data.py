@@ -3,31 +3,30 @@
 DATA is either
 - an image source (any spec ``pairmine.sources.open_source`` accepts): vanilla MoCo-v2, one
   *instance* item per image, whose two views are two augmentations of it; or
-- a ``--combined`` export (``format: pairmine/export``, WebDataset tar shards): SePP-ID's
-  merged dataset. A single-image sample (``image.<ext>``) is an instance item; a pair sample
-  (``anchor.<ext>``, ``positive.<ext>``) is a *semantic* item whose views are aug(anchor) and
-  aug(positive). A pair relates both images, so by default it gives two items, anchor→positive
-  and positive→anchor (Eq. 2 counts ``ℓ(u, v_m)`` for every image that has a positive;
-  Algorithm 1 lists both orders). ``pair_directions=1`` uses each stored pair once.
+- a ``--combined`` export (``format: pairmine/export``, WebDataset tar shards), read through
+  the export store's reader ``pairmine.stores.open_export`` as ``pairmine.datasets`` reads it:
+  SePP-ID's merged dataset. A single-image sample (``image.<ext>``) is an instance item; a
+  pair sample (``anchor.<ext>``, ``positive.<ext>``) is a *semantic* item whose views are
+  aug(anchor) and aug(positive). A pair relates both images, so by default it gives two
+  items, anchor→positive and positive→anchor (Eq. 2 counts ``ℓ(u, v_m)`` for every image
+  that has a positive; Algorithm 1 lists both orders). ``pair_directions=1`` uses each
+  stored pair once.
 
-The tar shards are indexed once (member offsets and sizes), then read by seek + read with file
-handles opened lazily in each process, so the dataset pickles into DataLoader workers.
+The export's own shard index gives every member's offset and size (no tar is scanned); members
+are read by seek + read with file handles opened lazily in each process, so the dataset pickles
+into DataLoader workers.
 ``random_duplicates`` adds the control of the paper's Table 6: that many randomly chosen images
 (seeded) as extra items made of two augmentations of the same image.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import posixpath
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairmine.errors import ConfigError, SourceError, StoreError
-from pairmine.sources.base import IMAGE_EXTS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from pairmine.sources import ImageSource
     from pairmine.train.augment import AugmentConfig
 
-log = logging.getLogger(__name__)
 
 INSTANCE, SEMANTIC, DUPLICATE = 0, 1, 2  # item kinds; SEMANTIC and DUPLICATE weigh λ
 KIND_NAMES = {INSTANCE: "instance", SEMANTIC: "semantic", DUPLICATE: "duplicate"}
@@ -155,105 +153,51 @@ def _open_source(spec: str) -> TrainData:
 
 
 def _open_export(root: Path, pair_directions: int) -> TrainData:
+    """A ``--combined`` export through the export store's one reader: its shard index (from
+    the export's own Parquet index files) gives every member's offset and size, in tar order,
+    so no tar is scanned and the items are the samples ``pairmine.datasets`` reads."""
     import numpy as np
 
-    from pairmine.stores import EXPORT_FORMAT, read_json
+    from pairmine.stores import open_export
+    from pairmine.stores.export import KIND_PAIR
 
-    manifest = read_json(root / "manifest.json")
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise StoreError(f"{root} holds a {manifest.get('format')!r} store, not an export",
-                         "train on an image source or on `pairmine export --combined` output")
-    tars = [_shard_tar(s) for s in manifest.get("shards", [])]
-    if not tars:
+    export = open_export(root)
+    if not export.has_shards:
         raise StoreError(f"export {root} lists no tar shards",
                          "export with --format webdataset --combined")
-    shard: list[int] = []
-    offset: list[int] = []
-    size: list[int] = []
-    images: list[int] = []  # member refs of single-image samples
-    pairs: list[tuple[int, int]] = []
-    skipped = 0
-    for s, rel in enumerate(tars):
-        tar_path = root / rel
-        if not tar_path.exists():
-            raise StoreError(f"export {root} is missing shard {rel}",
-                             "re-run the export (it resumes), then `pairmine verify`")
-        for members in _samples(tar_path):
-            refs = {}
-            for name, (off, sz) in members.items():
-                refs[name] = len(shard)
-                shard.append(s)
-                offset.append(off)
-                size.append(sz)
-            image, anchor, positive = (_find(refs, role) for role in ("image", "anchor",
-                                                                      "positive"))
-            if anchor is not None and positive is not None:
-                pairs.append((anchor, positive))
-            elif image is not None:
-                images.append(image)
-            else:
-                skipped += 1
-    if not images:
-        raise ConfigError(f"export {root} has pair samples only ({len(pairs)} pairs)",
+    index = export.index
+    is_pair = np.asarray([kind == KIND_PAIR for kind in index.values("kind")], dtype=bool)
+    shard = index.numbers("shard")  # (n,)
+    # one reference per image member in tar order: a sample's first member (image or
+    # anchor), then a pair's positive; anchor.* sorts before positive.* in the tar
+    members = 1 + is_pair.astype(np.int64)  # (n,)
+    first = np.cumsum(members) - members  # (n,) reference of each sample's first member
+    total = int(members.sum())
+    ref_shard = np.empty(total, dtype=np.int32)
+    ref_offset = np.empty(total, dtype=np.int64)
+    ref_size = np.empty(total, dtype=np.int64)
+    second = first[is_pair] + 1  # (pairs,) reference of each positive
+    ref_shard[first], ref_offset[first], ref_size[first] = (
+        shard, index.numbers("offset_a"), index.numbers("size_a"))
+    ref_shard[second], ref_offset[second], ref_size[second] = (
+        shard[is_pair], index.numbers("offset_b")[is_pair], index.numbers("size_b")[is_pair])
+    images = first[~is_pair]  # (images,)
+    anchors, positives = first[is_pair], second  # (pairs,) each
+    if images.shape[0] == 0:
+        raise ConfigError(f"export {root} has pair samples only ({anchors.shape[0]} pairs)",
                           "SePP-ID trains on the merged dataset: export with --combined")
-    if skipped:
-        log.warning("%d samples in %s hold no image, anchor or positive member", skipped, root)
-    a_img = np.asarray(images, dtype=np.int64)
-    pa = np.asarray([p[0] for p in pairs], dtype=np.int64)
-    pb = np.asarray([p[1] for p in pairs], dtype=np.int64)
-    kinds = [np.zeros(len(a_img), dtype=np.int8), np.ones(len(pa), dtype=np.int8)]
-    a_parts, b_parts = [a_img, pa], [a_img, pb]
+    # instance items, then anchor→positive, then (both directions) positive→anchor
+    kinds = [np.zeros(len(images), dtype=np.int8), np.ones(len(anchors), dtype=np.int8)]
+    a_parts, b_parts = [images, anchors], [images, positives]
     if pair_directions == 2:
-        kinds.append(np.ones(len(pa), dtype=np.int8))
-        a_parts.append(pb)
-        b_parts.append(pa)
-    reader = TarReader(root.resolve(), tars, np.asarray(shard, dtype=np.int32),
-                       np.asarray(offset, dtype=np.int64), np.asarray(size, dtype=np.int64))
-    info = {"images": len(images), "pairs": len(pairs), "pair_directions": pair_directions,
-            "skipped_samples": skipped}
+        kinds.append(np.ones(len(anchors), dtype=np.int8))
+        a_parts.append(positives)
+        b_parts.append(anchors)
+    reader = TarReader(root.resolve(), list(index.tars), ref_shard, ref_offset, ref_size)
+    info = {"images": int(images.shape[0]), "pairs": int(anchors.shape[0]),
+            "pair_directions": pair_directions}
     return TrainData(reader, np.concatenate(kinds), np.concatenate(a_parts),
                      np.concatenate(b_parts), info)
-
-
-def _shard_tar(entry: Any) -> str:
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, dict) and isinstance(entry.get("tar"), str):
-        return str(entry["tar"])
-    raise StoreError(f"unexpected shard entry in the export manifest: {entry!r}")
-
-
-def _samples(tar_path: Path) -> list[dict[str, tuple[int, int]]]:
-    """WebDataset grouping: consecutive members with the same ``__key__`` (the member path up
-    to the first dot of its base name) form a sample {suffix: (data offset, size)}."""
-    samples: list[dict[str, tuple[int, int]]] = []
-    current_key: str | None = None
-    try:
-        with tarfile.open(tar_path, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                dirname, base = posixpath.split(m.name)
-                stem, dot, suffix = base.partition(".")
-                if not dot:
-                    continue
-                key = posixpath.join(dirname, stem)
-                if key != current_key:
-                    samples.append({})
-                    current_key = key
-                samples[-1][suffix.lower()] = (m.offset_data, m.size)
-    except (tarfile.TarError, OSError) as exc:
-        raise StoreError(f"cannot read tar shard {tar_path}: {exc}",
-                         "re-run the export, then `pairmine verify`") from None
-    return samples
-
-
-def _find(refs: dict[str, int], role: str) -> int | None:
-    for ext in IMAGE_EXTS:
-        ref = refs.get(f"{role}.{ext}")
-        if ref is not None:
-            return ref
-    return None
 
 
 def _add_duplicates(data: TrainData, count: int, seed: int) -> TrainData:
