@@ -48,11 +48,12 @@ class EmbedConfig(ScaleSettings):
         None, choices=source_kinds, help="Force the source kind instead of detecting it.")
     labels: bool = setting(True, negate="--no-labels",
                            help="Ignore class sub-folders / label columns.")
-    # no help words: today's --help shows only the default and the range for these two
-    batch_size: int = setting(256, minimum=1, help="")
+    batch_size: int = setting(256, minimum=1,
+                             help="Images per encoder batch (never across a shard).")
     workers: int | None = setting(
         None, minimum=0, help="Decode workers [default: all cores on CUDA, half of them on CPU].")
-    device: str = setting("auto", kind="device", help="")
+    device: str = setting("auto", kind="device",
+                         help="Where the encoder runs [auto: CUDA when there is one].")
     precision: str = setting(
         "auto", choices=PRECISIONS,
         help="Encoder arithmetic; auto = bf16 on CUDA, fp32 on CPUs without native bf16.")

@@ -48,8 +48,7 @@ class ExportConfig(ScaleSettings):
     shuffle: bool | None = setting(
         None, flag="--shuffle/--no-shuffle",
         help="Shuffle the sample order with --seed [default: on with --combined].")
-    # no help words: today's --help shows only the default
-    seed: int = setting(0, help="")
+    seed: int = setting(0, help="Seed of the shuffle.")
     skip_missing: bool = setting(
         False, help="Leave out samples whose source image changed or vanished since embed "
                     "(listed in the manifest) instead of failing.")

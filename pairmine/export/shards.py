@@ -425,16 +425,17 @@ class Sample:
 
     def layout(self, offset: int) -> tuple[int, int, int, int | None]:
         """(bytes the sample takes, data offsets of its first image, json and second image)
-        when it starts at ``offset``. TarWriter writes members sorted by name, and
-        ``anchor.*``/``image.*`` < ``json`` < ``positive.*``: one header block each."""
-        block = lay.BLOCK
-        first = offset + block
-        js = first + lay.padded(len(self.first.data)) + block
-        end = js + lay.padded(len(self.json))
-        if self.second is None:
-            return end - offset, first, js, None
-        second = end + block
-        return second + lay.padded(len(self.second.data)) - offset, first, js, second
+        when it starts at ``offset``: the one layout rule, ``layout.member_spans``, which
+        ``verify`` checks the shards against too."""
+        sizes = {self.first_name: len(self.first.data), lay.JSON: len(self.json)}
+        if self.second is not None and self.second_name is not None:
+            sizes[self.second_name] = len(self.second.data)
+        spans = {span.name.removeprefix(self.key + "."): span
+                 for span in lay.member_spans(self.key, offset, sizes)}
+        last = max(spans.values(), key=lambda span: span.offset)
+        end = last.offset + lay.padded(last.size)
+        second = None if self.second_name not in spans else spans[str(self.second_name)].offset
+        return end - offset, spans[self.first_name].offset, spans[lay.JSON].offset, second
 
 
 def sample_json(obj: dict[str, Any]) -> bytes:

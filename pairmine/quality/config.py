@@ -77,17 +77,20 @@ class EvalConfig(StageConfig):
     arch: str | None = setting(None, help="Architecture override for encoder SPECs.")
     k: int = setting(200, minimum=1, help="Neighbours of the kNN monitor.")
     t: float = setting(0.07, help="Temperature of the kNN votes, exp(sim / t).")
-    # no help text: today's `pairmine eval --help` has none for these (kept identical)
-    knn: bool = setting(True, flag="--knn/--no-knn", help="")
-    linear: bool = setting(True, flag="--linear/--no-linear", help="")
-    linear_epochs: int = setting(100, minimum=1, help="")
-    linear_optimizer: str = setting("sgd", choices=OPTIMIZERS, help="")
-    linear_lr: float = setting(0.1, help="")
-    linear_weight_decay: float = setting(0.0, help="")
-    batch_size: int = setting(256, minimum=1, help="")
-    device: str = setting("auto", kind="device", help="")
-    workers: int | None = setting(None, minimum=0, help="")
-    seed: int = setting(0, help="")
+    knn: bool = setting(True, flag="--knn/--no-knn",
+                        help="Run the weighted kNN monitor (cosine, --k neighbours).")
+    linear: bool = setting(True, flag="--linear/--no-linear",
+                           help="Train and test a linear probe on the frozen features.")
+    linear_epochs: int = setting(100, minimum=1, help="Epochs of the linear probe.")
+    linear_optimizer: str = setting("sgd", choices=OPTIMIZERS,
+                                    help="Optimizer of the linear probe.")
+    linear_lr: float = setting(0.1, help="Learning rate of the linear probe.")
+    linear_weight_decay: float = setting(0.0, help="Weight decay of the linear probe.")
+    batch_size: int = setting(256, minimum=1, help="Images per encoder batch.")
+    device: str = setting("auto", kind="device", help="Where the encoder and the probe run.")
+    workers: int | None = setting(None, minimum=0,
+                                  help="Decode workers [default: as for embed].")
+    seed: int = setting(0, help="Seed of the linear probe's initialisation and batches.")
     # setting() declares the field; its default (None) is immutable
     out: str | Path | None = setting(None, kind="path",  # noqa: RUF009
                                      help="Write the results as JSON here.")
@@ -156,8 +159,8 @@ class CalibrateConfig(StageConfig):
         help="Search only these random anchors against every image (cheaper; yields per image "
              "stay unbiased).")
     seed: int = setting(0, help="Seed of --subset and --labels-sample.")
-    engine: str = setting("auto", choices=engine_names, help="")
-    device: str = setting("auto", kind="device", help="")
+    engine: str = setting("auto", choices=engine_names, help="Band-search engine.")
+    device: str = setting("auto", kind="device", help="Where the search runs.")
     max_pairs: int | None = setting(
         None, cli=False,
         help="Most pairs above the floor the one search may keep (default: the band "
@@ -240,7 +243,7 @@ class EvalPairsConfig(StageConfig):
     grid: bool = setting(True, negate="--no-grid",
                          help="Skip the precision–yield grid (one search).")
     engine: str = setting("auto", choices=engine_names, help="Band-search engine for the grid.")
-    device: str = setting("auto", kind="device", help="")
+    device: str = setting("auto", kind="device", help="Where the grid's search runs.")
     out: str | Path | None = setting(  # noqa: RUF009 - a None default, immutable
         None, kind="path", metavar="JSON", help="Also write every figure as JSON.")
 

@@ -59,12 +59,12 @@ class TrainConfig(StageConfig):
     arch: str = setting("resnet50", choices=arch_names,
                         help="Backbone; the -cifar variants have a 3x3 stem and no max-pool "
                              "(32 px).")
-    # no help words: today's --help shows only the default and the range for these
-    epochs: int = setting(200, minimum=1, help="")
-    batch_size: int = setting(256, minimum=2, help="")
-    lr: float = setting(0.03, help="")
-    weight_decay: float = setting(1e-4, help="")
-    momentum: float = setting(0.9, help="")
+    epochs: int = setting(200, minimum=1, help="Training epochs.")
+    batch_size: int = setting(256, minimum=2,
+                             help="Items per step (over all processes under torchrun).")
+    lr: float = setting(0.03, help="Base learning rate of SGD (MoCo-v2: 0.03 at batch 256).")
+    weight_decay: float = setting(1e-4, help="SGD weight decay.")
+    momentum: float = setting(0.9, help="SGD momentum.")
     cos: bool = setting(True, flag="--cos/--no-cos",
                         help="Cosine learning-rate schedule (MoCo-v2), else ×0.1 at 60% and "
                              "80%.")
@@ -95,12 +95,12 @@ class TrainConfig(StageConfig):
     random_duplicates: int = setting(
         0, minimum=0,
         help="Add N randomly chosen images as extra two-view items (Table 6 control).")
-    device: str = setting("auto", kind="device", help="")
+    device: str = setting("auto", kind="device", help="Where the model trains.")
     precision: str = setting("auto", choices=PRECISION_CHOICES,
                              help="auto = bf16 autocast on GPU, fp32 on CPU.")
     workers: int | None = setting(
         None, minimum=0, help="Data-loading processes [default: up to 8 on GPU, 1 on CPU].")
-    seed: int = setting(0, help="")
+    seed: int = setting(0, help="Seed of the weights, the augmentations and the item order.")
     save_every: int = setting(
         0, minimum=0,
         help="Also keep checkpoint-EEEE.pt every N epochs (the last epoch always).")
