@@ -8,95 +8,60 @@ import click
 from rich import box
 from rich.table import Table
 
-from pairmine.commands.common import (
-    DEVICE,
-    engine_choice,
-    known_errors,
-    out,
-    progress_bar,
-    summary_table,
-)
-from pairmine.scale.cli import cluster_rows, plan_table, ray_options
+from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+from pairmine.commands.options import config_options
+from pairmine.match import MatchConfig
+from pairmine.scale.cli import cluster_rows, plan_table
 
 # the sweep is printed as a min x max matrix up to this many grid points; beyond that only the
 # column of the run's --max is printed (the full matrix is always in the manifest)
 _SWEEP_MATRIX_MAX = 11
 
+# the command's own switches, not options of a run: listed before the Ray options, as always
+_OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace a complete store at OUT.")
+_PLAN = click.option("--plan", "dry_run", is_flag=True,
+                     help="Dry run: print the blocks (units) to compute, the bytes each reads "
+                          "and a time estimate from one block measured here; write nothing.")
+
 
 @click.command("match")
 @click.argument("emb", type=click.Path(path_type=str))
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=str))
-@click.option("--min", "min_score", type=float, default=0.97, show_default=True,
-              help="Lower bound of the band (inclusive).")
-@click.option("--max", "max_score", type=float, default=0.99, show_default=True,
-              help="Upper bound of the band (inclusive); keeps near-identical images out.")
-@click.option("--subset", default=None, metavar="FRACTION|COUNT",
-              help="The paper's K: a float in (0, 1] is a fraction, an integer a count. "
-                   "Default: the whole store.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset draw.")
-@click.option("--against", type=click.Choice(["subset", "all"]), default="subset",
-              show_default=True,
-              help="subset: the subset against itself (Algorithm 1); all: subset anchors "
-                   "against every image.")
-@click.option("--max-per-anchor", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Keep each image's K best positives (a pair stays if either end keeps it).")
-@click.option("--engine", type=engine_choice(), default="auto",
-              show_default=True, help="Exact search engine.")
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--sweep", default=None, metavar="LO:HI:STEP",
-              help="Also count pairs for every band [m, M] (m < M) on this grid, from the "
-                   "same search, e.g. 0.90:1.0:0.01.")
-@click.option("--wide-histogram", is_flag=True,
-              help="Widen the one search to [min-0.05, 1.0] so the manifest's score histogram "
-                   "shows the scores near the band (slower: more pairs to rescore).")
-@click.option("--block-rows", type=click.IntRange(min=1), default=None,
-              help="Anchors per engine block (one pair shard each). Default: the engine's.")
-@click.option("--overwrite", is_flag=True, help="Replace a complete store at OUT.")
-@click.option("--plan", "dry_run", is_flag=True,
-              help="Dry run: print the blocks (units) to compute, the bytes each reads and a "
-                   "time estimate from one block measured here; write nothing.")
-@ray_options
+@config_options(MatchConfig, before={"ray": (_OVERWRITE, _PLAN)})
 @known_errors
-def command(emb: str, out_dir: str, min_score: float, max_score: float, subset: str | None,
-            seed: int, against: str, max_per_anchor: int | None, engine: str, device: str,
-            sweep: str | None, wide_histogram: bool, block_rows: int | None,
-            overwrite: bool, dry_run: bool, scale: dict[str, Any]) -> None:
+def command(emb: str, out_dir: str, config: MatchConfig, overwrite: bool,
+            dry_run: bool) -> None:
     """Find every pair of images in EMB whose embeddings score in [--min, --max]; write OUT."""
     from pairmine.match import match
 
     with progress_bar() as bar:
-        result = match(emb, out_dir, min_score=min_score, max_score=max_score, subset=subset,
-                       seed=seed, against=against, max_per_anchor=max_per_anchor,
-                       engine=engine, device=device, sweep=sweep, wide_histogram=wide_histogram,
-                       block_rows=block_rows, overwrite=overwrite, progress=bar,
-                       dry_run=dry_run, **scale)
+        result = match(emb, out_dir, config, overwrite=overwrite, progress=bar,
+                       dry_run=dry_run)
     if result.unit_plan is not None:
         out.print(plan_table(result.unit_plan))
         return
-    m = result.manifest
     pa_ = result.per_anchor
     rows: list[tuple[str, Any]] = [
         ("pairs (unordered, a < b)", result.pairs),
         ("pairs (ordered, Algorithm 1)", result.ordered),
-        ("band", f"[{m['min']}, {m['max']}]"),
-        ("anchors", f"{result.anchors:,} of {m['subset']['of']:,} (against "
-                    f"{m['subset']['against']})"),
+        ("band", f"[{result.band[0]}, {result.band[1]}]"),
+        ("anchors", f"{result.anchors:,} of {result.images:,} (against {result.against})"),
         ("anchors with pairs", result.anchors_with_pairs),
         ("positives per anchor", f"min {pa_.get('min')}  median {pa_.get('median')}  "
                                  f"mean {pa_.get('mean')}  p90 {pa_.get('p90')}  "
                                  f"p99 {pa_.get('p99')}  max {pa_.get('max')}"),
         ("duplicates (same hash)", result.duplicates),
-        ("engine", f"{m['engine'].get('name')} on {m['engine'].get('device', '?')}"),
-        ("blocks", f"{m['search']['blocks']} ({result.blocks_skipped} resumed)"),
+        ("engine", f"{result.engine} on {result.device}"),
+        ("blocks", f"{result.blocks} ({result.blocks_skipped} resumed)"),
         ("time", f"{result.seconds:.1f} s"),
         ("store", str(result.path)),
         *cluster_rows(result.cluster),
     ]
-    if m["config"]["max_per_anchor"] is not None:
-        rows.insert(2, ("before --max-per-anchor", m["counts"]["unordered_before_max_per_anchor"]))
+    if result.pairs_before_cap is not None:
+        rows.insert(2, ("before --max-per-anchor", result.pairs_before_cap))
     out.print(summary_table("match", rows))
     if result.sweep is not None:
-        out.print(_sweep_table(result.sweep, m["max"]))
+        out.print(_sweep_table(result.sweep, result.band[1]))
 
 
 def _sweep_table(sweep: dict[str, Any], max_score: float) -> Table:

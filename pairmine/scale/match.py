@@ -151,11 +151,11 @@ def plan_blocks_run(job: BlockJob, inputs: SearchInputs, workers: int,
     the rows from its own first anchor on; the rate is measured on the middle block."""
     from pairmine.engines import band_search
     from pairmine.engines.band import make_problem
-    from pairmine.match import _engine_anchors, plan_units
+    from pairmine.match import engine_anchors, plan_units
 
     plan = job.plan
     vectors = inputs.store.vectors
-    anchors = _engine_anchors(inputs.anchors, len(inputs.store))
+    anchors = engine_anchors(inputs.anchors, len(inputs.store))
     against = "anchors" if plan.against == "subset" else "all"
     rows = job.plan.block_rows
     if rows is None:
