@@ -3,9 +3,12 @@
 The stages are library functions; the ``pairmine`` CLI is a thin layer over them::
 
     import pairmine
-    pairmine.embed("images/", "emb/", encoder="cifar-resnet:resnet20.th")
-    pairmine.match("emb/", "pairs/", min_score=0.97, max_score=0.99)
-    pairmine.export("pairs/", "spps/", fmt="webdataset")
+    pairmine.embed("images/", "emb/", pairmine.EmbedConfig(encoder="cifar-resnet:resnet20.th"))
+    pairmine.match("emb/", "pairs/", pairmine.MatchConfig(min_score=0.97, max_score=0.99))
+    pairmine.export("pairs/", "spps/", fmt="webdataset")  # a config's fields as keywords
+
+Each stage takes one config (``EmbedConfig``, ``MatchConfig``, ``ExportConfig``: frozen,
+checked when built) or the same fields as keyword arguments.
 
 Heavy libraries (torch, faiss) are imported inside the stages, so importing pairmine is cheap.
 """
@@ -14,10 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# The stage modules share their function's name (pairmine/embed.py defines embed): importing
+# The stage packages share their function's name (pairmine/embed/ exports embed): importing
 # the functions here, eagerly, makes `pairmine.embed` the function for good. Stage modules
 # import torch/faiss only inside functions, so this stays cheap.
-from pairmine.embed import EmbedResult, embed
+from pairmine.embed import EmbedConfig, EmbedResult, embed
 from pairmine.errors import (
     CheckpointError,
     ConfigError,
@@ -26,10 +29,11 @@ from pairmine.errors import (
     PairmineError,
     SourceError,
     StoreError,
+    TrainingError,
 )
-from pairmine.export import ExportResult, VerifyResult, export, verify
+from pairmine.export import ExportConfig, ExportResult, VerifyResult, export, verify
 from pairmine.lazy import lazy_getattr
-from pairmine.match import MatchResult, match
+from pairmine.match import MatchConfig, MatchResult, match
 from pairmine.stores import Embeddings, Pairs, open_embeddings, open_pairs
 from pairmine.version import __version__
 
@@ -51,16 +55,20 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "EmbedConfig",
     "EmbedResult",
     "Embeddings",
     "EncoderError",
+    "ExportConfig",
     "ExportResult",
     "InputError",
+    "MatchConfig",
     "MatchResult",
     "PairmineError",
     "Pairs",
     "SourceError",
     "StoreError",
+    "TrainingError",
     "VerifyResult",
     "__version__",
     "embed",

@@ -28,10 +28,28 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+# the stage configs: one table each, a row per option (the same fields the CLI options and the
+# validation come from, so the table cannot disagree with either)
+CONFIGS: tuple[tuple[str, str], ...] = (
+    ("pairmine", "EmbedConfig"), ("pairmine", "MatchConfig"), ("pairmine", "ExportConfig"),
+    ("pairmine.train", "TrainConfig"), ("pairmine.quality", "EvalConfig"),
+    ("pairmine.quality", "CalibrateConfig"), ("pairmine.quality", "EvalPairsConfig"),
+)
+
+
 def render_reference() -> str:
     import importlib
 
     parts = [BEGIN, ""]
+    if CONFIGS:
+        parts.append("### Stage configs\n")
+        parts.append("Each stage takes its config, or the same fields as keyword arguments "
+                     "(`pairmine.match(emb, out, MatchConfig(min_score=0.9))` is "
+                     "`pairmine.match(emb, out, min_score=0.9)`). An unknown field or a bad "
+                     "value is a `ConfigError`.\n")
+        for module_name, name in CONFIGS:
+            parts.append(_config_entry(module_name, name,
+                                       getattr(importlib.import_module(module_name), name)))
     for title, module_name, names in SECTIONS:
         module = importlib.import_module(module_name)
         parts.append(f"### {title}\n")
@@ -51,6 +69,27 @@ def _entry(module: str, name: str, obj: Any) -> str:
     else:
         code = f"{name}{_signature(obj)}"
     return f"#### `{module}.{name}`\n\n```python\n{code}\n```\n\n{doc}\n"
+
+
+def _config_entry(module: str, name: str, cls: Any) -> str:
+    """A config as a table: field, type, default, CLI flag, help."""
+    doc = inspect.getdoc(cls) or ""
+    rows = ["| field | type | default | CLI | meaning |", "| --- | --- | --- | --- | --- |"]
+    for f, s in cls.settings():
+        if f.default is not dataclasses.MISSING:
+            default = f"`{f.default!r}`"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f"`{f.default_factory()!r}`"
+        else:
+            default = "required"
+        flag = f"`{s.flag_for(f.name)}`" if s.cli else "API only"
+        choices = s.choice_names()
+        meaning = s.help + (f" One of: {', '.join(f'`{c}`' for c in choices)}." if choices
+                            else "")
+        cells = [f"`{f.name}`", f"`{_type(f.type)}`", default, flag, meaning]
+        # a `|` inside a cell (`int | None`) would end it; GitHub tables take `\|`, even in code
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return f"#### `{module}.{name}`\n\n{doc}\n\n" + "\n".join(rows) + "\n"
 
 
 def _signature(fn: Any) -> str:

@@ -170,3 +170,19 @@ def check_number(flag: str, value: Any, minimum: float | None = None,
         raise ConfigError(f"{flag} must be at least {minimum:g}, got {value:g}")
     if maximum is not None and value > maximum:
         raise ConfigError(f"{flag} must be at most {maximum:g}, got {value:g}")
+
+
+def check_bool(flag: str, value: Any) -> None:
+    """A switch is True or False (``"no"`` would be truthy, and silently mean yes)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{flag} {value!r} is not True or False")
+
+
+def check_device(value: Any) -> None:
+    """``--device``: auto, cpu, cuda or cuda:N (the one rule, ``runtime.device_kind``)."""
+    from pairmine.runtime import device_kind
+
+    if not isinstance(value, str):
+        raise ConfigError(f"--device {value!r} is not a device name",
+                          "choose auto, cpu, cuda or cuda:N")
+    device_kind(value)

@@ -65,10 +65,15 @@ def demo(out: str | Path = "pairmine-demo", *, train_epochs: int = 3, device: st
     out.mkdir(parents=True, exist_ok=True)
     steps: list[Step] = []
 
-    def step(name: str, path: Path, fmt: str | None, run: Callable[[], dict[str, Any]]) -> None:
+    def step(name: str, path: Path, fmt: str | None, run: Callable[[], dict[str, Any]],
+             after: tuple[Path, ...] = ()) -> None:
         t = time.perf_counter()
-        done = fmt is not None and (path / stores.MANIFEST).exists()
-        facts = _facts(path, fmt) if done else run()
+        if fmt is not None:  # a store: complete once its manifest is there
+            done = (path / stores.MANIFEST).exists()
+            facts = _facts(path, fmt) if done else run()
+        else:  # an eval's JSON (written atomically, last): done if newer than what it read
+            done = _fresh(path, after) if after else False
+            facts = _eval_facts(stores.read_json(path)) if done else run()
         steps.append(Step(name, path, time.perf_counter() - t, done, facts))
         log.info("demo: %s %s", name, "(already done)" if done else "done")
 
@@ -86,9 +91,11 @@ def demo(out: str | Path = "pairmine-demo", *, train_epochs: int = 3, device: st
         run = out / "train"
         step("train SePP-ID", run, None, lambda: _train(spps, run, train_epochs, device, progress))
         step("eval trained", out / "eval-trained.json", None, lambda: _eval(
-            f"pairmine:{run}", train_list, test_list, out / "eval-trained.json", device, progress))
+            f"pairmine:{run}", train_list, test_list, out / "eval-trained.json", device, progress),
+             after=(run / "checkpoint-last.pt", train_list, test_list))
     step("eval sampler", out / "eval-sampler.json", None, lambda: _eval(
-        ENCODER, train_list, test_list, out / "eval-sampler.json", device, progress))
+        ENCODER, train_list, test_list, out / "eval-sampler.json", device, progress),
+         after=(CHECKPOINT, train_list, test_list))
     report = out / "report.md"
     report.write_text(render_report(out, steps), encoding="utf-8")
     return DemoResult(out=out, steps=steps, report=report)
@@ -153,8 +160,19 @@ def _eval(encoder: str, train_list: Path, test_list: Path, out: Path, device: st
 
     result = evaluate(encoder, train_list, test_list, linear=False, device=device, out=out,
                       progress=progress)
-    knn = result.knn or {}
+    return _eval_facts(result.to_json())
+
+
+def _eval_facts(result: dict[str, Any]) -> dict[str, Any]:
+    knn = result.get("knn") or {}
     return {"knn_top1": knn.get("top1"), "k": knn.get("k"), "train": 1500, "test": 500}
+
+
+def _fresh(result: Path, inputs: tuple[Path, ...]) -> bool:
+    """``result`` exists and is newer than every input (a retrained model is evaluated again)."""
+    if not result.is_file() or not all(p.exists() for p in inputs):
+        return False
+    return all(result.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs)
 
 
 def _split_lists(out: Path) -> tuple[Path, Path]:
@@ -166,7 +184,9 @@ def _split_lists(out: Path) -> tuple[Path, Path]:
         for i, f in enumerate(files):
             rows["train" if i < len(files) - 50 else "test"].append(f"{f},{label}")
     for path, key in ((train_list, "train"), (test_list, "test")):
-        path.write_text("path,label\n" + "\n".join(rows[key]) + "\n", encoding="utf-8")
+        text = "path,label\n" + "\n".join(rows[key]) + "\n"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:  # keep its mtime
+            path.write_text(text, encoding="utf-8")
     return train_list, test_list
 
 

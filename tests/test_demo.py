@@ -43,4 +43,6 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     # a second run finds every store complete and redoes nothing
     again = CliRunner().invoke(cli, ["demo", str(out), "--train-epochs", "0"])
     assert again.exit_code == 0, again.output
-    assert "embed (resumed)" in (out / "report.md").read_text()
+    second = (out / "report.md").read_text()
+    assert "embed (resumed)" in second and "eval sampler (resumed)" in second
+    assert re.search(r"pair_accuracy=([0-9.]+)", second) is not None

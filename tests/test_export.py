@@ -629,3 +629,19 @@ def test_cifar10_test_jpegs(tmp_path: Path) -> None:
     names = st.read_manifest(result.path, st.EXPORT_FORMAT)["class_names"]
     assert names[0] == "airplane" and len(names) == 10
     assert verify(result.path).members == 300 * 2 + 200 * 3
+
+
+def test_export_and_verify_do_not_import_torch(stores: Stores, tmp_path: Path) -> None:
+    """An export copies bytes: it must not pay torch's import (seconds per process; WebDataset's
+    own tar writer would bring it in)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, pairmine\n"
+              f"pairmine.export({str(stores.pairs)!r}, {str(tmp_path / 'spps')!r}, combined=True)\n"
+              f"pairmine.verify({str(tmp_path / 'spps')!r})\n"
+              "print(sorted(m for m in ('torch', 'webdataset', 'faiss') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"

@@ -8,7 +8,7 @@ import click
 
 from pairmine.commands import common
 from pairmine.commands.common import console, known_errors, progress_bar, summary_table
-from pairmine.commands.options import config_options
+from pairmine.commands.options import config_options, overwrite_option
 from pairmine.embed import EmbedConfig
 from pairmine.scale.cli import cluster_rows
 
@@ -16,8 +16,7 @@ from pairmine.scale.cli import cluster_rows
 @click.command("embed")
 @click.argument("source", type=str)
 @click.argument("out", type=click.Path(path_type=Path))
-@config_options(EmbedConfig)
-@click.option("--overwrite", is_flag=True, help="Replace a complete store at OUT.")
+@config_options(EmbedConfig, before={"ray": [overwrite_option()]})  # where it always was
 @known_errors
 def command(source: str, out: Path, config: EmbedConfig, overwrite: bool) -> None:
     """Embed every image of SOURCE with an encoder into the embeddings store OUT.

@@ -8,17 +8,15 @@ import click
 
 from pairmine.commands import common
 from pairmine.commands.common import console, known_errors, progress_bar, summary_table
-from pairmine.commands.options import config_options
+from pairmine.commands.options import config_options, overwrite_option
 from pairmine.export import ExportConfig
 from pairmine.scale.cli import cluster_rows
-
-_OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace a complete export at OUT.")
 
 
 @click.command("export")
 @click.argument("pairs", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@config_options(ExportConfig, before={"ray": [_OVERWRITE]})  # --overwrite where it always was
+@config_options(ExportConfig, before={"ray": [overwrite_option("export")]})
 @known_errors
 def command(pairs: Path, out: Path, config: ExportConfig, overwrite: bool) -> None:
     """Export the pairs store PAIRS, with the original images, to OUT.

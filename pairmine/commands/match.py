@@ -9,7 +9,7 @@ from rich import box
 from rich.table import Table
 
 from pairmine.commands.common import known_errors, out, progress_bar, summary_table
-from pairmine.commands.options import config_options
+from pairmine.commands.options import config_options, overwrite_option
 from pairmine.match import MatchConfig
 from pairmine.scale.cli import cluster_rows, plan_table
 
@@ -18,7 +18,6 @@ from pairmine.scale.cli import cluster_rows, plan_table
 _SWEEP_MATRIX_MAX = 11
 
 # the command's own switches, not options of a run: listed before the Ray options, as always
-_OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace a complete store at OUT.")
 _PLAN = click.option("--plan", "dry_run", is_flag=True,
                      help="Dry run: print the blocks (units) to compute, the bytes each reads "
                           "and a time estimate from one block measured here; write nothing.")
@@ -27,7 +26,7 @@ _PLAN = click.option("--plan", "dry_run", is_flag=True,
 @click.command("match")
 @click.argument("emb", type=click.Path(path_type=str))
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=str))
-@config_options(MatchConfig, before={"ray": (_OVERWRITE, _PLAN)})
+@config_options(MatchConfig, before={"ray": (overwrite_option(), _PLAN)})
 @known_errors
 def command(emb: str, out_dir: str, config: MatchConfig, overwrite: bool,
             dry_run: bool) -> None:

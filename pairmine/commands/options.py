@@ -66,6 +66,11 @@ def config_options(cls: type[StageConfig], *, skip: tuple[str, ...] = (),
     return decorate
 
 
+def overwrite_option(what: str = "store") -> Callable[[F], F]:
+    """``--overwrite``: a switch of the call (how this run treats OUT), not of the config."""
+    return click.option("--overwrite", is_flag=True, help=f"Replace a complete {what} at OUT.")
+
+
 def click_option(f: dataclasses.Field[Any], s: Setting) -> Callable[[F], F]:
     """The click option of one config field."""
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pairmine.config import check_choice, check_int, setting
+from pairmine.config import check_choice, check_device, check_int, setting
 from pairmine.encoders.base import FEATURE_OPTIONS
 from pairmine.errors import ConfigError
 from pairmine.images import DEFAULT_MAX_IMAGE_PIXELS
-from pairmine.runtime import PRECISIONS, device_kind
+from pairmine.runtime import PRECISIONS
 from pairmine.scale.options import ScaleSettings
 from pairmine.sources.base import check_root
 from pairmine.sources.files import DEFAULT_MAX_IMAGE_BYTES
@@ -92,9 +92,7 @@ class EmbedConfig(ScaleSettings):
             check_choice("--source-kind", self.source_kind, source_kinds())
         check_int("--batch-size", self.batch_size, minimum=1)
         check_int("--workers", self.workers, minimum=0, optional=True)
-        if not isinstance(self.device, str):
-            raise ConfigError(f"unknown device {self.device!r}", "choose auto, cpu, cuda or cuda:N")
-        device_kind(self.device)
+        check_device(self.device)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown --dtype {self.dtype!r}", "choose float16 or float32")

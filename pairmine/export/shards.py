@@ -1,6 +1,7 @@
 """Writing WebDataset shards: reader (plan + originals) → mapper (sample) → writer (tar + index).
 
-Each shard is a tar written by WebDataset's TarWriter with fixed header fields, then its
+Each shard is a tar in WebDataset's layout (a sample's members ``KEY.SUFFIX``, sorted by name)
+written with ``tarfile`` and fixed header fields, then its
 Parquet index; both land by atomic rename, the index last, so *a shard is complete when its
 index exists*. Shards are written in order and each index records where the plan continues,
 so a resumed export starts after the last complete shard and writes the same bytes an
@@ -288,22 +289,41 @@ class _HashingWriter:
         self._parts = []
 
 
-def _tar_writer(sink: _HashingWriter) -> Any:
-    """WebDataset's TarWriter, writing in tarfile's plain ``w`` mode.
+class SampleTarWriter:
+    """Writes WebDataset samples into one tar: each member ``KEY.SUFFIX``, in name order (what
+    WebDataset's own TarWriter does), one USTAR header with the fixed fields of
+    ``layout`` (mtime, mode, owner) and the data padded to whole blocks, so
+    ``layout.member_spans`` predicts every offset.
 
-    TarWriter opens its tar in stream mode (``w|``), which re-buffers every member through
-    10 KiB records; plain mode writes headers and data straight to the sink. The bytes are
-    the same: both write one USTAR header per member here (short ASCII names, int mtime).
+    ``tarfile`` in plain ``w`` mode writes headers and data straight to the sink (stream mode
+    re-buffers through 10 KiB records; the bytes are the same). Written with ``tarfile``
+    itself rather than through WebDataset's writer: nothing here needs its encoders, and
+    importing it imports torch.
     """
-    import webdataset as wds
 
-    writer = wds.TarWriter(io.BytesIO(), user=lay.TAR_USER, group=lay.TAR_GROUP,
-                           mode=lay.TAR_MODE, mtime=lay.TAR_MTIME, encoder=False)
-    # closed by writer.close(), like the stream it replaces
-    writer.tarstream = tarfile.open(  # noqa: SIM115
-        fileobj=cast(IO[bytes], sink), mode="w", format=tarfile.USTAR_FORMAT)
-    writer.tarstream.copybufsize = 1 << 20  # copy a member's data in one piece, not 16 KiB
-    return writer
+    def __init__(self, sink: _HashingWriter) -> None:
+        self._tar = tarfile.open(  # noqa: SIM115 - closed by close(), like a file
+            fileobj=cast(IO[bytes], sink), mode="w", format=tarfile.USTAR_FORMAT)
+        # copy a member's data in one piece, not 16 KiB (an attribute typeshed does not list)
+        self._tar.copybufsize = 1 << 20  # type: ignore[attr-defined]
+
+    @property
+    def offset(self) -> int:
+        """Bytes written so far (where the next sample starts)."""
+        return int(self._tar.offset)
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        for suffix in sorted(members):
+            data = members[suffix]
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size = len(data)
+            info.mtime = lay.TAR_MTIME
+            info.mode = lay.TAR_MODE
+            info.uname, info.gname = lay.TAR_USER, lay.TAR_GROUP
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
 
 
 def _write_shard(out: Path, number: int, start: int, plan: Plan, sample_at: SampleAt,
@@ -314,7 +334,7 @@ def _write_shard(out: Path, number: int, start: int, plan: Plan, sample_at: Samp
     tar_path = out / lay.shard_tar(number)
     with stores.atomic_path(tar_path) as tmp, open(tmp, "wb") as fh:
         sink = _HashingWriter(fh, hasher)
-        writer = _tar_writer(sink)
+        writer = SampleTarWriter(sink)
         try:
             position, offset = _fill(writer, rows, skips, start, plan, sample_at, limits,
                                      skip_missing=skip_missing, meter=meter)
@@ -356,7 +376,7 @@ class _Skips:
                 "pairs": self.pairs, "images": self.images}
 
 
-def _fill(writer: Any, rows: _IndexRows, skips: _Skips, position: int, plan: Plan,
+def _fill(writer: SampleTarWriter, rows: _IndexRows, skips: _Skips, position: int, plan: Plan,
           sample_at: SampleAt, limits: ShardLimits, *, skip_missing: bool,
           meter: _Meter) -> tuple[int, int]:
     """Write samples from ``position`` on until the shard is full. Returns the position after
@@ -378,8 +398,8 @@ def _fill(writer: Any, rows: _IndexRows, skips: _Skips, position: int, plan: Pla
         size = where[0]
         if not _fits(rows.count, offset, size, limits):
             break
-        writer.write(sample.members())
-        if writer.tarstream.offset != offset + size:  # the layout assumption broke
+        writer.write(sample.key, sample.members())
+        if writer.offset != offset + size:  # the layout assumption broke
             raise RuntimeError(f"tar layout mismatch at {sample.key}")
         rows.add(sample, position, offset, where)
         offset += size
@@ -416,9 +436,9 @@ class Sample:
     second_name: str | None
     json: bytes
 
-    def members(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"__key__": self.key, self.first_name: self.first.data,
-                               lay.JSON: self.json}
+    def members(self) -> dict[str, bytes]:
+        """The sample's members by suffix (``anchor.jpg``, ``json``, ...)."""
+        obj: dict[str, bytes] = {self.first_name: self.first.data, lay.JSON: self.json}
         if self.second is not None and self.second_name is not None:
             obj[self.second_name] = self.second.data
         return obj

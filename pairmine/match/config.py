@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pairmine.config import check_choice, setting
+from pairmine.config import check_bool, check_choice, check_device, setting
 from pairmine.errors import ConfigError
 from pairmine.match.plan import AGAINST, MatchPlan, Sweep
-from pairmine.runtime import device_kind
 from pairmine.scale.options import ScaleSettings
 from pairmine.stores import check_seed, parse_subset
 
@@ -45,8 +44,7 @@ class MatchConfig(ScaleSettings):
         None, metavar="K", minimum=1,
         help="Keep each image's K best positives (a pair stays if either end keeps it).")
     engine: str = setting("auto", choices=_engine_names, help="Exact search engine.")
-    # no help words: the choices say it all (and `match --help` reads as it always has)
-    device: str = setting("auto", kind="device", help="")
+    device: str = setting("auto", kind="device", help="Where the search runs.")
     sweep: str | Sequence[float] | None = setting(
         None, metavar="LO:HI:STEP",
         help="Also count pairs for every band [m, M] (m < M) on this grid, from the same "
@@ -75,13 +73,9 @@ class MatchConfig(ScaleSettings):
         _check_count("--block-rows", self.block_rows)
         subset, seed = parse_subset(self.subset), check_seed(self.seed)
         sweep = None if self.sweep is None else Sweep.parse(self.sweep)
-        if not isinstance(self.wide_histogram, bool):
-            raise ConfigError(f"--wide-histogram {self.wide_histogram!r} is not True or False")
+        check_bool("--wide-histogram", self.wide_histogram)
         check_choice("--engine", self.engine, _engine_names())
-        if not isinstance(self.device, str):
-            raise ConfigError(f"--device {self.device!r} is not a device name",
-                              "choose auto, cpu, cuda or cuda:N")
-        device_kind(self.device)
+        check_device(self.device)
         return MatchPlan(min_score=float(self.min_score), max_score=float(self.max_score),
                          subset=subset, seed=seed, against=self.against,
                          max_per_anchor=self.max_per_anchor, engine=self.engine,

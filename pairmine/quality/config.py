@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pairmine.config import StageConfig, check_choice, check_int, check_number, setting
+from pairmine.config import (
+    StageConfig,
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_number,
+    setting,
+)
 from pairmine.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "lbfgs")
@@ -38,22 +46,6 @@ def feature_options() -> list[str]:
     from pairmine.encoders.base import FEATURE_OPTIONS
 
     return list(FEATURE_OPTIONS)
-
-
-def check_device(device: object) -> None:
-    """``--device``: auto, cpu, cuda or cuda:N (the one rule, ``runtime.device_kind``)."""
-    from pairmine.runtime import device_kind
-
-    if not isinstance(device, str):
-        raise ConfigError(f"--device {device!r} is not a device name",
-                          "choose auto, cpu, cuda or cuda:N")
-    device_kind(device)
-
-
-def check_bool(flag: str, value: object) -> None:
-    """A switch is True or False (``"no"`` would be truthy, and silently mean yes)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{flag} {value!r} is not True or False")
 
 
 def check_optional_number(flag: str, value: object) -> None:

@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pairmine.config import StageConfig, check_int, check_number, setting
+from pairmine.config import StageConfig, check_device, check_int, check_number, setting
 from pairmine.encoders.archs import BACKBONES
 from pairmine.errors import ConfigError, StoreError, TrainingError
 from pairmine.progress import NullProgress, Progress
-from pairmine.runtime import device_kind
 from pairmine.stores import atomic_path, write_json_atomic
 from pairmine.stores.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -155,9 +154,7 @@ class TrainConfig(StageConfig):
             raise ConfigError(f"--batch-size {self.batch_size} does not split into "
                               f"{self.bn_groups} batch-norm groups",
                               "choose a batch size divisible by --bn-groups")
-        if not isinstance(self.device, str):
-            raise ConfigError(f"unknown device {self.device!r}", "choose auto, cpu, cuda or cuda:N")
-        device_kind(self.device)
+        check_device(self.device)
 
     @property
     def cifar(self) -> bool:
