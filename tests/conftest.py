@@ -19,15 +19,28 @@ def pytest_configure(config: pytest.Config) -> None:
     _register_required_marker(config)
 
 
+# `-n auto` (pyproject addopts) runs the suite in pytest-xdist workers, one test file per worker
+# at a time (`--dist loadfile`: module fixtures are built once). Each worker imports torch and
+# may start a Ray cluster: more than 8 costs memory, not time.
+MAX_TEST_WORKERS = 8
+
+
+@pytest.hookimpl(optionalhook=True)  # the hook exists only where pytest-xdist is installed
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    import os
+
+    return max(1, min(MAX_TEST_WORKERS, len(os.sched_getaffinity(0))))
+
+
 def _register_toy_encoder() -> None:
     """`toy:SEED` — a tiny convolutional encoder with seeded random weights: deterministic,
     instant on the CPU, 16-D features, 32-px ImageNet-normalised input. Tests only."""
-    import torch
-    from torch import nn
-
     from pairmine.encoders.base import Encoder, EncoderKind, Preprocess, register_encoder
 
     def load(args: str, options: object) -> Encoder:
+        import torch  # here, not at registration: the xdist controller never needs torch
+        from torch import nn
+
         seed = int(args)
         gen = torch.Generator().manual_seed(seed)
         model = nn.Sequential(
@@ -70,14 +83,58 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cifar_test_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The CIFAR-10 test JPEGs from ../shared/data, unpacked once per session."""
+def cifar_test_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CIFAR-10 test JPEGs from ../shared/data, unpacked once per session: under xdist
+    once for all workers (in their common temporary folder, under a lock), since unpacking
+    10,000 files costs seconds. Tests read it, never write it."""
+    import fcntl
+    import os
+
     if not CIFAR_TEST_TGZ.exists():
         pytest.skip("../shared/data is not present")
-    root = tmp_path_factory.mktemp("cifar10")
-    with tarfile.open(CIFAR_TEST_TGZ) as tar:
-        tar.extractall(root, filter="data")
-    yield root / "cifar10" / "test"
+    base = tmp_path_factory.getbasetemp()
+    # an xdist worker's folder is popen-gwN inside the run's: that one is common to all
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "cifar10-test"
+    with open(shared / "cifar10-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / ".unpacked"
+        if not done.exists():
+            with tarfile.open(CIFAR_TEST_TGZ) as tar:
+                tar.extractall(root, filter="data")
+            done.touch()
+    return root / "cifar10" / "test"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Path]:
+    """One local Ray for the session, or for an xdist worker's share of it (2 CPUs, 2 fake
+    GPUs; see ../shared/notes/scale-out.md); starting one costs ~10 s:
+    no dashboard, no usage stats, no auth token, a short temp dir (Unix socket paths are
+    limited to 107 bytes). Yields the file that arms pairmine's fault hook on its workers
+    (they inherit the variable naming it; a test arms it by writing the file)."""
+    import os
+    import shutil
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    from pairmine.scale.units import FAULT_ENV
+
+    temp = Path(tempfile.mkdtemp(prefix="pmr", dir="/tmp"))
+    fault = temp / "fault"
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", FAULT_ENV: f"@{fault}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _temp_dir=str(temp),
+             object_store_memory=100 << 20, log_to_driver=False)
+    yield fault
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +145,8 @@ def cifar_test_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 REQUIRED_FILES = ("test_show_browser.py", "test_interop.py", "test_encoders*.py")
 # top-level modules of the [dev] extras (pyproject.toml)
 DEV_MODULES = frozenset({"timm", "safetensors", "open_clip", "transformers", "ray", "datasets",
-                         "duckdb", "importlinter", "hypothesis", "sklearn", "webdataset"})
+                         "duckdb", "importlinter", "hypothesis", "sklearn", "webdataset",
+                         "xdist"})
 # pytest.importorskip's two reasons: the module is absent, or older than asked
 _IMPORT_SKIP = (r"could not import '([A-Za-z0-9_.]+)'",
                 r"module '([A-Za-z0-9_.]+)' has __version__")
@@ -133,10 +191,21 @@ def missing_dev_extra(reason: str) -> str | None:
     return None
 
 
+# The longest test files (seconds on 2 cores), handed to the xdist workers first so that no
+# worker is left running a long file alone at the end (`--dist loadfile` hands out files in
+# collection order). Only the order changes; a file missing here runs after these.
+LONGEST_FIRST = ("test_ray.py", "test_crash_resume.py", "test_encoders.py",
+                 "test_encoders_libs.py", "test_train.py", "test_one_writer.py",
+                 "test_interop.py", "test_bad_input.py", "test_ci_required.py", "test_demo.py",
+                 "test_embed.py", "test_show_browser.py", "test_engines.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if is_required_file(item.path.name):
             item.add_marker(pytest.mark.required)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order in a file
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:

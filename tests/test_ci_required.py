@@ -28,7 +28,7 @@ def pytest_configure(config):
 
 
 def run_session(tmp_path: Path, files: dict[str, str], *, ci: str | None,
-                ) -> subprocess.CompletedProcess[str]:
+                args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     shutil.copy(CONFTEST, tmp_path / "ci_rules.py")
@@ -38,7 +38,7 @@ def run_session(tmp_path: Path, files: dict[str, str], *, ci: str | None,
     if ci is not None:
         env["CI"] = ci
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                           "--strict-markers", str(tmp_path)],
+                           "--strict-markers", *args, str(tmp_path)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
                           check=False)
 
@@ -68,6 +68,16 @@ def test_required_skips_fail_the_session_in_ci(tmp_path: Path) -> None:
     assert any("test_extra_too_old" in line and "safetensors" in line for line in listed)
     assert not any("test_gpu" in line for line in listed)
     assert "3 required test(s) skipped: CI fails" in run.stdout
+
+
+def test_required_skips_fail_the_session_under_xdist_too(tmp_path: Path) -> None:
+    """The suite runs in pytest-xdist workers (`-n auto`): the skips a worker reports must still
+    reach the controller's verdict (one worker is enough to put a process between them)."""
+    pytest.importorskip("xdist")
+    run = run_session(tmp_path, SKIPS, ci="true", args=("-p", "xdist", "-n", "1"))
+    assert run.returncode == pytest.ExitCode.TESTS_FAILED, run.stdout + run.stderr
+    listed = [line for line in run.stdout.splitlines() if line.startswith("REQUIRED SKIPPED")]
+    assert len(listed) == 3, run.stdout
 
 
 def test_outside_ci_the_same_skips_are_listed_but_pass(tmp_path: Path) -> None:

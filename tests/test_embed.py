@@ -199,20 +199,30 @@ def test_cli_success_prints_summary(image_folder: Path, tmp_path: Path) -> None:
 # the real encoder on real data
 
 
-def test_resnet20_cifar10_nearest_neighbour(cifar_test_folder: Path, tmp_path: Path) -> None:
-    """Cosine 1-NN same-label rate of ResNet-20 embeddings on all 10,000 CIFAR-10 test JPEGs
-    (reference figure for this checkpoint and data: 0.768). Proves loader, preprocessing and
-    model are right."""
+@pytest.mark.parametrize("per_class, expected", [
+    (200, 0.763),  # the first 200 JPEGs of each class (sorted names): 2,000 images, ~10 s
+    pytest.param(1000, 0.768, marks=pytest.mark.slow),  # all 10,000 test JPEGs
+])
+def test_resnet20_cifar10_nearest_neighbour(cifar_test_folder: Path, tmp_path: Path,
+                                            per_class: int, expected: float) -> None:
+    """Cosine 1-NN same-label rate of ResNet-20 embeddings on CIFAR-10 test JPEGs, against the
+    figure measured for this checkpoint and data (``expected``, less 0.015 of slack for
+    library versions). Proves loader, preprocessing and model are right."""
     if not RESNET20.exists():
         pytest.skip("../shared/data is not present")
+    rows = []
+    for label, folder in enumerate(sorted(p for p in cifar_test_folder.iterdir() if p.is_dir())):
+        rows += [f"{f},{label}" for f in sorted(folder.glob("*.jpg"))[:per_class]]
+    listing = tmp_path / "images.csv"
+    listing.write_text("path,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "cifar-emb"
-    result = pairmine.embed(cifar_test_folder, out, encoder=f"cifar-resnet:{RESNET20}",
-                            batch_size=500, workers=1)
-    assert result.images == 10_000 and result.errors == 0 and result.dim == 64
+    result = pairmine.embed(listing, out, encoder=f"cifar-resnet:{RESNET20}",
+                            batch_size=500, workers=0)
+    assert result.images == 10 * per_class and result.errors == 0 and result.dim == 64
     store = pairmine.open_embeddings(out)
     x = np.asarray(store.vectors, dtype=np.float32)
     labels = np.asarray(store.meta.column("label").to_pylist())
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)
     same = labels[sims.argmax(axis=1)] == labels
-    assert same.mean() >= 0.75, same.mean()
+    assert same.mean() >= expected - 0.015, same.mean()

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,30 +190,7 @@ def tag_worker(sample: dict[str, Any]) -> dict[str, Any]:
     return {**sample, "__worker__": info.id}
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    """A one-CPU local Ray for this module (see ../shared/notes/scale-out.md): no dashboard,
-    no usage stats, no auth token written to ~, a short temp dir (Unix socket paths are limited
-    to 107 bytes). A Ray some other module already started is used and left running."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    temp = tempfile.mkdtemp(prefix="pm-ray-", dir="/tmp")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        env.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp,
-                 object_store_memory=100 * 2**20, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
-
-
-def test_ray_data_reads_the_webdataset_shards(spps: Export, ray_local: None) -> None:
+def test_ray_data_reads_the_webdataset_shards(spps: Export, ray_cluster: Path) -> None:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

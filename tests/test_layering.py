@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"pairmine.embed", "pairmine.match", "pairmine.export", "pairmine.train",
-          "pairmine.quality", "pairmine.evaluate"}
+          "pairmine.quality"}
 
 
 def _config() -> configparser.ConfigParser:
@@ -49,3 +49,14 @@ def test_lint_imports_keeps_every_contract() -> None:
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
     assert "0 broken" in proc.stdout
+
+
+def test_every_internal_module_of_a_stage_is_closed_to_the_commands() -> None:
+    """A module added to a stage package is internal until its package re-exports it: the
+    commands-public-api contract must list it, or a command could start depending on it."""
+    forbidden = _modules(_config()["importlinter:contract:commands-public-api"]
+                         ["forbidden_modules"])
+    internal = {f"pairmine.{stage}.{path.stem}"
+                for stage in ("embed", "match", "export", "train", "quality")
+                for path in (ROOT / "pairmine" / stage).glob("*.py") if path.stem != "__init__"}
+    assert sorted(internal - forbidden) == []

@@ -1,20 +1,18 @@
 """Scale-out on Ray: stores written with ``--ray`` are byte-identical to single-machine ones,
 whatever happens to the workers, the nodes or the driver.
 
-One local Ray (2 CPUs, 2 fake GPUs) serves the module; the tests that need a cluster of
-their own (nodes removed, the driver killed) run it in a subprocess, since a local
-``ray.init`` and a ``ray.cluster_utils.Cluster`` cannot share a process.
+One local Ray (2 CPUs, 2 fake GPUs; ``ray_cluster`` in conftest.py) serves the session; the
+tests that need a cluster of their own (nodes removed, the driver killed) run it in a
+subprocess, since a local ``ray.init`` and a ``ray.cluster_utils.Cluster`` cannot share a process.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -30,7 +28,6 @@ from golden_pipeline import CHECKPOINT, data_hashes, golden_input
 
 import pairmine
 from pairmine.errors import ConfigError, InputError
-from pairmine.scale.units import FAULT_ENV
 
 # local clusters without a token, no usage reports (shared/notes/scale-out.md)
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -42,26 +39,10 @@ EXPORT: dict[str, Any] = {"fmt": "webdataset", "combined": True, "shard_size": 2
                           "max_shard_bytes": 60_000}
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[Path]:
-    """The module's local Ray; yields the file that arms the fault hook on its workers."""
-    import ray
-
-    temp = Path(tempfile.mkdtemp(prefix="pmr", dir="/tmp"))  # short: Unix socket paths
-    fault = temp / "fault"
-    env = {**RAY_ENV, FAULT_ENV: f"@{fault}"}  # the workers inherit it; armed by writing
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _temp_dir=str(temp),
-             object_store_memory=100 << 20, log_to_driver=False)
-    yield fault
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+@pytest.fixture
+def ray_local(ray_cluster: Path) -> Path:
+    """The session's local Ray (tests/conftest.py); the file that arms the fault hook."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +65,16 @@ def same_bytes(a: Path, b: Path) -> None:
     assert [k for k in want if got[k] != want[k]] == []
 
 
+def test_embed_on_a_ray_actor_is_byte_identical(ray_local: Path, reference: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    result = pairmine.embed(reference["images"], out, **EMBED, ray="local", ray_workers=1)
+    same_bytes(reference["emb"], out)
+    assert result.cluster is not None and result.cluster["units_run"] == 4
+    assert result.cluster["retried_units"] == []
+
+
+@pytest.mark.slow  # three actors start (two GPUs, one restart), each importing torch: ~30 s
 def test_embed_on_fake_gpus_is_byte_identical(fault: Path, reference: dict[str, Path],
                                               tmp_path: Path) -> None:
     # and the actor holding shard 2 dies after that shard's first batch: it is restarted
@@ -132,6 +123,7 @@ def test_a_worker_killed_mid_unit_is_retried(fault: Path, reference: dict[str, P
     same_bytes(reference["pairs"], out)
 
 
+@pytest.mark.slow  # two runs on the cluster; the retry itself is tested just above
 def test_retries_exhausted_is_one_clear_error(fault: Path, reference: dict[str, Path],
                                               tmp_path: Path) -> None:
     fault.write_text("match:0")
