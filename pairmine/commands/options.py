@@ -29,30 +29,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 _SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def config_options(cls: type[StageConfig], *, skip: tuple[str, ...] = (),
-                   fixed: dict[str, Any] | None = None,
+def config_options(cls: type[StageConfig], *,
                    before: Mapping[str, Sequence[Callable[[Any], Any]]] | None = None,
                    ) -> Callable[[F], F]:
-    """Add one click option per field of ``cls`` (except ``skip``, and fields given by the
-    command itself in ``fixed`` or as its own arguments); the command gets ``config=cls(...)``.
+    """Add one click option per field of ``cls`` (``cli=False`` fields excepted); the command
+    gets ``config=cls(...)`` and its own arguments and options as they are.
 
     ``before`` places the command's own options (``click.option(...)``, passed to it as
     keyword arguments) in ``--help`` just before a field's option, e.g. ``--overwrite``
     before the inherited Ray options, where the command showed it before there was a config."""
-    fixed = dict(fixed or {})
     before = dict(before or {})
-    entries = [(f, s) for f, s in cls.settings()
-               if s.cli and f.name not in skip and f.name not in fixed]
+    entries = [(f, s) for f, s in cls.settings() if s.cli]
 
     def decorate(fn: F) -> F:
         @wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {f.name: kwargs.pop(f.name) for f, _ in entries}
-            values.update(fixed)
-            # the fields the command takes as arguments (e.g. ENCODER) travel in kwargs too
-            for f in dataclasses.fields(cls):
-                if f.name in kwargs and f.name not in values and f.name not in skip:
-                    values[f.name] = kwargs[f.name]
             config = known_errors(cls.build)(None, values)
             return fn(*args, config=config, **kwargs)
 
