@@ -114,22 +114,22 @@ def build_stores(images: Path, work: Path, n_pairs: int) -> Path:
 def plain_tar(export_dir: Path, out: Path) -> float:
     """Write the export's samples again with tarfile alone: read the source files, write the
     same members in the same shards. Returns seconds."""
-    import pyarrow.parquet as pq
+    from pairmine.stores import open_embeddings
+    from pairmine.stores.export import open_export
 
-    manifest = json.loads((export_dir / "manifest.json").read_text())
-    emb = json.loads((Path(manifest["inputs"]["embeddings"]["path"]) / "manifest.json")
-                     .read_text())
-    meta = pq.read_table(Path(manifest["inputs"]["embeddings"]["path"]) /
-                         emb["shards"][0]["meta"]).to_pydict()
-    jobs = []
-    for rec in manifest["shards"]:
-        rows = pq.read_table(export_dir / rec["index"]).to_pylist()
-        members = []
-        for r in rows:
-            json_bytes = _member(export_dir / rec["tar"], r["offset_json"], r["size_json"])
-            members.append((r["key"], r["name_a"], meta["source"][r["a"]], r["name_b"],
-                            None if r["b"] is None else meta["source"][r["b"]], json_bytes))
-        jobs.append(members)
+    export = open_export(export_dir)
+    # every embeddings shard's metadata (ids run across shards), not only the first one's
+    meta = open_embeddings(export.manifest.inputs.embeddings.path).meta
+    sources = meta.column("source").to_pylist()
+    index = export.index
+    jobs: list[list[tuple[str, str, str, str | None, str | None, bytes]]] = \
+        [[] for _ in export.manifest.shards]
+    for shard, key, name_a, a, name_b, b, offset_json, size_json in zip(
+            *(index.values(c) for c in ("shard", "key", "name_a", "a", "name_b", "b",
+                                        "offset_json", "size_json")), strict=True):
+        json_bytes = _member(export_dir / index.tars[shard], offset_json, size_json)
+        jobs[shard].append((key, name_a, sources[a], name_b,
+                            None if b is None else sources[b], json_bytes))
     out.mkdir(parents=True, exist_ok=True)
 
     def add(tf: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -10,43 +10,19 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from pairmine.errors import SourceError
 from pairmine.export.layout import normalise_ext
 from pairmine.export.plan import Catalogue
+from pairmine.stores.export import Problem
 
 log = logging.getLogger(__name__)
 
 MISSING = "missing"
 CHANGED = "changed"
 DEFAULT_CACHE_BYTES = 256 << 20
-
-
-@dataclass(frozen=True)
-class Problem:
-    """An image the export could not use: gone or unreadable (``missing``), or its bytes no
-    longer hash to what embed recorded (``changed``)."""
-
-    id: int
-    key: str
-    source: str
-    member: str | None
-    reason: str
-    detail: str
-
-    def where(self) -> str:
-        return self.source if self.member is None else f"{self.source}::{self.member}"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Problem:
-        return cls(id=int(obj["id"]), key=str(obj["key"]), source=str(obj["source"]),
-                   member=obj.get("member"), reason=str(obj["reason"]),
-                   detail=str(obj.get("detail", "")))
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,23 @@ from pairmine import stores
 from pairmine.errors import ConfigError, SourceError
 from pairmine.export import layout as lay
 from pairmine.export.config import ExportConfig
-from pairmine.export.fetch import Fetcher, Problem, describe_problems
+from pairmine.export.fetch import Fetcher, describe_problems
 from pairmine.export.formats import EXPORT_FORMATS
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan, make_plan
 from pairmine.export.prefetch import Prefetcher
 from pairmine.export.shards import ShardRecord, StoppedAt, write_shards
 from pairmine.export.tables import images_table, pairs_table
 from pairmine.progress import NullProgress, Progress
+from pairmine.stores.export import (
+    ExportCounts,
+    ExportFile,
+    ExportInputs,
+    ExportManifest,
+    ExportOptionsRecord,
+    InputRecord,
+    Problem,
+    read_shard_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +46,7 @@ class Written:
 
     shards: list[ShardRecord] = field(default_factory=list)
     resumed_shards: int = 0
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, ExportFile] = field(default_factory=dict)
     pairs: int = 0
     images: int = 0
     skipped: list[Problem] = field(default_factory=list)
@@ -112,7 +122,7 @@ def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = Non
         written = layout.write(out, plan, fetcher, run_config, run_config.skip_missing,
                                progress)
         seconds = time.perf_counter() - t0
-        run.finish(_manifest(run_config, inputs, plan, written))
+        run.finish(_manifest(run_config, inputs, plan, written).to_json())
     log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
              out, seconds)
     samples = written.pairs + written.images
@@ -125,30 +135,28 @@ def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = Non
 
 
 def _manifest(config: ExportConfig, inputs: dict[str, Any], plan: Plan,
-              written: Written) -> dict[str, Any]:
+              written: Written) -> ExportManifest:
+    """The export's manifest. It holds no timings: a re-run or a resumed run writes the very
+    same manifest."""
     samples = written.pairs + written.images
-    return {
-        "format": stores.EXPORT_FORMAT,
-        "export_format": config.fmt,
-        "config": {**config.recorded(), "skip_missing": config.skip_missing},
-        "inputs": inputs,
-        "source": plan.source,
-        "class_names": plan.class_names,
-        "counts": {
-            "pairs": written.pairs,
-            "pairs_both_orders": 2 * written.pairs,
-            "images": written.images,
-            "samples": samples,
-            "pairs_in_store": plan.pairs,
-            "images_in_store": len(plan.images),
-            "skipped_pairs": written.skipped_pairs,
-            "skipped_images": written.skipped_images,
-            "bytes": written.bytes if config.shards else 0,
-        },
-        "shards": [s.to_manifest() for s in written.shards],
-        "files": written.files,
-        "skipped": [p.to_json() for p in written.skipped],
-    }  # no timings: a re-run or a resumed run writes the very same manifest
+    return ExportManifest(
+        class_names=None if plan.class_names is None else tuple(plan.class_names),
+        config=ExportOptionsRecord(**{**config.recorded(), "skip_missing": config.skip_missing}),
+        counts=ExportCounts(
+            bytes=written.bytes if config.shards else 0, images=written.images,
+            images_in_store=len(plan.images), pairs=written.pairs,
+            pairs_both_orders=2 * written.pairs, pairs_in_store=plan.pairs, samples=samples,
+            skipped_images=written.skipped_images, skipped_pairs=written.skipped_pairs),
+        export_format=config.fmt,
+        files=written.files,
+        inputs=ExportInputs(embeddings=InputRecord(**inputs["embeddings"]),
+                            pairs=InputRecord(**inputs["pairs"])),
+        pairmine_version=stores.pairmine_version(),
+        shards=tuple(s.as_export_shard() for s in written.shards),
+        skipped=tuple(written.skipped),
+        source=plan.source,
+        version=stores.FORMAT_VERSION,
+    )
 
 
 def _stop(out: Path, plan: Plan, fetcher: Fetcher, start: int, progress: Progress) -> SourceError:
@@ -186,7 +194,6 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
     """Tar shards of the original bytes, here or (``config.ray``) as Ray tasks, then the
     tables saying where every sample landed. ``config`` is resolved."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     cluster = None
     try:
@@ -207,11 +214,10 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
     image_ids: list[int] = []
     image_at: list[tuple[str, str]] = []
     for s in shards:
-        index = pq.read_table(out / lay.shard_index(s.number),
-                              columns=["key", "kind", "pair_id", "a"]).to_pydict()
+        index = read_shard_index(out, s.number, s.as_export_shard())
         tar = lay.shard_tar(s.number)
-        for key, kind, pid, a in zip(index["key"], index["kind"], index["pair_id"],
-                                     index["a"], strict=True):
+        for key, kind, pid, a in zip(*(index.column(c).to_pylist()
+                                       for c in ("key", "kind", "pair_id", "a")), strict=True):
             if kind == lay.KIND_PAIR:
                 pair_ids.append(pid)
                 pair_at.append((tar, key))
@@ -280,7 +286,7 @@ def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
     return written
 
 
-def _write_table(out: Path, name: str, table: Any) -> dict[str, Any]:
+def _write_table(out: Path, name: str, table: Any) -> ExportFile:
     stores.write_parquet_atomic(out / name, table)
-    return {"rows": table.num_rows, "sha256": stores.sha256_file(out / name)}
+    return ExportFile(rows=table.num_rows, sha256=stores.sha256_file(out / name))
 

@@ -24,10 +24,11 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from pairmine import stores
 from pairmine.export import layout as lay
-from pairmine.export.fetch import Fetcher, Original, Problem
+from pairmine.export.fetch import Fetcher, Original
 from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan
 from pairmine.export.prefetch import Prefetcher
 from pairmine.progress import NullProgress, Progress
+from pairmine.stores.export import ExportShard, Problem
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -60,10 +61,12 @@ class ShardRecord:
     skipped_pairs: int = 0
     skipped_images: int = 0
 
-    def to_manifest(self) -> dict[str, Any]:
-        return {"tar": lay.shard_tar(self.number), "index": lay.shard_index(self.number),
-                "samples": self.samples, "pairs": self.pairs, "images": self.images,
-                "bytes": self.bytes, "sha256": self.sha256, "index_sha256": self.index_sha256}
+    def as_export_shard(self) -> ExportShard:
+        """The shard's record in the export manifest."""
+        return ExportShard(bytes=self.bytes, images=self.images,
+                           index=lay.shard_index(self.number), index_sha256=self.index_sha256,
+                           pairs=self.pairs, samples=self.samples, sha256=self.sha256,
+                           tar=lay.shard_tar(self.number))
 
 
 class StoppedAt(Exception):
@@ -108,7 +111,7 @@ def finished_shard(out: Path, number: int) -> ShardRecord | None:
         number=number, samples=len(kinds), pairs=pairs, images=len(kinds) - pairs,
         bytes=tar_bytes, sha256=tar_sha, index_sha256=stores.sha256_file(index),
         next_position=record_next,
-        skipped=[Problem.from_json(p) for p in skipped["problems"]],
+        skipped=[Problem(**p) for p in skipped["problems"]],
         skipped_pairs=int(skipped["pairs"]), skipped_images=int(skipped["images"]))
 
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 from pairmine import stores
 from pairmine.errors import StoreError
 from pairmine.export import layout as lay
-from pairmine.export.fetch import Fetcher, Problem
+from pairmine.export.fetch import Fetcher
 from pairmine.export.formats import export_format
 from pairmine.export.plan import Catalogue
 from pairmine.export.prefetch import Prefetcher
 from pairmine.progress import NullProgress, Progress
-from pairmine.stores.export import ExportFile, ExportManifest, ExportShard, InputRecord
+from pairmine.stores.export import ExportFile, ExportManifest, ExportShard, InputRecord, Problem
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -179,8 +179,8 @@ def _plan_bounds(job: ExportJob, job_ref: Any, samples: int, capacity: int, in_f
     import numpy as np
     import ray
 
-    from pairmine.export.fetch import Problem
     from pairmine.export.shards import StoppedAt, shard_bounds
+    from pairmine.stores.export import Problem
 
     limits = job.limits
     if limits.bytes is None and not job.skip_missing:
@@ -208,4 +208,4 @@ def _plan_bounds(job: ExportJob, job_ref: Any, samples: int, capacity: int, in_f
         return shard_bounds(sizes.tolist(), limits, skip_missing=job.skip_missing)
     except ValueError as stop:
         position = int(stop.args[0])
-        raise StoppedAt(Problem.from_json(problems[position][0]), position) from None
+        raise StoppedAt(Problem(**problems[position][0]), position) from None

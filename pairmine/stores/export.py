@@ -322,8 +322,11 @@ class ExportFile:
 
 
 @dataclass(frozen=True)
-class SkippedImage:
-    """A source image that changed or vanished since embed, left out under --skip-missing."""
+class Problem:
+    """A source image an export could not use: gone or unreadable (``missing``), or its bytes
+    no longer hash to what embed recorded (``changed``). The export stops on the first one,
+    or, under --skip-missing, leaves out the samples that use it and lists it in the
+    manifest's ``skipped``."""
 
     detail: str
     id: int
@@ -332,8 +335,11 @@ class SkippedImage:
     reason: str
     source: str
 
+    def where(self) -> str:
+        return self.source if self.member is None else f"{self.source}::{self.member}"
+
     @classmethod
-    def from_json(cls, f: _Fields) -> SkippedImage:
+    def from_json(cls, f: _Fields) -> Problem:
         return cls(detail=f.get("detail", str), id=f.count("id"), key=f.get("key", str),
                    member=f.get("member", str, optional=True), reason=f.get("reason", str),
                    source=f.get("source", str))
@@ -361,7 +367,7 @@ class ExportManifest:
     inputs: ExportInputs
     pairmine_version: str
     shards: tuple[ExportShard, ...]
-    skipped: tuple[SkippedImage, ...]
+    skipped: tuple[Problem, ...]
     source: dict[str, Any]
     version: int
     extra: dict[str, Any] = field(default_factory=dict)
@@ -409,7 +415,7 @@ class ExportManifest:
             pairmine_version=top.get("pairmine_version", str),
             shards=tuple(ExportShard.from_json(_Fields(rec, f"shard record {i}: ", bad))
                          for i, rec in enumerate(top.get("shards", list))),
-            skipped=tuple(SkippedImage.from_json(_Fields(rec, f"skipped record {i}: ", bad))
+            skipped=tuple(Problem.from_json(_Fields(rec, f"skipped record {i}: ", bad))
                           for i, rec in enumerate(top.get("skipped", list))),
             source=source,
             version=top.count("version"),
@@ -514,42 +520,11 @@ class Export:
         """The shard index (empty for an export without shards)."""
         import pyarrow as pa
 
-        tables = [self._read_index(number, shard)
+        tables = [read_shard_index(self.path, number, shard)
                   for number, shard in enumerate(self.manifest.shards)]
         table = pa.concat_tables(tables) if tables else \
             INDEX_SCHEMA().append(pa.field("shard", pa.int32())).empty_table()
         return ShardIndex(tuple(s.tar for s in self.manifest.shards), table)
-
-    def _read_index(self, number: int, shard: ExportShard) -> pa.Table:
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        table = _read_table(self.path, shard.index, INDEX_SCHEMA())
-        if table.num_rows != shard.samples:
-            raise damaged(self.path, shard.index, f"{table.num_rows} samples, the manifest "
-                          f"says {shard.samples}", EXPORT_FORMAT)
-        kinds = table.column("kind")
-        unknown = pc.invert(pc.fill_null(pc.is_in(kinds, value_set=pa.array(SAMPLE_KINDS)),
-                                         False))
-        if pc.any(unknown).as_py():
-            raise damaged(self.path, shard.index, f"a sample kind other than "
-                          f"{' or '.join(SAMPLE_KINDS)}", EXPORT_FORMAT)
-        pairs = int(pc.sum(pc.equal(kinds, KIND_PAIR)).as_py() or 0)
-        if pairs != shard.pairs:
-            raise damaged(self.path, shard.index, f"{pairs} pair samples, the manifest says "
-                          f"{shard.pairs}", EXPORT_FORMAT)
-        needed = ["key", "a", "name_a", "offset_a", "size_a", "offset_json", "size_json"]
-        if any(table.column(c).null_count for c in needed):
-            raise damaged(self.path, shard.index, "a sample without its first member",
-                          EXPORT_FORMAT)
-        pair_rows = table.filter(pc.equal(kinds, KIND_PAIR))
-        if any(pair_rows.column(c).null_count for c in ("b", "name_b", "offset_b", "size_b")):
-            raise damaged(self.path, shard.index, "a pair sample without its positive",
-                          EXPORT_FORMAT)
-        table = table.select(INDEX_SCHEMA().names).cast(INDEX_SCHEMA())
-        return table.append_column(pa.field("shard", pa.int32()),
-                                   pa.array(np.full(table.num_rows, number, dtype=np.int32)))
 
     def pairs(self) -> pa.Table:
         """``spps.parquet``: one row per exported pair, by ``pair_id``."""
@@ -568,6 +543,42 @@ class Export:
             raise damaged(self.path, name, f"{table.num_rows} rows, the manifest says {rows}",
                           EXPORT_FORMAT)
         return table
+
+
+def read_shard_index(store: Path, number: int, shard: ExportShard) -> pa.Table:
+    """Shard ``number``'s index file, checked against its record ``shard`` (rows, kinds,
+    pairs, the members every sample needs), with the ``shard`` column added. The one reader
+    of index files: the export's own tables are built from it, and so is :attr:`Export.index`.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = _read_table(store, shard.index, INDEX_SCHEMA())
+    if table.num_rows != shard.samples:
+        raise damaged(store, shard.index, f"{table.num_rows} samples, the manifest "
+                      f"says {shard.samples}", EXPORT_FORMAT)
+    kinds = table.column("kind")
+    unknown = pc.invert(pc.fill_null(pc.is_in(kinds, value_set=pa.array(SAMPLE_KINDS)),
+                                     False))
+    if pc.any(unknown).as_py():
+        raise damaged(store, shard.index, f"a sample kind other than "
+                      f"{' or '.join(SAMPLE_KINDS)}", EXPORT_FORMAT)
+    pairs = int(pc.sum(pc.equal(kinds, KIND_PAIR)).as_py() or 0)
+    if pairs != shard.pairs:
+        raise damaged(store, shard.index, f"{pairs} pair samples, the manifest says "
+                      f"{shard.pairs}", EXPORT_FORMAT)
+    needed = ["key", "a", "name_a", "offset_a", "size_a", "offset_json", "size_json"]
+    if any(table.column(c).null_count for c in needed):
+        raise damaged(store, shard.index, "a sample without its first member",
+                      EXPORT_FORMAT)
+    pair_rows = table.filter(pc.equal(kinds, KIND_PAIR))
+    if any(pair_rows.column(c).null_count for c in ("b", "name_b", "offset_b", "size_b")):
+        raise damaged(store, shard.index, "a pair sample without its positive",
+                      EXPORT_FORMAT)
+    table = table.select(INDEX_SCHEMA().names).cast(INDEX_SCHEMA())
+    return table.append_column(pa.field("shard", pa.int32()),
+                               pa.array(np.full(table.num_rows, number, dtype=np.int32)))
 
 
 def _read_table(store: Path, name: str, schema: pa.Schema) -> pa.Table:
