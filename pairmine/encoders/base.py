@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pairmine.errors import CheckpointError, EncoderError
 from pairmine.registry import Registry
@@ -220,6 +220,51 @@ def select_prefix(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...],
     sample = ", ".join(list(state)[:5])
     raise CheckpointError(f"{path}: no keys start with {' or '.join(map(repr, prefixes))}",
                           f"is this the right encoder kind? its first keys are: {sample}")
+
+
+T = TypeVar("T")
+
+
+def build_empty(factory: Callable[[], T], modules: Callable[[T], nn.Module] | None = None) -> T:
+    """``factory()`` with its weights in uninitialised memory, for a checkpoint to fill at
+    once: random initialisation would be thrown away, and it is nearly all of the build time
+    (of a ViT-L/16's on a CPU), paid again by every Ray worker. The model is built on the meta
+    device, then given memory. ``modules`` picks the module out of what ``factory``
+    returns (default: the returned object is the module).
+
+    Only for models then loaded with :func:`load_state_strict`, which refuses a checkpoint
+    that leaves any parameter or buffer unfilled. The BatchNorm counters, which checkpoints
+    may omit, are zeroed. A model holding state no checkpoint carries (non-persistent buffers,
+    plain tensor attributes, both computed in ``__init__``), or whose constructor cannot run
+    on the meta device, is built normally instead."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            built = factory()
+    except Exception:
+        return factory()
+    model = modules(built) if modules is not None else built
+    assert isinstance(model, torch.nn.Module)
+    if _holds_unsaved_state(model):
+        return factory()
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("num_batches_tracked"):
+                buffer.zero_()
+    return built
+
+
+def _holds_unsaved_state(model: nn.Module) -> bool:
+    import torch
+
+    for module in model.modules():
+        if module._non_persistent_buffers_set:
+            return True
+        if any(isinstance(v, torch.Tensor) for v in vars(module).values()):
+            return True  # a plain tensor attribute: neither saved nor moved by to_empty
+    return False
 
 
 def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor],

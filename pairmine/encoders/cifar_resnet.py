@@ -15,6 +15,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    build_empty,
     find_state_dict,
     load_checkpoint,
     load_state_strict,
@@ -57,7 +58,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
                               "layer1.* or linear.weight keys",
                               "check the encoder kind (see `pairmine encoders`)")
     num_classes = int(state["linear.weight"].shape[0])
-    model = CifarResNet(depth, num_classes, logits=features == "head")
+    model = build_empty(lambda: CifarResNet(depth, num_classes, logits=features == "head"))
     load_state_strict(model, state, args)
     return Encoder(spec=f"cifar-resnet:{args}", model=model,
                    dim=num_classes if features == "head" else FEATURE_DIM,

@@ -37,6 +37,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    build_empty,
     load_state_file,
     load_state_strict,
     register_encoder,
@@ -199,8 +200,9 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
                       else "open_clip's defaults for a local file")
     try:
         with _quiet_random_init_warning():
-            model = open_clip.create_model(name, pretrained=None, load_weights=False,
-                                           pretrained_image=False, pretrained_text=False)
+            model = build_empty(lambda: open_clip.create_model(
+                name, pretrained=None, load_weights=False, pretrained_image=False,
+                pretrained_text=False), lambda built: built.visual)
     except (RuntimeError, ValueError, OSError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
         raise EncoderError(f"open_clip cannot build {arch}: {first}",

@@ -20,6 +20,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    build_empty,
     load_state_strict,
     register_encoder,
     select_prefix,
@@ -39,7 +40,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
                            "leave --arch out: pairmine checkpoints record their arch")
     features = opts.features or "head"
     state = select_prefix(ckpt["state_dict"], ("encoder_q.",), path)
-    net, feat_dim = build_backbone(arch)
+    net, feat_dim = build_empty(lambda: build_backbone(arch), lambda built: built[0])
     if features == "head":
         net.fc, out_dim = moco_head(state, str(path))
         load_state_strict(net, state, path)

@@ -30,6 +30,7 @@ from pairmine.encoders.base import (
     Encoder,
     EncoderOptions,
     Preprocess,
+    build_empty,
     load_checkpoint,
     load_state_file,
     load_state_strict,
@@ -368,7 +369,8 @@ def assemble(*, kind: str, spec_args: str, path: str | Path,
     if features == "head" and head is None:
         raise EncoderError(f"{kind}: {no_head_reason}", "use --features backbone")
     arch, detected = resolve_arch(trunk, opts)
-    net, dim = _empty_trunk(arch, cifar_stem_padding)
+    net, dim = build_empty(lambda: build_trunk(arch, cifar_stem_padding=cifar_stem_padding),
+                           lambda built: built[0])
     load_state_strict(net, trunk, path, ignore=ignore)  # fills every parameter and buffer
     if features == "head":
         assert head is not None
@@ -377,23 +379,6 @@ def assemble(*, kind: str, spec_args: str, path: str | Path,
     return Encoder(spec=f"{kind}:{spec_args}", model=net, dim=dim, preprocess=pre, arch=arch,
                    features=features,
                    info={"kind": kind, "arch_detected": detected, **info})
-
-
-def _empty_trunk(arch: str, cifar_stem_padding: int) -> tuple[nn.Module, int]:
-    """The trunk with uninitialised memory: its random initialisation (seconds for a
-    ResNet-50, ten times that for a 4x one) would be overwritten by the checkpoint at once.
-    load_state_strict then refuses any checkpoint that leaves a tensor unfilled; only the
-    BatchNorm counters, which checkpoints may omit, are zeroed here."""
-    import torch
-
-    with torch.device("meta"):
-        net, dim = build_trunk(arch, cifar_stem_padding=cifar_stem_padding)
-    net.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, buffer in net.named_buffers():
-            if name.endswith("num_batches_tracked"):
-                buffer.zero_()
-    return net, dim
 
 
 def imagenet_or_cifar(arch: str) -> Preprocess:

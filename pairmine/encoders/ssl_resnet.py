@@ -15,6 +15,7 @@ from pairmine.encoders.base import (
     Encoder,
     EncoderOptions,
     Preprocess,
+    build_empty,
     find_state_dict,
     load_checkpoint,
     load_state_strict,
@@ -53,7 +54,7 @@ def build_encoder(*, kind: str, path: str, state: Mapping[str, torch.Tensor],
 
     detected = detect_backbone(state)
     arch = opts.arch or detected or DEFAULT_ARCH
-    net, feat_dim = build_backbone(arch)
+    net, feat_dim = build_empty(lambda: build_backbone(arch), lambda built: built[0])
     if features == "head":
         if head is None:
             raise EncoderError(f"{kind} checkpoints have no projection head to use",

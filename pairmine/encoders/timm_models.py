@@ -17,6 +17,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    build_empty,
     load_state_file,
     load_state_strict,
     register_encoder,
@@ -75,15 +76,15 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
     timm = _timm()
     features = opts.features or "backbone"
     if features == "backbone":
-        model = _create(timm, name, num_classes=0)
+        model = build_empty(lambda: _create(timm, name, num_classes=0))
         state = load_state_file(path)
         load_state_strict(model, state, path, ignore=_classifier_prefixes(model))
     else:
-        probe = _create(timm, name)
+        probe = build_empty(lambda: _create(timm, name))  # only its classifier's names
         state = load_state_file(path)
         weight_keys = [f"{p}weight" for p in _classifier_prefixes(probe) if f"{p}weight" in state]
         kwargs = {"num_classes": int(state[weight_keys[0]].shape[0])} if weight_keys else {}
-        model = _create(timm, name, **kwargs)
+        model = build_empty(lambda: _create(timm, name, **kwargs))
         load_state_strict(model, state, path)
     model.eval()
     preprocess = _preprocess(timm, model)

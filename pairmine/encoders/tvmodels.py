@@ -21,6 +21,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    build_empty,
     load_state_file,
     load_state_strict,
     register_encoder,
@@ -158,12 +159,12 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
             kwargs["transform_input"] = True  # torchvision's weights expect it
         preprocess = _preprocess(member)
 
-    model = models.get_model(arch, weights=None, **kwargs)
+    model = build_empty(lambda: models.get_model(arch, weights=None, **kwargs))
     if member is None:
         implied = _kwargs_for_state(arch, model, state)
         if implied:  # rebuild to fit the file (rare: a fine-tuned head, a larger ViT)
             kwargs |= implied
-            model = models.get_model(arch, weights=None, **kwargs)
+            model = build_empty(lambda: models.get_model(arch, weights=None, **kwargs))
         if "image_size" in implied:
             preprocess = Preprocess(resize=implied["image_size"], crop=implied["image_size"])
     load_state_strict(model, state, source, ignore=_AUX_PREFIXES.get(arch, ()))

@@ -34,6 +34,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    build_empty,
     find_state_dict,
     load_checkpoint,
     load_state_file,
@@ -293,7 +294,7 @@ def _build(project: Project, path: str, backbone: Mapping[str, torch.Tensor],
     state = to_vit_names(backbone)
     _reject_non_vit(state, path, project)
     cfg = infer_config(state, path, project, opts.arch)
-    vit = VisionTransformer(cfg)
+    vit = build_empty(lambda: VisionTransformer(cfg))
     load_state_strict(vit, state, path)
     own = "mean" if cfg.fc_norm else "cls"  # the pooled feature the checkpoint was trained on
     features = opts.features or own
