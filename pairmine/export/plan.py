@@ -67,7 +67,7 @@ def make_plan(pairs_path: Path, *, combined: bool, shuffle: bool, seed: int) -> 
 
     pairs = stores.open_pairs(pairs_path)
     emb = stores.open_pairs_embeddings(pairs)
-    recorded = pairs.manifest["inputs"]["embeddings"].get("manifest_sha256")
+    recorded = pairs.info.embeddings_manifest_sha256
     if recorded and recorded != stores.sha256_file(emb.path / stores.MANIFEST):
         raise StoreError(f"the embeddings store {emb.path} changed after {pairs.path} was made "
                          "from it: the pair ids may point at other images",

@@ -219,7 +219,7 @@ def eval_pairs(pairs: str | Path, config: EvalPairsConfig | None = None, *,
     lab = load_labels(emb, config.labels, what="eval-pairs")
     assert lab is not None  # required=True
     scope = pairs_scope(store, len(emb))
-    lo, hi = float(store.manifest["min"]), float(store.manifest["max"])
+    lo, hi = store.info.min, store.info.max
     grid_floor = config.grid_floor
     if grid_floor is not None and not -1.0 <= grid_floor <= lo:
         raise ConfigError(f"--grid-floor {grid_floor} must lie in [-1, {lo}] (the band's min)")

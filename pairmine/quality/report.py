@@ -293,7 +293,7 @@ def histogram_svg(store: Pairs, score: np.ndarray, width: int = 560, height: int
     match stage recorded (which reaches below the band) when there is one."""
     import numpy as np
 
-    lo, hi = float(store.manifest["min"]), float(store.manifest["max"])
+    lo, hi = store.info.min, store.info.max
     record = store.manifest.get("histogram") or {}
     edges = np.asarray(record.get("edges", []), dtype=np.float64)
     counts = np.asarray(record.get("counts", []), dtype=np.float64)
