@@ -1,6 +1,7 @@
 """The pairs store's ``manifest.json`` as a match run writes it (docs/artefacts.md); readers get
-its typed core from ``pairmine.stores.PairsManifest``. The key order is part of the store's
-bytes (``tests/test_golden.py`` pins them)."""
+its typed core from ``pairmine.stores.PairsManifest``. It is written with sorted keys
+(``write_json_atomic``); it records timings, so unlike the data files it differs run to run
+and ``tests/test_golden.py`` leaves it out."""
 
 from __future__ import annotations
 
