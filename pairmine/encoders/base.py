@@ -245,7 +245,9 @@ def build_empty(factory: Callable[[], T], modules: Callable[[T], nn.Module] | No
     except Exception:
         return factory()
     model = modules(built) if modules is not None else built
-    assert isinstance(model, torch.nn.Module)
+    if not isinstance(model, torch.nn.Module):  # a caller's mistake, not a user's
+        raise TypeError(f"build_empty: {type(model).__name__} is not a torch module; pass "
+                        "`modules` to pick the module out of what the factory returns")
     if _holds_unsaved_state(model):
         return factory()
     model.to_empty(device="cpu")
