@@ -84,11 +84,14 @@ def resolve_precision(precision: str, device: str, *,
 
 
 def cpu_count() -> int:
-    """Cores this process may use (cgroup/affinity aware where the OS says)."""
+    """Cores this process may use (cgroup/affinity aware where the OS says; on a Ray worker,
+    the CPUs Ray gave the running unit: ``PAIRMINE_CPUS``, set by pairmine.scale.executor)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    granted = os.environ.get("PAIRMINE_CPUS", "")
+    return min(cores, int(granted)) if granted.isdigit() and int(granted) > 0 else cores
 
 
 def device_name(device: str) -> str:
