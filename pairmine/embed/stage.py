@@ -24,6 +24,7 @@ from pairmine.embed.writer import RUN_LOG, assemble_manifest, completed_shards
 from pairmine.errors import SourceError
 from pairmine.progress import NullProgress, Progress
 from pairmine.runtime import cpu_count, device_name, resolve_device, resolve_precision
+from pairmine.scale.options import RayOptions
 from pairmine.sources.base import absolute_spec
 from pairmine.sources.files import real_root
 
@@ -125,9 +126,7 @@ def embed(source: str | Path, out: str | Path, config: EmbedConfig | None = None
             progress.advance(sum(shard_items(k, shard_size, n_items) for k in done))
             computed = ShardEncoder(job, src, refs, enc).run(todo, progress)
         else:
-            from pairmine.scale.embed import embed_on_ray
-
-            computed, cluster = embed_on_ray(job, todo, len(done), scale, progress)
+            computed, cluster = _encode_on_ray(job, todo, done, scale, progress)
         missing = sorted(set(range(n_shards)) - completed_shards(out, n_shards))
         if missing:
             raise RuntimeError(f"embed: shards {missing[:5]} of {n_shards} were not written")
@@ -145,6 +144,52 @@ def embed(source: str | Path, out: str | Path, config: EmbedConfig | None = None
                        dim=enc.dim, shards=n_shards, resumed_shards=len(done), seconds=elapsed,
                        device=name, precision=precision, encoder=enc.describe(),
                        ignored=sum(ignored.values()), cluster=cluster)
+
+
+class ShardWorker:
+    """The embed unit on Ray: an actor that loads the encoder once (``ShardEncoder.open``)
+    and encodes the shards it is given through the single-machine :meth:`ShardEncoder.run`,
+    batches formed inside the shard with the run's batch size (never by Ray)."""
+
+    def __init__(self, job: ShardJob) -> None:
+        self.job = job
+        self.encoder = ShardEncoder.open(job)
+
+    def __call__(self, shard: int) -> dict[str, Any]:
+        from pairmine.scale.executor import unit_progress
+
+        # the fault hook (tests) may kill the worker after the shard's first batch
+        images = self.encoder.run([shard], unit_progress())
+        r = self.job.record
+        return {"images": images, "progress": shard_items(shard, r.shard_size,
+                                                            self.job.n_items)}
+
+
+def _encode_on_ray(job: ShardJob, todo: list[int], done: set[int], scale: RayOptions,
+                   progress: Progress) -> tuple[int, dict[str, Any]]:
+    """The shards ``todo`` on Ray actors (one per GPU, or per ``--cpus-per-worker``); a dead
+    actor is restarted and its shard retried. Returns the images encoded and the report."""
+    from pairmine.scale.executor import execute
+
+    r = job.record
+    source = Path(r.source)
+    computed = 0
+
+    def finished(shard: int, result: dict[str, Any]) -> None:
+        nonlocal computed
+        computed += int(result["images"])
+
+    report = execute(todo, ShardWorker, job, scale, progress, stage="embed",
+                     unit_label="images", total=job.n_items,
+                     done=sum(shard_items(k, r.shard_size, job.n_items) for k in done),
+                     on_done=finished, write=job.out,
+                     see=[source] if source.exists() else [],  # a folder or a file list
+                     actor=True, unit_name="embed shard",
+                     memory_hint="lower --batch-size or --workers (decode workers), run fewer "
+                                 "--ray-workers per node, or give each more memory")
+    assert report is not None
+    report.resumed = len(done)
+    return computed, report.to_json()
 
 
 def default_workers(device: str) -> int:

@@ -93,7 +93,8 @@ def make_plan(pairs_path: Path, *, combined: bool, shuffle: bool, seed: int) -> 
     a = pairs.table.column("a").to_numpy().astype(np.int64, copy=False)
     b = pairs.table.column("b").to_numpy().astype(np.int64, copy=False)
     score = pairs.table.column("score").to_numpy().astype(np.float32, copy=False)
-    _check_pairs(pairs.path, a, b, n)
+    # a control store of pairmine.quality's pairs_from_labels pairs images with themselves
+    _check_pairs(pairs.path, a, b, n, self_pairs=pairs.manifest.get("self_pairs") is True)
     order = np.lexsort((b, a))
     a, b, score = a[order], b[order], score[order]
 
@@ -116,10 +117,22 @@ def make_plan(pairs_path: Path, *, combined: bool, shuffle: bool, seed: int) -> 
                 images=images, pair_a=a, pair_b=b, pair_score=score, kinds=kinds, refs=refs)
 
 
-def _check_pairs(store: Path, a: np.ndarray, b: np.ndarray, n: int) -> None:
+def _check_pairs(store: Path, a: np.ndarray, b: np.ndarray, n: int, *,
+                 self_pairs: bool = False) -> None:
+    """Pairs ``a < b`` within the store, each once; a store marked ``self_pairs`` (the
+    augmented control) holds ``a == b`` pairs instead, an image repeated where its class asks
+    for more pairs than it has images."""
     import numpy as np
 
     if a.shape[0] == 0:
+        return
+    if self_pairs:
+        bad = (a != b) | (a < 0) | (a >= n)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise StoreError(f"control pairs store {store} holds a pair ({int(a[i])}, "
+                             f"{int(b[i])}) that is not an image of 0..{n - 1} with itself",
+                             "the store is damaged; re-run pairs-from-labels --control")
         return
     bad = (a >= b) | (a < 0) | (b >= n)
     if bad.any():
