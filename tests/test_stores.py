@@ -157,7 +157,10 @@ def test_a_damaged_store_is_one_clear_error(tmp_path: Path, damage: str, message
     elif damage == "meta_missing":
         (store / "meta" / "meta-00000.parquet").unlink()
     with pytest.raises(StoreError) as err:
-        stores.open_embeddings(store)
+        # the manifest is checked on open, each shard's files when first read
+        opened = stores.open_embeddings(store)
+        opened.vectors[0:1]
+        opened.take([0])
     text = str(err.value)
     assert f"store {store} is damaged: {message}" in text, text
     assert "re-create it with `pairmine embed SOURCE OUT --overwrite`" in text

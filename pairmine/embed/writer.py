@@ -25,11 +25,10 @@ RUN_LOG = "runs.jsonl"  # one line per invocation (timings); the only file that 
 def write_shard(out: Path, k: int, vectors: np.ndarray, ok_rows: list[tuple[int, str]],
                 bad_rows: list[tuple[int, str]], refs: pa.Table) -> None:
     """Shard ``k``: ``vectors`` (rows, dim) for the items ``ok_rows`` (item, sha256), and the
-    items ``bad_rows`` (item, reason) that gave no vector."""
+    items ``bad_rows`` (item, reason) that gave no vector. The errors part comes first: the
+    store's shard writer writes the metadata last, which marks the shard complete."""
     import pyarrow as pa
 
-    emb_path, meta_path = shard_paths(out, k)
-    stores.save_npy_atomic(emb_path, vectors)
     errors = refs.take(pa.array([i for i, _ in bad_rows], type=pa.int64()))
     errors_table = pa.table({
         "key": errors.column("key"), "source": errors.column("source"),
@@ -46,13 +45,13 @@ def write_shard(out: Path, k: int, vectors: np.ndarray, ok_rows: list[tuple[int,
         "member": rows.column("member"), "label": rows.column("label"),
         "sha256": pa.array([d for _, d in ok_rows], type=pa.string()),
     }, schema=stores.META_SCHEMA())
-    stores.write_parquet_atomic(meta_path, meta)
+    stores.write_embedding_shard(out, k, vectors, meta)
 
 
-def shard_paths(out: Path, k: int) -> tuple[Path, Path]:
-    """The ``emb`` and ``meta`` files of shard ``k``."""
-    return (out / stores.EMB_DIR / stores.shard_name("emb", k, ".npy"),
-            out / stores.META_DIR / stores.shard_name("meta", k, ".parquet"))
+def shard_paths(out: Path, k: int) -> tuple[Path, Path, Path]:
+    """The ``emb``, ``meta`` and ``codes`` files of shard ``k``."""
+    emb, meta, codes = stores.embedding_shard_files(k)
+    return out / emb, out / meta, out / codes
 
 
 def errors_part(out: Path, k: int) -> Path:
@@ -61,11 +60,12 @@ def errors_part(out: Path, k: int) -> Path:
 
 
 def completed_shards(out: Path, n_shards: int) -> set[int]:
-    """The shards whose three files are all in place (the ones a resumed run skips)."""
+    """The shards whose four files are all in place (the ones a resumed run skips)."""
     done = set()
     for k in range(n_shards):
-        emb_path, meta_path = shard_paths(out, k)
-        if meta_path.exists() and emb_path.exists() and errors_part(out, k).exists():
+        emb_path, meta_path, codes_path = shard_paths(out, k)
+        if meta_path.exists() and emb_path.exists() and codes_path.exists() \
+                and errors_part(out, k).exists():
             done.add(k)
     return done
 
@@ -81,15 +81,16 @@ def assemble_manifest(out: Path, n_shards: int, record: EmbedRecord, enc: Encode
     id_start = 0
     errors = []
     for k in range(n_shards):
-        emb_path, meta_path = shard_paths(out, k)
+        emb_path, meta_path, codes_path = shard_paths(out, k)
         meta = pq.read_table(meta_path)
         rows = meta.num_rows
         ids = pa.array(range(id_start, id_start + rows), type=pa.int64())
         if meta.column("id").to_pylist()[:1] != ids.to_pylist()[:1]:
             stores.write_parquet_atomic(meta_path, meta.set_column(0, "id", ids))
-        shards.append({"emb": f"{stores.EMB_DIR}/{emb_path.name}",
-                       "meta": f"{stores.META_DIR}/{meta_path.name}",
-                       "rows": rows, "id_start": id_start})
+        shards.append(stores.EmbeddingShard(
+            emb=f"{stores.EMB_DIR}/{emb_path.name}", meta=f"{stores.META_DIR}/{meta_path.name}",
+            rows=rows, id_start=id_start, codes=f"{stores.CODES_DIR}/{codes_path.name}",
+        ).to_json())
         id_start += rows
         errors.append(pq.read_table(errors_part(out, k)))
     error_table = pa.concat_tables(errors) if errors else stores.ERRORS_SCHEMA().empty_table()

@@ -26,6 +26,7 @@ from pairmine.stores.atomic import (
     writing,
 )
 from pairmine.stores.embeddings import (
+    CODES_DIR,
     EMB_DIR,
     EMBEDDINGS_FORMAT,
     ERRORS_FILE,
@@ -35,11 +36,17 @@ from pairmine.stores.embeddings import (
     Embeddings,
     EmbeddingShard,
     EmbeddingsManifest,
+    RowView,
+    content_code,
+    content_code_array,
     content_codes,
+    embedding_shard_files,
     embedding_shards,
     open_embeddings,
+    read_codes,
     read_meta,
     read_vectors,
+    write_embedding_shard,
 )
 from pairmine.stores.export import (
     EXPORT_FORMAT,
@@ -74,6 +81,7 @@ from pairmine.stores.pairs import (
 from pairmine.stores.run import (
     FINISHING_DIR,
     FORMAT_VERSION,
+    FORMAT_VERSIONS,
     MANIFEST,
     PARTIAL_DIR,
     RUN_FILE,
@@ -81,6 +89,7 @@ from pairmine.stores.run import (
     begin_run,
     damaged,
     finish_store,
+    format_version,
     input_record,
     is_unfinished,
     pairmine_version,
@@ -102,6 +111,11 @@ __all__ = [
     "read_meta", "read_vectors", "remove_temporaries", "save_npy_atomic", "sha256_file",
     "shard_name", "subset_size", "write_bytes_atomic", "write_failure", "write_json_atomic",
     "write_parquet_atomic", "writing",
+]
+# the lazy embeddings store: rows by range, metadata and content codes per shard
+__all__ += [
+    "CODES_DIR", "FORMAT_VERSIONS", "RowView", "content_code", "content_code_array",
+    "embedding_shard_files", "format_version", "read_codes", "write_embedding_shard",
 ]
 # the export store
 __all__ += [

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,19 +85,52 @@ class PairsManifest:
             raise bad(f"a record has the wrong type ({exc})") from None
 
 
-@dataclass(frozen=True)
 class Pairs:
-    """A complete pairs store: the pair table (a, b, score), its manifest (``manifest`` as
-    written, ``info`` its validated core), the anchors and the exact duplicates."""
+    """A complete pairs store, opened lazily: ``manifest`` as written and ``info`` its
+    validated core are read on open; the pair shards are read when asked for, each checked
+    against the pair schema. :meth:`iter_shards` yields them one at a time; ``table`` is the
+    whole pair table (a, b, score; O(P) memory: quality tools only). The anchors
+    (:meth:`subset_ids`) and the exact duplicates (:meth:`duplicates`) are read on demand."""
 
-    path: Path
-    manifest: dict[str, Any]
-    info: PairsManifest
-    table: pa.Table
+    def __init__(self, path: Path, manifest: dict[str, Any], info: PairsManifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"Pairs({self.path}, shards={len(self.info.shards)})"
 
     @property
     def embeddings_path(self) -> Path:
         return self.info.embeddings
+
+    def read_shard(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """One pair shard (``columns`` of it when given), checked against the schema."""
+        table = _read_table(self.path, name, columns)
+        if columns is None and not table.schema.equals(PAIRS_SCHEMA(), check_metadata=False):
+            raise damaged(self.path, name, f"columns {table.schema.names}, expected a, b, "
+                          "score", PAIRS_FORMAT)
+        return table
+
+    def iter_shards(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Every pair shard in order, one table (a, b, score) at a time."""
+        for name in self.info.shards:
+            yield self.read_shard(name, columns)
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """The whole pair table, every shard concatenated: O(P) memory. For quality tools; the
+        stages read per shard (:meth:`iter_shards`)."""
+        import pyarrow as pa
+
+        from pairmine.errors import memory_step
+
+        tables = list(self.iter_shards())
+        if not tables:
+            return PAIRS_SCHEMA().empty_table()
+        with memory_step(f"reading the pair table of {self.path}",
+                         "read the shards one at a time (Pairs.iter_shards)"):
+            return pa.concat_tables(tables)
 
     def subset_ids(self) -> np.ndarray:
         """The anchor ids (sorted int64), as the match run drew them."""
@@ -113,36 +148,32 @@ class Pairs:
         return _read_table(self.path, self.info.duplicates_file)
 
 
-def _read_table(store: Path, name: str) -> pa.Table:
+def _read_table(store: Path, name: str, columns: list[str] | None = None) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from pairmine.errors import is_out_of_memory, out_of_memory
 
     path = store / name
     if not path.is_file():
         raise damaged(store, name, "missing", PAIRS_FORMAT)
     try:
-        return pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, MemoryError) as exc:
+        if is_out_of_memory(exc):  # an allocation that failed is not a damaged file
+            raise out_of_memory(f"reading {path}", "give the process more memory, or fewer "
+                                "workers per node") from None
         raise damaged(store, name, f"not a Parquet file ({str(exc)[:80]})",
                       PAIRS_FORMAT) from None
 
 
 def open_pairs(path: str | os.PathLike[str]) -> Pairs:
-    import pyarrow as pa
-
+    """Open a pairs store: its manifest is read and checked, no pair is (each shard is checked
+    when read)."""
     store = Path(path)
     manifest = read_manifest(store, PAIRS_FORMAT)
     info = PairsManifest.from_json(manifest, store)
-    tables = []
-    schema = PAIRS_SCHEMA()
-    for name in info.shards:
-        table = _read_table(store, name)
-        if not table.schema.equals(schema, check_metadata=False):
-            raise damaged(store, name, f"columns {table.schema.names}, expected a, b, score",
-                          PAIRS_FORMAT)
-        tables.append(table)
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return Pairs(path=store, manifest=manifest, info=info, table=table)
+    return Pairs(path=store, manifest=manifest, info=info)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# formats whose layout changed since version 1 (a reader opens every version up to its own)
+FORMAT_VERSIONS = {
+    "pairmine/embeddings": 2,  # v2: per-shard content codes (codes/codes-NNNNN.npy)
+}
 # work in progress that is not part of a finished store (removed when the manifest lands)
 PARTIAL_DIR = ".partial"
 # the work folder renamed aside while a finished run removes it
@@ -58,6 +62,11 @@ RECREATE = {
 def shard_name(prefix: str, index: int, suffix: str, width: int = 5) -> str:
     """``shard_name("emb", 3, ".npy") == "emb-00003.npy"``."""
     return f"{prefix}-{index:0{width}d}{suffix}"
+
+
+def format_version(fmt: str) -> int:
+    """The version of format ``fmt`` that this pairmine writes (and the newest it reads)."""
+    return FORMAT_VERSIONS.get(fmt, FORMAT_VERSION)
 
 
 def pairmine_version() -> str:
@@ -114,7 +123,7 @@ def read_manifest(store: Path, fmt: str) -> dict[str, Any]:
     version = obj.get("version")
     if not isinstance(version, int):
         raise damaged(store, MANIFEST, "no format version", fmt)
-    if version > FORMAT_VERSION:
+    if version > format_version(fmt):
         raise StoreError(f"{store} was written by a newer pairmine (format version "
                          f"{version})", "upgrade pairmine")
     return obj
@@ -122,7 +131,7 @@ def read_manifest(store: Path, fmt: str) -> dict[str, Any]:
 
 def finish_store(out: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest last (atomically) and remove the work folder crash-safely."""
-    manifest = {"format": manifest["format"], "version": FORMAT_VERSION,
+    manifest = {"format": manifest["format"], "version": format_version(manifest["format"]),
                 "pairmine_version": pairmine_version(), **manifest}
     partial, finishing = out / PARTIAL_DIR, out / FINISHING_DIR
     with writing(out):
