@@ -29,6 +29,9 @@ _LAZY = {
     "pair_accuracy": ("pairmine.quality.accuracy", "pair_accuracy"),
     "knn_accuracy": ("pairmine.quality.accuracy", "knn_accuracy"),
     "show": ("pairmine.quality.report", "show"),
+    "pairs_from_labels": ("pairmine.quality.curated", "pairs_from_labels"),
+    "PairsFromLabelsConfig": ("pairmine.quality.curated", "PairsFromLabelsConfig"),
+    "CuratedResult": ("pairmine.quality.curated", "CuratedResult"),
     "ShowResult": ("pairmine.quality.report", "ShowResult"),
     "load_labels": ("pairmine.quality.labels", "load_labels"),
     "BAND_HEADERS": ("pairmine.quality.bands", "BAND_HEADERS"),
@@ -43,6 +46,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from pairmine.quality.accuracy import EvalReport, eval_pairs, knn_accuracy, pair_accuracy
     from pairmine.quality.bands import BAND_HEADERS, format_row
+    from pairmine.quality.curated import CuratedResult, PairsFromLabelsConfig, pairs_from_labels
     from pairmine.quality.encoder_eval import (
         EvalResult,
         evaluate,
@@ -57,7 +61,8 @@ if TYPE_CHECKING:
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
-__all__ = ["BAND_HEADERS", "CalibrateConfig", "Calibration", "EvalConfig", "EvalPairsConfig",
-           "EvalReport", "EvalResult", "ShowResult", "calibrate", "eval_pairs", "evaluate",
+__all__ = ["BAND_HEADERS", "CalibrateConfig", "Calibration", "CuratedResult", "EvalConfig",
+           "EvalPairsConfig", "EvalReport", "EvalResult", "PairsFromLabelsConfig", "ShowResult",
+           "calibrate", "eval_pairs", "evaluate",
            "format_row", "knn_accuracy", "knn_predict", "linear_probe", "load_labels",
-           "pair_accuracy", "resolve_encoder_spec", "show"]
+           "pair_accuracy", "pairs_from_labels", "resolve_encoder_spec", "show"]
