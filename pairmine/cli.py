@@ -61,6 +61,15 @@ def _one_line(exc: click.UsageError) -> UsageFailure:
 class LazyGroup(click.Group):
     """Commands imported when run; usage errors reported in one line (exit code 2)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # no command at all: the normal help, not click's help squeezed into one error line;
+        # exit code 2, a usage error (as click >= 8.2 and POSIX utilities do), so a script
+        # that calls `pairmine` with nothing still fails
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(UsageFailure.exit_code)
+        return super().parse_args(ctx, args)
+
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
         try:

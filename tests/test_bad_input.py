@@ -1,8 +1,9 @@
 """Every failure a clear error (issue 12 §3): a table drives every command through outputs that
 cannot be written (a read-only mount, an immutable directory, a full disk), damaged input
 stores, out-of-range seeds and click's own validation errors. Each case must end with exactly
-one line on stderr, no traceback, the documented exit code (1 for pairmine's errors, 2 for a
-command line click cannot parse) and nothing in OUT that looks complete.
+one line on stderr, no traceback, the documented exit code (1 for pairmine's errors about
+inputs and outputs, 2 for a command line that cannot be used: unparseable, or a value out of
+range) and nothing in OUT that looks complete.
 
 The world (images, a random-weight ResNet-20 checkpoint, the three stores) is built by
 :func:`build_world`, which ``tests/test_one_writer.py``, ``tests/test_crash_resume.py`` and
@@ -300,14 +301,25 @@ DAMAGED_CASES = [Case(f"{cmd}-{damage}", argv, 1,
                  for damage, (kind, _) in DAMAGES.items()
                  for cmd, argv in READERS[kind].items()]
 OPTION_CASES = [
+    # a value the stage's config refuses is a usage error too, exit 2, as click's ranges
     Case("match-seed-negative", ("match", "{emb}", "{out}", "--subset", "5", "--seed", "-1"),
-         1, "--seed -1 is not an integer >= 0"),
+         2, "--seed -1 is not an integer >= 0"),
     Case("export-combined-seed-negative",
-         ("export", "{pairs}", "{out}", "--combined", "--seed", "-1"), 1,
+         ("export", "{pairs}", "{out}", "--combined", "--seed", "-1"), 2,
          "--seed -1 is not an integer >= 0"),
     Case("calibrate-seed-negative", ("calibrate", "{emb}", "--subset", "5", "--seed", "-1",
-                                     "--out", "{out}/c.json"), 1,
+                                     "--out", "{out}/c.json"), 2,
          "--seed -1 is not an integer >= 0"),
+    Case("match-min-97", ("match", "{emb}", "{out}", "--min", "97"), 2, "outside [-1, 1]"),
+    Case("match-subset-1.5", ("match", "{emb}", "{out}", "--subset", "1.5"), 2,
+         "not a fraction in (0, 1]"),
+    Case("match-min-above-max", ("match", "{emb}", "{out}", "--min", "0.9", "--max", "0.8"),
+         2, "greater than --max"),
+    Case("train-lambda-2", ("train", "{export}", "{out}", "--lambda", "2"), 2,
+         "--lambda must be in [0, 1]"),
+    # the data's problems exit 1: a subset larger than the store
+    Case("match-subset-too-large", ("match", "{emb}", "{out}", "--subset", "1000"), 1,
+         "larger than the store"),
     Case("match-min-abc", ("match", "{emb}", "{out}", "--min", "abc"), 2, "not a valid float"),
     Case("match-block-rows-0", ("match", "{emb}", "{out}", "--block-rows", "0"), 2,
          "not in the range"),

@@ -108,13 +108,13 @@ def test_an_unknown_or_missing_option_names_itself(image_folder: Path, tmp_path:
 
 def _fails_cleanly(args: list[str], expect: str) -> None:
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a refused option value: a usage error
     assert "Traceback" not in result.output
     assert expect in result.output, result.output
     assert result.output.strip().count("\n") == 0, result.output
 
 
-def test_cli_bad_values_are_one_line_and_exit_1(image_folder: Path, tmp_path: Path) -> None:
+def test_cli_bad_values_are_one_line_and_exit_2(image_folder: Path, tmp_path: Path) -> None:
     base = ["embed", str(image_folder), str(tmp_path / "e"), "--encoder", "toy:0"]
     _fails_cleanly([*base, "--device", "tpu"], "unknown device 'tpu'")
     _fails_cleanly([*base, "--device", "cuda:x"], "unknown device 'cuda:x'")

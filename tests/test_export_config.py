@@ -129,10 +129,10 @@ def test_an_unknown_keyword_is_named(stores: Stores, tmp_path: Path) -> None:
     (["--format", "parquet", "--shuffle"], "--shuffle orders shard samples"),
     (["--seed", "-3"], "--seed -3 is not an integer >= 0"),
 ])
-def test_cli_bad_values_are_one_line_and_exit_1(stores: Stores, tmp_path: Path,
+def test_cli_bad_values_are_one_line_and_exit_2(stores: Stores, tmp_path: Path,
                                                 args: list[str], words: str) -> None:
     run = CliRunner().invoke(cli, ["export", str(stores.pairs), str(tmp_path / "spps"), *args])
-    assert run.exit_code == 1, run.output
+    assert run.exit_code == 2, run.output  # a refused option value: a usage error
     assert words in run.output and len(run.output.strip().splitlines()) == 1
     assert "Traceback" not in run.output and not (tmp_path / "spps").exists()
 

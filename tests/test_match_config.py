@@ -119,11 +119,11 @@ def test_a_bad_value_is_a_config_error_before_the_output_is_touched(
     (["--ray", "local", "--gpus-per-worker", "0", "--cpus-per-worker", "0"],
      "--gpus-per-worker and --cpus-per-worker are both 0"),
 ])
-def test_a_bad_flag_is_one_line_and_exit_1(emb: Path, tmp_path: Path, flags: list[str],
+def test_a_bad_flag_is_one_line_and_exit_2(emb: Path, tmp_path: Path, flags: list[str],
                                            message: str) -> None:
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["match", str(emb), str(out), *flags])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # a refused option value: a usage error
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.output
     assert "Traceback" not in res.output

@@ -392,7 +392,7 @@ def test_cuda_n_is_a_device_name_everywhere(tmp_path: Path,
     emb = write_embeddings(tmp_path / "emb", unit_vectors(4))
     for command in (["match", str(emb), str(tmp_path / "p")], ["calibrate", str(emb)]):
         result = CliRunner().invoke(cli, [*command, "--device", "cuda:x"])
-        assert result.exit_code == 1 and "unknown device 'cuda:x'" in result.output
+        assert result.exit_code == 2 and "unknown device 'cuda:x'" in result.output
         assert "cuda:N" in result.output and len(result.output.strip().splitlines()) == 1
 
 

@@ -258,13 +258,13 @@ def test_a_bad_value_is_a_config_error_before_any_work(
      "nothing to evaluate"),
     (["eval", "CKPT", "--train", "T", "--test", "T", "--device", "tpu"], "unknown device 'tpu'"),
 ])
-def test_a_bad_flag_is_one_line_and_exit_1(tmp_path: Path, args: list[str],
+def test_a_bad_flag_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
                                            message: str) -> None:
     # the inputs do not exist: the options fail first, and nothing is written
     out = tmp_path / "report.json"
     args = [str(tmp_path / a) if a in ("EMB", "PAIRS", "CKPT", "T") else a for a in args]
     res = CliRunner().invoke(cli, [*args, "--out", str(out)])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # a refused option value: a usage error
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.output
     assert "Traceback" not in res.output

@@ -470,5 +470,5 @@ def test_cli_train(tmp_path: Path, tiny_folder: Path) -> None:
     assert again.exit_code == 1 and "--resume" in again.output
     assert "Traceback" not in again.output
     bad = runner.invoke(cli, [*args[:3], "--lambda", "2", "--epochs", "1"])
-    assert bad.exit_code == 1 and "lambda" in bad.output
+    assert bad.exit_code == 2 and "lambda" in bad.output  # a refused value: usage error
     assert INSTANCE == 0

@@ -168,10 +168,10 @@ def test_an_unknown_keyword_is_named(folder: Path, tmp_path: Path) -> None:
     (["--batch-size", "10", "--bn-groups", "4"], "does not split into 4 batch-norm groups"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
 ])
-def test_cli_bad_values_are_one_line_and_exit_1(folder: Path, tmp_path: Path,
+def test_cli_bad_values_are_one_line_and_exit_2(folder: Path, tmp_path: Path,
                                                 args: list[str], words: str) -> None:
     run = CliRunner().invoke(cli, ["train", str(folder), str(tmp_path / "run"), *args])
-    assert run.exit_code == 1, run.output
+    assert run.exit_code == 2, run.output  # a refused option value: a usage error
     assert words in run.output and len(run.output.strip().splitlines()) == 1
     assert "Traceback" not in run.output and not (tmp_path / "run").exists()
 

@@ -1,8 +1,9 @@
 """What every command shares: rich console, progress bars, logging, error → exit code 1.
 
 Exit codes: 0 done; 1 a pairmine error (bad input, an output that cannot be written, a
-damaged store), one line on stderr; 2 a command line click cannot parse (``pairmine.cli``);
-130 interrupted.
+damaged store), one line on stderr; 2 a command line that cannot be used: one click cannot
+parse, or an option value the stage's config refuses (``pairmine.cli``,
+``commands.options``), or no command at all; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pairmine.errors import PairmineError
+from pairmine.progress import Progress as ProgressReport
 
 console = Console(stderr=True)
 out = Console()
@@ -40,11 +42,20 @@ R = TypeVar("R")
 
 
 def setup_logging(verbose: int) -> None:
-    from rich.logging import RichHandler
-
+    """Log records on stderr: rich's handler on a terminal; off one (a Slurm log, ``nohup``,
+    CI) plain lines with date and time, never wrapped at 80 columns."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    handler: logging.Handler
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False)
+        fmt, datefmt = "%(message)s", "[%X]"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt, datefmt = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
+    logging.basicConfig(level=level, format=fmt, datefmt=datefmt, handlers=[handler],
+                        force=True)
 
 
 def known_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -57,7 +68,15 @@ def known_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except PairmineError as exc:
             # one line, whatever a file name or a library's message holds
             raise click.ClickException(" ".join(str(exc).splitlines())) from None
+        except MemoryError:
+            # an allocation no step named (numpy's, Arrow's, Python's): still one line, exit
+            # 1, and its frames (holding what did not fit) go with the traceback
+            raise click.ClickException(_out_of_memory_line()) from None
         except OSError as exc:
+            from pairmine.errors import is_out_of_memory
+
+            if is_out_of_memory(exc):  # Arrow reports some failed reallocs as OSError
+                raise click.ClickException(_out_of_memory_line()) from None
             if exc.filename is None:  # not about a file: a bug, keep its traceback
                 raise
             # a file the environment refused (read-only, full, gone) that no stage turned
@@ -68,6 +87,14 @@ def known_errors(fn: Callable[P, R]) -> Callable[P, R]:
             sys.exit(130)
 
     return wrapper
+
+
+def _out_of_memory_line() -> str:
+    """The last-resort line for a ``MemoryError`` that no step turned into OutOfMemory."""
+    from pairmine.errors import out_of_memory
+
+    command = _command_name()
+    return str(out_of_memory(f"pairmine {command}" if command else "pairmine"))
 
 
 # commands whose stores keep their finished shards and resume when run again
@@ -141,7 +168,19 @@ def _fmt(v: Any) -> str:
 
 
 @contextmanager
-def progress_bar() -> Iterator[RichProgress]:
+def progress_bar() -> Iterator[ProgressReport]:
+    """Where a command's stage reports its progress: a rich bar when stderr is a terminal;
+    off one (a Slurm log, ``nohup``, CI) a one-line record every
+    ``$PAIRMINE_PROGRESS_INTERVAL`` seconds (default 20), so a long run is seen to move."""
+    if not console.is_terminal:
+        import os
+
+        from pairmine.progress import INTERVAL_VARIABLE, IntervalProgress, interval_from
+
+        with IntervalProgress(_write_stderr,
+                              interval_from(os.environ.get(INTERVAL_VARIABLE))) as records:
+            yield records
+        return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -155,6 +194,12 @@ def progress_bar() -> Iterator[RichProgress]:
     )
     with Progress(*columns, console=console, transient=False) as progress:
         yield RichProgress(progress)
+
+
+def _write_stderr(line: str) -> None:
+    # sys.stderr looked up at each write: click's test runner swaps it
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class RateColumn(ProgressColumn):

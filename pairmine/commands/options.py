@@ -8,7 +8,8 @@ declared once, on the config, and the command receives the built config.
 
 Types come from the field's annotation, choices from its :class:`~pairmine.config.Setting`
 (a registry's names, read lazily so ``--help`` imports no engine), defaults from the field.
-Building the config runs its ``__post_init__`` checks: a bad value is one line, exit 1.
+Building the config runs its ``__post_init__`` checks: a bad value is one line, exit 2 (a usage
+error, as click's own checks).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import click
 
 from pairmine.commands.common import DEVICE, LazyChoice, known_errors
 from pairmine.config import Setting, StageConfig
+from pairmine.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=StageConfig)
 
 _SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -45,7 +48,7 @@ def config_options(cls: type[StageConfig], *,
         @wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {f.name: kwargs.pop(f.name) for f, _ in entries}
-            config = known_errors(cls.build)(None, values)
+            config = known_errors(build_from_command_line)(cls, values)
             return fn(*args, config=config, **kwargs)
 
         decorated: Any = wrapper
@@ -56,6 +59,18 @@ def config_options(cls: type[StageConfig], *,
         return decorated  # type: ignore[no-any-return]
 
     return decorate
+
+
+def build_from_command_line(cls: type[C], values: dict[str, Any]) -> C:
+    """The config of the command line's options. A value the config refuses (out of range,
+    options that contradict each other) is a usage error, exit code 2, as click's own range
+    checks are: the command line is wrong, not the data. (The API raises the ConfigError.)"""
+    from pairmine.cli import UsageFailure
+
+    try:
+        return cls.build(None, values)
+    except ConfigError as exc:
+        raise UsageFailure(" ".join(str(exc).splitlines())) from None
 
 
 def overwrite_option(what: str = "store") -> Callable[[F], F]:

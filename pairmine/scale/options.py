@@ -81,6 +81,10 @@ class ScaleSettings(StageConfig):
         check_number("--gpus-per-worker", self.gpus_per_worker, minimum=0)
         check_number("--cpus-per-worker", self.cpus_per_worker, minimum=0)
         check_int("--max-retries", self.max_retries, minimum=0)
+        if self.ray is not None and self.gpus_per_worker == 0 and self.cpus_per_worker == 0:
+            # here, not only when Ray starts: options that contradict are refused at once
+            raise ConfigError("--gpus-per-worker and --cpus-per-worker are both 0",
+                              "a unit needs some resource, e.g. --cpus-per-worker 1")
 
     def ray_options(self) -> RayOptions | None:
         """The checked :class:`RayOptions`, or None to run without Ray."""
