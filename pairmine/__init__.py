@@ -32,6 +32,7 @@ from pairmine.errors import (
     TrainingError,
 )
 from pairmine.export import ExportConfig, ExportResult, VerifyResult, export, verify
+from pairmine.ingest import ImportConfig, ImportResult, import_embeddings
 from pairmine.lazy import lazy_getattr
 from pairmine.match import MatchConfig, MatchResult, match
 from pairmine.stores import Embeddings, Pairs, open_embeddings, open_pairs
@@ -61,6 +62,8 @@ __all__ = [
     "EncoderError",
     "ExportConfig",
     "ExportResult",
+    "ImportConfig",
+    "ImportResult",
     "InputError",
     "MatchConfig",
     "MatchResult",
@@ -73,6 +76,7 @@ __all__ = [
     "__version__",
     "embed",
     "export",
+    "import_embeddings",
     "list_encoders",
     "load_encoder",
     "match",

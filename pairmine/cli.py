@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "calibrate": "calibrate",
     "show": "show",
     "pairs-from-labels": "pairs_from_labels",
+    "import": "import_",
 }
 
 

@@ -191,7 +191,9 @@ def _source_registry() -> Registry[SourceKind]:
                 Builtin("stl10", "pairmine.sources.arrays"),
                 Builtin("list", "pairmine.sources.filelist"),
                 Builtin("webdataset", "pairmine.sources.wds"),
-                Builtin("folder", "pairmine.sources.folder", priority=0)]
+                Builtin("folder", "pairmine.sources.folder", priority=0),
+                # stores made by `pairmine import`: read back, never detected
+                Builtin("imported", "pairmine.sources.imported", priority=-1)]
     return Registry("sources", builtins, name_of=lambda k: k.name, help_of=lambda k: k.help,
                     error=SourceError, what="source kind")
 
