@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "eval-pairs": "eval_pairs",
     "calibrate": "calibrate",
     "show": "show",
+    "pairs": "pairs",
     "pairs-from-labels": "pairs_from_labels",
     "import": "import_",
 }

@@ -11,6 +11,10 @@ from pairmine.commands.common import console, known_errors, progress_bar, summar
 from pairmine.commands.options import config_options, overwrite_option
 from pairmine.export import ExportConfig
 from pairmine.scale.cli import cluster_rows
+from pairmine.stores.export import SHARD_PREFIX, SHARD_WIDTH, SHARDS_DIR
+
+# DataLoader workers a trainer commonly asks for; WebDataset gives each worker whole shards
+USUAL_LOADER_WORKERS = 8
 
 
 @click.command("export")
@@ -45,6 +49,31 @@ def command(pairs: Path, out: Path, config: ExportConfig, overwrite: bool) -> No
         *cluster_rows(result.cluster),
     ]
     common.out.print(summary_table(f"export → {result.path}", rows))  # the result: stdout
+    if EXPORT_FORMATS.get(result.format).shards and result.shards:
+        # on a line of its own, never folded by the table: what to paste into a trainer
+        common.out.print(f"shards for a trainer: {shard_pattern(out, result.shards)}",
+                         markup=False, highlight=False, soft_wrap=True)
+        if result.shards < USUAL_LOADER_WORKERS:
+            console.print(few_shards_warning(result.shards, config), markup=False,
+                          highlight=False, soft_wrap=True, style="yellow")
     if result.skipped:
         console.print(f"[yellow]left out because their source changed or vanished: "
                       f"{describe_problems(result.skipped)}[/]")
+
+
+def shard_pattern(out: Path, shards: int) -> str:
+    """The brace pattern naming exactly the shards written, as webdataset and ``braceexpand``
+    read it: ``spps/shards/spps-{000000..000002}.tar`` (a wider range names shards that do
+    not exist)."""
+    first, last = f"{0:0{SHARD_WIDTH}d}", f"{shards - 1:0{SHARD_WIDTH}d}"
+    numbers = first if shards == 1 else f"{{{first}..{last}}}"
+    return str(out / SHARDS_DIR / f"{SHARD_PREFIX}-{numbers}.tar")
+
+
+def few_shards_warning(shards: int, config: ExportConfig) -> str:
+    """Fewer shards than DataLoader workers: the workers without a shard read nothing (plain
+    webdataset stops: "No samples found ... fewer shards than workers")."""
+    limit = f"--shard-size {config.shard_size:,}".replace(",", "_")
+    return (f"only {shards} shard{'s' if shards != 1 else ''}: WebDataset gives each DataLoader "
+            f"worker whole shards, so use num_workers <= {shards}, or export more shards with "
+            f"a smaller {limit} (or --max-shard-bytes)")
