@@ -12,7 +12,7 @@ from pairmine.commands import common
 from pairmine.commands.common import known_errors
 
 if TYPE_CHECKING:
-    from pairmine.quality.listing import PairListing
+    from pairmine.quality import PairListing
 
 
 @click.command("pairs")
@@ -36,7 +36,7 @@ def command(pairs: Path, top: int | None, sample: int | None, seed: int, key: st
     Reads the pair shards one at a time: memory is the listing and one shard, whatever the
     store's size. `pairmine show` makes a page with the images.
     """
-    from pairmine.quality.listing import list_pairs
+    from pairmine.quality import list_pairs
 
     listing = list_pairs(pairs, top=top, sample=sample, seed=seed, key=key)
     RENDERERS[fmt](listing)
@@ -72,10 +72,8 @@ def _csv(listing: PairListing) -> None:
     import csv
     import sys
 
-    from pairmine.quality.listing import COLUMNS
-
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(listing.columns)
     for row in listing.rows:
         writer.writerow(["" if v is None else v for v in row.to_json().values()])
 

@@ -34,6 +34,8 @@ _LAZY = {
     "CuratedResult": ("pairmine.quality.curated", "CuratedResult"),
     "ShowResult": ("pairmine.quality.report", "ShowResult"),
     "load_labels": ("pairmine.quality.labels", "load_labels"),
+    "list_pairs": ("pairmine.quality.listing", "list_pairs"),
+    "PairListing": ("pairmine.quality.listing", "PairListing"),
     "BAND_HEADERS": ("pairmine.quality.bands", "BAND_HEADERS"),
     "format_row": ("pairmine.quality.bands", "format_row"),
     "evaluate": ("pairmine.quality.encoder_eval", "evaluate"),
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
         resolve_encoder_spec,
     )
     from pairmine.quality.labels import load_labels
+    from pairmine.quality.listing import PairListing, list_pairs
     from pairmine.quality.report import ShowResult, show
 
 
@@ -62,7 +65,7 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["BAND_HEADERS", "CalibrateConfig", "Calibration", "CuratedResult", "EvalConfig",
-           "EvalPairsConfig", "EvalReport", "EvalResult", "PairsFromLabelsConfig", "ShowResult",
-           "calibrate", "eval_pairs", "evaluate",
-           "format_row", "knn_accuracy", "knn_predict", "linear_probe", "load_labels",
+           "EvalPairsConfig", "EvalReport", "EvalResult", "PairListing", "PairsFromLabelsConfig",
+           "ShowResult", "calibrate", "eval_pairs", "evaluate",
+           "format_row", "knn_accuracy", "knn_predict", "linear_probe", "list_pairs", "load_labels",
            "pair_accuracy", "pairs_from_labels", "resolve_encoder_spec", "show"]

@@ -56,6 +56,11 @@ class PairListing:
     total: int  # pairs in the store
     rows: list[PairRow]
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The fields of every row, in order (CSV header, JSON keys)."""
+        return COLUMNS
+
 
 def list_pairs(pairs: str | Path, *, top: int | None = None, sample: int | None = None,
                seed: int = 0, key: str | None = None) -> PairListing:
