@@ -35,8 +35,11 @@ from pairmine.engines import (
 from pairmine.engines.band import (
     Band,
     Problem,
+    TileShape,
     exact_band,
     make_problem,
+    plan_tiles,
+    read_tile,
     round_down_f16,
     round_down_f32,
 )
@@ -116,13 +119,14 @@ ENGINES: dict[str, EngineFactory] = {
 
 
 def run_engine(name: str, v: np.ndarray, lo: float, hi: float, anchors: np.ndarray | None,
-               against: str, block_rows: int, skip: tuple[int, ...] = ()) -> Pairs | None:
+               against: str, block_rows: int, skip: tuple[int, ...] = (),
+               shape: TileShape | None = None) -> Pairs | None:
     problem = make_problem(v, anchors, against, block_rows)
     band = Band.checked(lo, hi)
     engine = ENGINES[name](problem, band)
     if engine is None:
         return None
-    got, _ = collect(BandSearch(problem, band, engine, skip, NullProgress()))
+    got, _ = collect(BandSearch(problem, band, engine, skip, NullProgress(), shape))
     return got
 
 
@@ -181,9 +185,12 @@ def band_for(v: np.ndarray, seed: int, kind: str) -> tuple[float, float]:
        n=st.integers(0, 45), d=st.sampled_from([1, 3, 7, 16, 17, 33]),
        dtype=st.sampled_from(["float16", "float32"]), seed=st.integers(0, 2**16),
        subset=st.sampled_from(["none", "half", "few"]),
-       against=st.sampled_from(["anchors", "all"]), block_rows=st.integers(1, 20))
+       against=st.sampled_from(["anchors", "all"]), block_rows=st.integers(1, 20),
+       anchor_blocks=st.integers(1, 4), target_rows=st.integers(1, 50))
 def test_engines_equal_the_oracle(kind: str, n: int, d: int, dtype: str, seed: int,
-                                  subset: str, against: str, block_rows: int) -> None:
+                                  subset: str, against: str, block_rows: int,
+                                  anchor_blocks: int, target_rows: int) -> None:
+    """Every engine, every tiling: exactly the oracle's pairs, each once."""
     v = make_vectors(kind, n, d, seed, dtype)
     lo, hi = band_for(v, seed, kind)
     rng = np.random.default_rng(seed + 2)
@@ -192,8 +199,9 @@ def test_engines_equal_the_oracle(kind: str, n: int, d: int, dtype: str, seed: i
         k = max(1, n // 2) if subset == "half" else min(n, 3)
         anchors = np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
     want = oracle(v, lo, hi, anchors, against)
+    shape = TileShape(anchor_blocks, target_rows)
     for name in ENGINES:
-        got = run_engine(name, v, lo, hi, anchors, against, block_rows)
+        got = run_engine(name, v, lo, hi, anchors, against, block_rows, shape=shape)
         if got is not None:
             assert got == want, f"{name}: {len(got)} pairs vs oracle {len(want)}"
     got, blocks = collect(band_search(v, lo, hi, anchors=anchors, against=against,
@@ -393,12 +401,17 @@ def test_engines_restore_global_torch_state() -> None:
     torch.set_float32_matmul_precision("medium")
     try:
         v = make_vectors("random", 60, 8, 0, "float32")
-        search = band_search(v, 0.5, 1.0, device="cpu", block_rows=16)
-        next(search)
-        # the margins assume true fp32 GEMMs
+        problem = make_problem(v, None, "anchors", 16)
+        engine = TorchCPUEngine(problem, Band(-1.0, 1.0), 1 << 28, tile_rows=8, tile_cols=16)
+        tile = plan_tiles(problem, TileShape(1, 64))[0]
+        candidates = engine.tile(read_tile(problem, tile))
+        next(candidates)
+        # the margins assume true fp32 GEMMs: held while a tile runs
         assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
         assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-        list(search)
+        list(candidates)
+        engine.close()
+        list(band_search(v, 0.5, 1.0, device="cpu", block_rows=16))
         assert torch.get_float32_matmul_precision() == "medium"
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
         assert torch.get_num_threads() == threads

@@ -146,7 +146,7 @@ def test_match_help_lists_every_field() -> None:
     assert res.exit_code == 0, res.output
     flags = set(re.findall(r"(--[a-z][a-z-]*)", res.output))
     settings = MatchConfig.settings()
-    assert len(settings) == 16  # 11 of the match stage, 5 of Ray
+    assert len(settings) == 17  # 12 of the match stage, 5 of Ray
     for f, s in settings:
         assert s.flag_for(f.name) in flags, f.name
     assert {"--overwrite", "--plan"} <= flags

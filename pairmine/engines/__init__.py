@@ -29,7 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from pairmine.engines.band import Band, Engine, Problem, exact_band, make_problem
+from pairmine.engines.band import (
+    Band,
+    Engine,
+    EnginePlan,
+    Problem,
+    Tile,
+    TileShape,
+    exact_rows,
+    make_problem,
+    plan_tiles,
+    read_tile,
+)
 from pairmine.errors import ConfigError
 from pairmine.progress import NullProgress, Progress
 from pairmine.registry import Registry
@@ -43,14 +54,25 @@ __all__ = [
     "ENGINES",
     "BandSearch",
     "EngineKind",
+    "EnginePlan",
     "Kernel",
     "PairBlock",
+    "Problem",
+    "Tile",
+    "TileResult",
+    "TileShape",
     "band_search",
+    "build_engine",
     "default_block_rows",
+    "default_tile_shape",
     "engine_info",
     "engine_names",
+    "make_problem",
     "plan_blocks",
+    "plan_engine",
+    "plan_tiles",
     "resolve_engine",
+    "run_tile",
 ]
 
 
@@ -254,25 +276,141 @@ def engine_info(engine: tuple[str, str] | str = "auto", device: str | None = Non
 
 
 # ---------------------------------------------------------------------------------------------
+# tiles: sizes, the run-wide plan, one tile
+
+
+# Tile sizes per device kind. CPU: anchors in a few blocks against ~128k target rows (the
+# tile's rows are read and converted once, then every anchor sub-tile sweeps them: the read
+# and the conversion are ~5% of the GEMM at 16k anchors; measured in benchmarks/match.py).
+# CUDA: ~1M x 1M (0.4 s of a fused H100 kernel at D=128), so a 100M-row run is thousands of
+# tiles. Both are capped so that a tile's rows take at most half the memory budget.
+TILE_ROWS = {"cpu": (16384, 131072), "cuda": (1 << 20, 1 << 20)}
+
+
+def default_tile_shape(device: str, block_rows: int, dim: int, itemsize: int,
+                       memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                       target_rows: int | None = None) -> TileShape:
+    """Anchor blocks and target rows per tile on ``device``, within the memory budget
+    (``target_rows`` given: that many, and anchors at most as many)."""
+    from pairmine.runtime import device_kind
+
+    anchors, targets = TILE_ROWS["cuda" if device_kind(device) == "cuda" else "cpu"]
+    if target_rows is not None:
+        targets = target_rows
+    else:
+        # a target row costs its stored bytes plus a float32 copy (tile rows or device upload)
+        per_row = max(1, dim * (itemsize + 4))
+        fit = max(block_rows, memory_budget // 2 // per_row)
+        targets = max(1024, min(targets, fit))
+    anchors = min(anchors, targets)
+    return TileShape(anchor_blocks=max(1, anchors // block_rows), target_rows=targets)
+
+
+def build_engine(problem: Problem, band: Band, engine: str, device: str,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 requested: str | None = None) -> Engine:
+    """The engine ``engine`` on ``device`` for the tiles of ``problem`` (fitted from a sample
+    when the problem carries no run-wide plan)."""
+    built = _kernel(engine, device).build(problem, band, memory_budget, device,
+                                          requested or device)
+    built.info.setdefault("device_requested", requested or device)
+    return built
+
+
+RUN_LOCAL_INFO = ("threads", "margin", "threshold", "max_norm", "safety", "radius",
+                  "query_batch", "relaunches", "device_requested")
+
+
+def plan_engine(problem: Problem, band: Band, engine: str, device: str,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                requested: str | None = None) -> EnginePlan:
+    """The run-wide engine plan: fitted ONCE, from a seeded sample of the problem's rows
+    (read by sorted ids), then handed to every tile. Its ``info`` is the manifest's engine
+    record (what each tile computes for itself, such as its threshold, is left out)."""
+    built = build_engine(problem, band, engine, device, memory_budget, requested)
+    try:
+        plan = built.plan()
+        info = {k: v for k, v in built.info.items() if k not in RUN_LOCAL_INFO}
+        return EnginePlan({**info, **plan.info}, plan.arrays)
+    finally:
+        built.close()
+
+
+@dataclass
+class TileResult:
+    """The exact in-band pairs of one tile, with the output block of each (the block of its
+    anchor), ``a < b``, unsorted."""
+
+    tile: Tile
+    block: np.ndarray  # (P,) int64
+    a: np.ndarray  # (P,) int64
+    b: np.ndarray  # (P,) int64
+    score: np.ndarray  # (P,) float32
+    candidates: np.ndarray  # (blocks of the tile's group,) int64: prefilter survivors
+    comparisons: int
+    bytes_read: int
+
+
+def run_tile(engine: Engine, problem: Problem, band: Band, tile: Tile,
+             chunk: int = 1 << 14) -> TileResult:
+    """Read one tile's rows, let the engine propose candidates, rescore them exactly from the
+    rows in memory (no second read) and keep the band."""
+    from pairmine.engines.band import tile_comparisons
+
+    before = problem.reader.bytes_read
+    rows = read_tile(problem, tile)
+    rb = problem.block_rows
+    first = tile.anchor_start // rb
+    n_blocks = -(-(tile.anchor_stop - tile.anchor_start) // rb)
+    cand = np.zeros(n_blocks, dtype=np.int64)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for i, j in engine.tile(rows):
+        cand += np.bincount((tile.anchor_start + i) // rb - first, minlength=n_blocks)
+        for s0 in range(0, len(i), chunk):
+            ii, jj = i[s0:s0 + chunk], j[s0:s0 + chunk]
+            keep, score = exact_rows(rows.queries[ii], rows.targets[jj], band)
+            parts.append((ii[keep], jj[keep], score[keep]))
+    if parts:
+        i = np.concatenate([x for x, _, _ in parts])
+        j = np.concatenate([y for _, y, _ in parts])
+        score = np.concatenate([s for _, _, s in parts]).astype(np.float32, copy=False)
+    else:
+        i = j = np.zeros(0, dtype=np.int64)
+        score = np.zeros(0, dtype=np.float32)
+    qa, tb = rows.query_ids[i], rows.target_ids[j]
+    block = (tile.anchor_start + i) // rb
+    return TileResult(tile, block.astype(np.int64), np.minimum(qa, tb), np.maximum(qa, tb),
+                      score, cand, tile_comparisons(problem, tile),
+                      problem.reader.bytes_read - before)
+
+
+# ---------------------------------------------------------------------------------------------
 # the search
 
 
 @dataclass
 class BandSearch(Iterator[PairBlock]):
-    """The iterator ``band_search`` returns: PairBlocks in index order, plus ``info``."""
+    """The iterator ``band_search`` returns: PairBlocks in index order, plus ``info``. It runs
+    the same tiles as the match stage, in this process."""
 
     problem: Problem
     band: Band
     engine: Engine
     skip: Container[int]
     progress: Progress
+    shape: TileShape | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _gen: Iterator[PairBlock] | None = None
 
     def __post_init__(self) -> None:
+        if self.shape is None:
+            dev = str(self.engine.info.get("device", "cpu"))
+            self.shape = default_tile_shape(dev, self.problem.block_rows, self.problem.dim,
+                                            self.problem.dtype.itemsize)
         self.info = self.engine.info
         self.info.update(block_rows=self.problem.block_rows, n_blocks=self.problem.n_blocks,
                          anchors=self.problem.n_anchors, targets=self.problem.m,
+                         tile_shape=self.shape.to_json(),
                          rescore="float64 exact (correctly rounded near bounds), stored as "
                                  "float32")
 
@@ -291,50 +429,51 @@ class BandSearch(Iterator[PairBlock]):
 
     def _run(self) -> Iterator[PairBlock]:
         prob, band = self.problem, self.band
+        assert self.shape is not None
+        tiles = plan_tiles(prob, self.shape)
+        groups: dict[int, list[Tile]] = {}
+        for t in tiles:
+            groups.setdefault(t.group, []).append(t)
+        per = self.shape.anchor_blocks
         todo = [k for k in range(prob.n_blocks) if k not in self.skip]
         try:
             self.progress.start("band search", total=sum(prob.comparisons(k) for k in todo),
                                 unit="comparisons")
-            if todo:
-                self.engine.prepare()
             total_pairs = total_candidates = 0
-            for k in todo:
-                s, e = prob.block_range(k)
-                parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-                candidates = 0
-                for p, t in self.engine.candidates(s, e):
-                    candidates += len(p)
-                    ra, rb = prob.target_ids[p], prob.target_ids[t]
-                    keep, score = exact_band(prob.vectors, ra, rb, band)
-                    parts.append((ra[keep], rb[keep], score[keep]))
-                block = _assemble(k, parts, candidates)
-                total_pairs += len(block.a)
-                total_candidates += candidates
-                self.info.update(candidates=total_candidates, pairs=total_pairs)
-                yield block
-                self.progress.advance(prob.comparisons(k), pairs=total_pairs)
+            for g, group in sorted(groups.items()):
+                blocks = [k for k in range(g * per, min((g + 1) * per, prob.n_blocks))
+                          if k not in self.skip]
+                if not blocks:
+                    continue
+                results = [run_tile(self.engine, prob, band, t) for t in group]
+                for k in blocks:
+                    block = _assemble(k, results, g * per)
+                    total_pairs += len(block.a)
+                    total_candidates += block.candidates
+                    self.info.update(candidates=total_candidates, pairs=total_pairs)
+                    yield block
+                    self.progress.advance(prob.comparisons(k), pairs=total_pairs)
             self.progress.finish()
         finally:
             self.engine.close()
 
 
-def _assemble(index: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-              candidates: int) -> PairBlock:
-    if parts:
-        ra = np.concatenate([x for x, _, _ in parts])
-        rb = np.concatenate([y for _, y, _ in parts])
-        score = np.concatenate([s for _, _, s in parts]).astype(np.float32, copy=False)
-    else:
-        ra = rb = np.zeros(0, dtype=np.int64)
-        score = np.zeros(0, dtype=np.float32)
-    a, b = np.minimum(ra, rb), np.maximum(ra, rb)
+def _assemble(index: int, results: list[TileResult], first: int) -> PairBlock:
+    sel = [r.block == index for r in results]
+    a = np.concatenate([r.a[m] for r, m in zip(results, sel, strict=True)]) if results \
+        else np.zeros(0, np.int64)
+    b = np.concatenate([r.b[m] for r, m in zip(results, sel, strict=True)]) if results \
+        else np.zeros(0, np.int64)
+    score = np.concatenate([r.score[m] for r, m in zip(results, sel, strict=True)]) \
+        if results else np.zeros(0, np.float32)
+    candidates = sum(int(r.candidates[index - first]) for r in results)
     order = np.lexsort((b, a))
     return PairBlock(index, a[order].astype(np.int64), b[order].astype(np.int64),
-                     score[order], candidates)
+                     score[order].astype(np.float32), candidates)
 
 
 def band_search(
-    vectors: np.ndarray,
+    vectors: Any,
     lo: float,
     hi: float,
     *,
@@ -346,14 +485,17 @@ def band_search(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     skip_blocks: Container[int] = (),
     progress: Progress | None = None,
+    tile_shape: TileShape | None = None,
 ) -> BandSearch:
     """Every pair of different rows whose exact score lies in ``[lo, hi]``, block by block.
 
-    ``vectors`` (n, d) float16/float32 (a memmap is fine). ``anchors``: sorted unique row ids
-    used as queries (None: every row); ``against="anchors"`` pairs anchors with anchors,
-    ``"all"`` anchors with every row (a pair of two anchors once). Blocks of ``block_rows``
-    anchors (None: ``default_block_rows(memory_budget)``) come in index order, those in
-    ``skip_blocks`` neither computed nor yielded. Bad arguments raise ConfigError/InputError
+    ``vectors`` (n, d) float16/float32 (a memmap or a store's lazy view is fine).
+    ``anchors``: sorted unique row ids used as queries (None: every row);
+    ``against="anchors"`` pairs anchors with anchors, ``"all"`` anchors with every row (a pair
+    of two anchors once). Blocks of ``block_rows`` anchors (None:
+    ``default_block_rows(memory_budget)``) come in index order, those in ``skip_blocks``
+    neither computed nor yielded. The work runs in tiles (``tile_shape``, default: the
+    device's); the blocks do not depend on it. Bad arguments raise ConfigError/InputError
     here, before any work; ``.info`` describes the engine for a manifest.
     """
     band = Band.checked(lo, hi)
@@ -363,6 +505,7 @@ def band_search(
     name, dev = resolve_engine(engine, device)
     rows = default_block_rows(memory_budget) if block_rows is None else block_rows
     problem = make_problem(vectors, anchors, against, rows)
-    built = _kernel(name, dev).build(problem, band, memory_budget, dev, device)
-    built.info.setdefault("device_requested", device)
-    return BandSearch(problem, band, built, skip_blocks, progress or NullProgress())
+    built = build_engine(problem, band, name, dev, memory_budget, device)
+    shape = tile_shape or default_tile_shape(dev, problem.block_rows, problem.dim,
+                                             problem.dtype.itemsize, memory_budget)
+    return BandSearch(problem, band, built, skip_blocks, progress or NullProgress(), shape)

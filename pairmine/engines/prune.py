@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pairmine.engines.band import MARGIN_FLOOR, U64, Problem
+from pairmine.engines.band import MARGIN_FLOOR, U64
 
 U32 = 2.0**-24
 LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -49,19 +49,6 @@ class Rotation:
     r: np.ndarray  # (k, D) float64, orthonormal rows = principal directions, energy descending
     eps: float  # bound on the spectral norm of R R^T - I
     energy: np.ndarray  # (k,) share of the sample's energy in the first j+1 directions
-
-
-def sample_positions(m: int, size: int, seed: int = 0) -> np.ndarray:
-    """A fixed, sorted random sample of target positions (sorted: memmap-friendly reads)."""
-    if m <= size:
-        return np.arange(m, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(m, size=size, replace=False)).astype(np.int64)
-
-
-def sample_rows(problem: Problem, positions: np.ndarray) -> np.ndarray:
-    ids = problem.target_ids[positions]
-    return np.asarray(problem.vectors[ids], dtype=np.float64)
 
 
 def fit_rotation(sample: np.ndarray, full_below: int = FULL_EIGH_BELOW) -> Rotation:

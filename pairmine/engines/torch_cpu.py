@@ -31,7 +31,9 @@ from pairmine.engines.band import (
     Band,
     CandidateBatcher,
     Candidates,
+    EnginePlan,
     Problem,
+    TileRows,
     round_down_f32,
 )
 from pairmine.engines.hardware import (
@@ -56,6 +58,9 @@ MIN_ROWS_TO_PRUNE = 4096  # below this the set-up (sample, rotation) costs more 
 
 
 class TorchCPUEngine:
+    """Fits its plan (rotation, d', margin rule) from a sample of the problem when the problem
+    carries none, else takes the run-wide one as it is; then computes tiles."""
+
     def __init__(self, problem: Problem, band: Band, memory_budget: int, *,
                  dims: int | str | None = "auto", tile_rows: int = TILE_ROWS,
                  tile_cols: int = TILE_COLS, threads: int | None = None) -> None:
@@ -71,19 +76,37 @@ class TorchCPUEngine:
         self.rot: prune.Rotation | None = None
         self.dims: int | None = None
         self.margin_rel: float
-        with torch_threads(self.threads):
-            self._plan(dims)
+        if problem.engine_plan is not None:
+            self._adopt(problem.engine_plan)
+        else:
+            with torch_threads(self.threads):
+                self._plan(dims)
         assert self.margin_rel > 0
-        self.mat: torch.Tensor | None = None  # targets as tile rows (head or fp32), if resident
-        self.thr_lo = self.thr_hi = 0.0
-        self._threads_before: int | None = None
-        self._restore: Callable[[], None] | None = None
-        self._lower: torch.Tensor | None = None
         self._local = threading.local()
+        self._lower: torch.Tensor | None = None
         self.pool: ThreadPoolExecutor | None = None
-        self._prepared = False
 
-    # -- planning ------------------------------------------------------------------------
+    # -- planning (once per run, on a sample) ---------------------------------------------
+
+    def plan(self) -> EnginePlan:
+        keys = ("kernel", "margin_rel", "pruning")
+        arrays = {} if self.rot is None else {"rotation": self.rot.r}
+        return EnginePlan({k: self.info[k] for k in keys if k in self.info}
+                          | {"dims": self.dims,
+                             "orthogonality_error": None if self.rot is None else self.rot.eps},
+                          arrays)
+
+    def _adopt(self, plan: EnginePlan) -> None:
+        self.dims = plan.info["dims"]
+        self.margin_rel = float(plan.info["margin_rel"])
+        if self.dims is not None:
+            r = plan.arrays["rotation"]
+            self.rot = prune.Rotation(r=r, eps=float(plan.info["orthogonality_error"]),
+                                      energy=np.zeros(len(r)))
+        for k in ("kernel", "pruning"):
+            if k in plan.info:
+                self.info[k] = plan.info[k]
+        self.info["margin_rel"] = self.margin_rel
 
     def _plan(self, dims: int | str | None) -> None:
         m, d = self.problem.m, self.problem.dim
@@ -95,24 +118,29 @@ class TorchCPUEngine:
             if not isinstance(dims, int) or not 1 <= dims < d:
                 raise ConfigError(f"pruning dims {dims!r} must be an integer in [1, {d})")
             self.dims = dims
-            self._fit(prune.sample_positions(m, prune.SAMPLE_ROWS))
+            self._fit(self.problem.sample_ids(prune.SAMPLE_ROWS))
             self.info["pruning"] = {"dims": dims, "reason": "given"}
         else:
             self.info["pruning"] = {"dims": None, "reason": "given"}
         if self.dims is not None:
             assert self.rot is not None
             self.margin_rel = prune.pruned_margin(self.dims, self.rot, d)
+            self.rot = prune.Rotation(self.rot.r[: self.dims], self.rot.eps, self.rot.energy)
             self.info["kernel"] = f"pruned fp32 GEMM, width {self.dims + 1}, row-max gated"
         else:
+            self.rot = None
             self.margin_rel = prune.full_margin(d)
             self.info["kernel"] = f"full fp32 GEMM, width {d}, row-max gated, two-sided"
         self.info["margin_rel"] = self.margin_rel
 
-    def _fit(self, positions: np.ndarray) -> None:
-        sample = prune.sample_rows(self.problem, positions)
+    def _sample(self, ids: np.ndarray) -> np.ndarray:
+        sample = np.asarray(self.problem.reader.take(ids), dtype=np.float64)
         if not np.isfinite(sample).all():
             raise InputError("the vectors hold NaN or inf", "re-run embed; check the encoder")
-        self.rot = prune.fit_rotation(sample)
+        return sample
+
+    def _fit(self, ids: np.ndarray) -> None:
+        self.rot = prune.fit_rotation(self._sample(ids))
 
     def _choose_dims(self) -> int | None:
         # Survivor rates are measured on rows the rotation was NOT fitted on: fitted rows are
@@ -121,11 +149,11 @@ class TorchCPUEngine:
         # 170x too optimistic there.
         m = self.problem.m
         held = min(2 * prune.PAIR_SAMPLE, m // 2)
-        positions = prune.sample_positions(m, min(m, prune.SAMPLE_ROWS + held))
-        positions = positions[np.random.default_rng(1).permutation(len(positions))]
-        self._fit(np.sort(positions[held:]))
+        ids = self.problem.sample_ids(min(m, prune.SAMPLE_ROWS + held))
+        ids = ids[np.random.default_rng(1).permutation(len(ids))]
+        self._fit(np.sort(ids[held:]))
         assert self.rot is not None
-        test = prune.sample_rows(self.problem, positions[:held])
+        test = self._sample(np.sort(ids[:held]))
         norms = np.sqrt(np.einsum("ij,ij->i", test, test))
         top = float(norms.max()) ** 2 if len(norms) else 1.0
         # gate thresholds as the search will use them (margin taken at its largest candidate)
@@ -144,103 +172,95 @@ class TorchCPUEngine:
         }
         return choice.dims
 
-    # -- the search ----------------------------------------------------------------------
+    # -- the tiles ---------------------------------------------------------------------------
 
-    def _tile_rows_of(self, start: int, stop: int) -> np.ndarray:
-        """Targets ``[start, stop)`` as tile rows: ``[x'_1, tail]`` or the fp32 row."""
-        x = self.problem.rows(start, stop)
-        if self.dims is None:
-            return np.ascontiguousarray(x, dtype=np.float32)
-        assert self.rot is not None
-        return prune.head_matrix(x.astype(np.float64), self.rot, self.dims)
-
-    def prepare(self) -> None:
+    def _tile_matrix(self, x: np.ndarray, chunk: int = 1 << 14) -> torch.Tensor:
+        """Rows as tile rows: ``[x'_1, tail]`` (float64 rotation, chunked) or fp32 rows."""
         import torch
 
-        if self._prepared:
+        if self.dims is None:
+            rows = np.ascontiguousarray(x, dtype=np.float32)
+            # torch wants writable memory: a read-only view of a float32 store is copied
+            return torch.from_numpy(rows if rows.flags.writeable else rows.copy())
+        assert self.rot is not None
+        out = np.empty((len(x), self.dims + 1), dtype=np.float32)
+        for s in range(0, len(x), chunk):
+            out[s:s + chunk] = prune.head_matrix(np.asarray(x[s:s + chunk], dtype=np.float64),
+                                                 self.rot, self.dims)
+        return torch.from_numpy(out)
+
+    def _start(self) -> None:
+        import torch
+
+        if self._lower is not None:
             return
-        p = self.problem
-        width = p.dim if self.dims is None else self.dims + 1
-        resident = p.m * width * 4 <= self.budget // 2
-        chunk = max(1, self.budget // 8 // (8 * p.dim))
-        mat = np.empty((p.m, width), dtype=np.float32) if resident else None
-        top_q = top_t = 0.0
-        for s, e in p.chunks(chunk):
-            x = p.rows(s, e).astype(np.float64)
-            n = np.sqrt(np.einsum("ij,ij->i", x, x))
-            if not np.isfinite(n).all():
-                bad = s + int(np.flatnonzero(~np.isfinite(n))[0])
-                raise InputError(f"row {int(p.target_ids[bad])} holds NaN or inf",
-                                 "re-run embed; check the encoder")
-            if len(n):
-                top_t = max(top_t, float(n.max()))
-                if s < p.n_anchors:
-                    top_q = max(top_q, float(n[: p.n_anchors - s].max()))
-            if mat is not None:
-                if self.dims is None:
-                    mat[s:e] = x
-                else:
-                    assert self.rot is not None
-                    mat[s:e] = prune.head_matrix(x, self.rot, self.dims)
-        self.mat = torch.from_numpy(mat) if mat is not None else None
-        margin = self.margin_rel * max(top_q * top_t, 1e-30)
-        self.thr_lo = round_down_f32(self.band.lo - margin)
-        self.thr_hi = -round_down_f32(-(self.band.hi + margin))  # rounded up
-        self.info.update(max_norm=top_t, margin=margin, threshold=self.thr_lo,
-                         targets_resident=resident)
         # t <= p only in the first rows x rows square of a row tile's first column tile;
         # adding -inf there is 6x faster than masked_fill_ on the CPU (scores are finite)
         tr = self.tile_rows
         self._lower = torch.zeros(tr, tr).masked_fill_(
             torch.ones(tr, tr, dtype=torch.bool).tril(), float("-inf"))
-        # One single-threaded worker per core, each on whole tiles: no barrier after every
+        # One single-threaded worker per core, each on whole sub-tiles: no barrier after every
         # GEMM as with torch's own pool, so a worker descheduled by other load delays only
-        # its tile (measured: up to 9x slower runs with the intra-op pool on a busy host).
-        self._threads_before = torch.get_num_threads()
-        torch.set_num_threads(1)
+        # its sub-tile (measured: up to 9x slower runs with the intra-op pool on a busy host).
         if self.threads > 1:
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="band-tiles")
-        self._restore = strict_matmul()
-        self._prepared = True
 
-    def _block(self, start: int, stop: int) -> torch.Tensor:
+    def tile(self, rows: TileRows) -> Iterator[Candidates]:
         import torch
 
-        if self.mat is not None:
-            return self.mat[start:stop]
-        return torch.from_numpy(self._tile_rows_of(start, stop))
+        self._start()
+        margin = self.margin_rel * max(rows.top_q * rows.top_t, 1e-30)
+        thr_lo = round_down_f32(self.band.lo - margin)
+        thr_hi = -round_down_f32(-(self.band.hi + margin))  # rounded up
+        self.info.update(margin=max(margin, self.info.get("margin", 0.0)),
+                         threshold=min(thr_lo, self.info.get("threshold", thr_lo)),
+                         max_norm=max(rows.top_t, self.info.get("max_norm", 0.0)))
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        restore = strict_matmul()
+        try:
+            b = self._tile_matrix(rows.targets)
+            a = b[: len(rows.queries)] if rows.triangle else self._tile_matrix(rows.queries)
+            nq, nt, tr, tc = len(a), len(b), self.tile_rows, self.tile_cols
+            subs = ((r0, min(r0 + tr, nq), c0, min(c0 + tc, nt))
+                    for r0 in range(0, nq, tr)
+                    for c0 in range(r0 if rows.triangle else 0, nt, tc))
 
-    def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
-        self.prepare()
-        m, tr, tc = self.problem.m, self.tile_rows, self.tile_cols
-        tiles = ((r0, min(r0 + tr, stop), c0, min(c0 + tc, m))
-                 for r0 in range(start, stop, tr) for c0 in range(r0, m, tc))
-        results = self._parallel(tiles) if self.pool is not None \
-            else (self._tile(*t) for t in tiles)
-        batcher = CandidateBatcher()
-        for res in results:
-            if res is not None:
-                out = batcher.add(*res)
-                if out is not None:
-                    yield out
-        last = batcher.flush()
-        if last is not None:
-            yield last
+            def one(t: tuple[int, int, int, int]) -> Candidates | None:
+                return self._sub(a, b, *t, rows.triangle, thr_lo, thr_hi)
 
-    def _parallel(self, tiles: Iterator[tuple[int, int, int, int]]
+            results = self._parallel(subs, one) if self.pool is not None \
+                else (one(t) for t in subs)
+            batcher = CandidateBatcher()
+            for res in results:
+                if res is not None:
+                    out = batcher.add(*res)
+                    if out is not None:
+                        yield out
+            last = batcher.flush()
+            if last is not None:
+                yield last
+        finally:
+            restore()
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    def _parallel(self, subs: Iterator[tuple[int, int, int, int]],
+                  one: Callable[[tuple[int, int, int, int]], Candidates | None]
                   ) -> Iterator[Candidates | None]:
-        """Tiles on the worker pool, at most a few per worker in flight (bounded memory)."""
+        """Sub-tiles on the worker pool, a few per worker in flight (bounded memory)."""
         assert self.pool is not None
         pending: deque[Future[Candidates | None]] = deque()
-        for t in tiles:
-            pending.append(self.pool.submit(self._tile, *t))
+        for t in subs:
+            pending.append(self.pool.submit(one, t))
             if len(pending) >= 4 * self.threads:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
-    def _tile(self, r0: int, r1: int, c0: int, c1: int) -> Candidates | None:
-        """One tile: GEMM into this thread's buffer, row max, extract the rows that reach
+    def _sub(self, a: torch.Tensor, b: torch.Tensor, r0: int, r1: int, c0: int, c1: int,
+             triangle: bool, thr_lo: float, thr_hi: float) -> Candidates | None:
+        """One sub-tile: GEMM into this thread's buffer, row max, extract the rows that reach
         the threshold. Runs on a worker thread (torch ops release the GIL)."""
         import torch
 
@@ -251,33 +271,24 @@ class TorchCPUEngine:
             local.rowmax = torch.empty(self.tile_rows, dtype=torch.float32)
         rows = r1 - r0
         tile = local.buf[: rows * (c1 - c0)].view(rows, c1 - c0)
-        torch.mm(self._block(r0, r1), self._block(c0, c1).t(), out=tile)
-        if c0 == r0:  # the diagonal square; c1 - c0 >= rows as tile_cols >= tile_rows, m >= r1
+        torch.mm(a[r0:r1], b[c0:c1].t(), out=tile)
+        if triangle and c0 == r0:  # the diagonal square; c1 - c0 >= rows (tile_cols >= rows)
             tile[:, :rows].add_(self._lower[:rows, :rows])
         mx = local.rowmax[:rows]
         torch.amax(tile, 1, out=mx)
-        flagged = torch.nonzero(mx >= self.thr_lo).squeeze(1)
+        flagged = torch.nonzero(mx >= thr_lo).squeeze(1)
         if flagged.numel() == 0:
             return None
         sub = tile.index_select(0, flagged)
-        hit = sub >= self.thr_lo
+        hit = sub >= thr_lo
         if self.dims is None:  # exact fp32 scores: gate both sides
-            hit &= sub <= self.thr_hi
+            hit &= sub <= thr_hi
         ij = torch.nonzero(hit)
         return (flagged[ij[:, 0]] + r0).numpy(), (ij[:, 1] + c0).numpy()
 
     def close(self) -> None:
-        import torch
-
         if self.pool is not None:
             self.pool.shutdown(wait=True)
             self.pool = None
         self._local = threading.local()
-        if self._threads_before is not None and self._threads_before != torch.get_num_threads():
-            torch.set_num_threads(self._threads_before)
-        self._threads_before = None
-        if self._restore is not None:
-            self._restore()
-            self._restore = None
-        self.mat = None
-        self._prepared = False
+        self._lower = None

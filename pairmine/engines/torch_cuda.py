@@ -1,7 +1,8 @@
 """The GPU engine: fp16 tiles of the upper triangle, two passes per block, a proven margin.
 
 GPUs multiply fp16 at ~750 TFLOP/s, so no pruning: the whole row is one tile row and the cost
-is writing and reading the score tile (DESIGN.md, performance anchors). Per block:
+is writing and reading the score tile (DESIGN.md, performance anchors). Per tile (a run of
+anchor rows against a run of target rows, ~1M x 1M on a GPU) and per ``tile_rows`` queries:
 
     pass 1   for each column tile: tile = A @ B.T (fp16 out, fp32 accumulate); row max of the
              tile into a (tiles, rows) buffer. No host sync in this loop.
@@ -34,10 +35,11 @@ from pairmine.engines.band import (
     Band,
     CandidateBatcher,
     Candidates,
+    EnginePlan,
     Problem,
+    TileRows,
     round_down_f16,
     round_down_f32,
-    row_norms,
 )
 from pairmine.engines.hardware import strict_matmul
 
@@ -53,7 +55,8 @@ FP16_MAX_DOT = 2.0**14  # beyond this an fp16 score tile could overflow: use fp3
 
 
 class DeviceTilesBase:
-    """Targets uploaded once to the device in the tile dtype; norms, margin, thresholds."""
+    """Per tile: the rows uploaded to the device in the tile dtype, the margin and threshold
+    from the tile's own row norms. Nothing is fitted: the run-wide plan is the kernel alone."""
 
     kernel = "base"
 
@@ -64,70 +67,76 @@ class DeviceTilesBase:
         self.problem, self.band, self.budget = problem, band, memory_budget
         self.device, self.dtype_name = device, dtype
         self.out_rounding = out_rounding  # the score passes through a tile of dtype
-        self.x: torch.Tensor | None = None
         self.thr = 0.0
-        self._prepared = False
         self._restore: Callable[[], None] | None = None
         self.info: dict[str, Any] = {"engine": "torch", "device": device, "kernel": self.kernel,
                                      "precision": f"{dtype} inputs, float32 accumulation"}
 
-    def margin(self, top_q: float, top_t: float) -> float:
+    def plan(self) -> EnginePlan:
+        return EnginePlan({"kernel": self.kernel, "margin_rule": "per tile, from its row norms"})
+
+    def margin(self, top_q: float, top_t: float, dtype_name: str | None = None) -> float:
         """Absolute prefilter margin for queries of norm <= top_q and targets <= top_t."""
+        dtype_name = dtype_name or self.dtype_name
         d = self.problem.dim
-        stored = np.dtype(self.problem.vectors.dtype)
-        exact = self.dtype_name == "float32" or stored == np.float16
-        u = U16 if self.dtype_name == "float16" else U32
+        stored = self.problem.dtype
+        exact = dtype_name == "float32" or stored == np.float16
+        u = U16 if dtype_name == "float16" else U32
         rounding = 0.0 if exact else 2 * u + u * u
         accumulate = 4.0 * (d + 2) * U32
-        out = u if (self.out_rounding and self.dtype_name == "float16") else 0.0
+        out = u if (self.out_rounding and dtype_name == "float16") else 0.0
         rel = rounding + accumulate + out * (1 + accumulate)
         # fp16 subnormals lose relative accuracy: absolute error <= 2^-25 per coordinate of an
         # input (|x|_1 <= sqrt(d)|x|) and 2^-25 on an fp16 result
         sub = 0.0
-        if self.dtype_name == "float16":
+        if dtype_name == "float16":
             sub = 2.0**-25 * (1.0 if self.out_rounding else 0.0)
             if not exact:
                 sub += 2.0**-25 * math.sqrt(d) * (top_q + top_t) * (1 + u)
         top = top_q * top_t
         return max(2.0 * rel, MARGIN_FLOOR) * top + 2.0 * sub
 
-    def prepare(self) -> None:
+    def upload(self, rows: TileRows) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The tile's queries and targets on the device in the tile dtype (the queries a view
+        of the targets in a triangle) and the threshold, exact in that dtype."""
         import torch
 
-        if self._prepared:
-            return
-        p = self.problem
-        norms = row_norms(p, self.budget // 8)
-        top_t = float(norms.max()) if p.m else 0.0
-        top_q = float(norms[: p.n_anchors].max()) if p.n_anchors else 0.0
-        if self.dtype_name == "float16" and top_q * top_t >= FP16_MAX_DOT:
-            # fp16 scores (or inputs) could overflow: fp32 tiles for this data
-            log.info("row norms up to %.3g: float32 tiles instead of float16", top_t)
-            self.dtype_name = "float32"
+        dtype_name = self.dtype_name
+        if dtype_name == "float16" and rows.top_q * rows.top_t >= FP16_MAX_DOT:
+            # fp16 scores (or inputs) could overflow: fp32 tiles for this tile
+            log.info("row norms up to %.3g: float32 tiles instead of float16", rows.top_t)
+            dtype_name = "float32"
             self.info["precision"] = "float32 (norms too large for float16)"
         dev = torch.device(self.device)
         if dev.type == "cuda" and dev.index is not None:
             torch.cuda.set_device(dev)
-        dtype = getattr(torch, self.dtype_name)
-        x = torch.empty((p.m, p.dim), dtype=dtype, device=dev)
-        rows = max(1, self.budget // 8 // (8 * max(p.dim, 1)))
-        for s, e in p.chunks(rows):
-            x[s:e] = torch.from_numpy(np.ascontiguousarray(p.rows(s, e))).to(dev).to(dtype)
-        margin = self.margin(top_q, top_t)
+        dtype = getattr(torch, dtype_name)
+
+        def put(x: np.ndarray) -> torch.Tensor:
+            out = torch.empty(x.shape, dtype=dtype, device=dev)
+            step = max(1, self.budget // 8 // (8 * max(x.shape[1], 1)))
+            for s in range(0, len(x), step):
+                out[s:s + step] = torch.from_numpy(np.ascontiguousarray(x[s:s + step])) \
+                    .to(dev).to(dtype)
+            return out
+
+        t = put(rows.targets)
+        q = t[: len(rows.queries)] if rows.triangle else put(rows.queries)
+        margin = self.margin(rows.top_q, rows.top_t, dtype_name)
         lo = self.band.lo - margin
-        self.thr = round_down_f16(lo) if self.dtype_name == "float16" and self.out_rounding \
+        self.thr = round_down_f16(lo) if dtype_name == "float16" and self.out_rounding \
             else round_down_f32(lo)
-        self.x = x
-        self.info.update(max_norm=top_t, margin=margin, threshold=self.thr)
-        self._restore = strict_matmul()
-        self._prepared = True
+        self.info.update(max_norm=max(rows.top_t, self.info.get("max_norm", 0.0)),
+                         margin=max(margin, self.info.get("margin", 0.0)),
+                         threshold=min(self.thr, self.info.get("threshold", self.thr)))
+        if self._restore is None:
+            self._restore = strict_matmul()
+        return q, t, self.thr
 
     def close(self) -> None:
         if self._restore is not None:
             self._restore()
             self._restore = None
-        self.x = None
-        self._prepared = False
 
 
 class TwoPassEngine(DeviceTilesBase):
@@ -143,54 +152,59 @@ class TwoPassEngine(DeviceTilesBase):
         cols = max(self.tile_rows, min(tile_cols, memory_budget // 4 // (esize * self.tile_rows)))
         self.tile_cols = cols
         self.info["tile"] = [self.tile_rows, self.tile_cols]
-        self._thr_t: torch.Tensor | None = None
         self._lower: torch.Tensor | None = None
         self._buf: torch.Tensor | None = None
 
     def close(self) -> None:
         super().close()
-        self._thr_t = self._lower = self._buf = None
+        self._lower = self._buf = None
 
-    def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
+    def tile(self, rows: TileRows) -> Iterator[Candidates]:
+        import torch
 
-        self.prepare()
-        assert self.x is not None
+        q, t, thr = self.upload(rows)
+        thr_t = torch.tensor(thr, dtype=t.dtype, device=t.device)  # exact: rounded down
         batcher = CandidateBatcher()
-        for r0 in range(start, stop, self.tile_rows):
-            r1 = min(r0 + self.tile_rows, stop)
-            for p, t in self._rows(self.x, r0, r1):
-                out = batcher.add(p, t)
+        for r0 in range(0, len(q), self.tile_rows):
+            r1 = min(r0 + self.tile_rows, len(q))
+            for p, j in self._rows(q, t, r0, r1, rows.triangle, thr_t):
+                out = batcher.add(p, j)
                 if out is not None:
                     yield out
         last = batcher.flush()
         if last is not None:
             yield last
 
-    def _rows(self, x: torch.Tensor, r0: int, r1: int) -> Iterator[Candidates]:
+    def _rows(self, q: torch.Tensor, x: torch.Tensor, r0: int, r1: int, triangle: bool,
+              thr: torch.Tensor) -> Iterator[Candidates]:
+        """Query rows ``[r0, r1)`` against the targets ``x`` (from column ``r0`` on in a
+        triangle, where query ``i`` is target ``i``)."""
         import torch
 
-        m = self.problem.m
+        m = len(x)
         rows, tc = r1 - r0, self.tile_cols
-        if self._thr_t is None:  # made once: a host-to-device copy can stall the stream
-            self._thr_t = torch.tensor(self.thr, dtype=x.dtype, device=x.device)
+        if self._buf is None or self._buf.dtype != x.dtype or self._buf.device != x.device:
             self._lower = torch.ones(self.tile_rows, self.tile_rows, dtype=torch.bool,
                                      device=x.device).tril()
             self._buf = torch.empty(self.tile_rows * tc, dtype=x.dtype, device=x.device)
-        thr, buf = self._thr_t, self._buf  # thr exact in x.dtype: rounded down
-        assert self._lower is not None and buf is not None
+        buf = self._buf
+        assert self._lower is not None
         lower = self._lower[:rows, :rows]
-        a = x[r0:r1]
-        n_tiles = -(-(m - r0) // tc)
+        a = q[r0:r1]
+        c_start = r0 if triangle else 0
+        if m <= c_start:
+            return
+        n_tiles = -(-(m - c_start) // tc)
         rowmax = torch.empty((n_tiles, rows), dtype=x.dtype, device=x.device)
         # pass 1: the row max of every tile; no host sync
-        for j in range(n_tiles):
-            c0 = r0 + j * tc
+        for jt in range(n_tiles):
+            c0 = c_start + jt * tc
             c1 = min(c0 + tc, m)
             tile = buf[: rows * (c1 - c0)].view(rows, c1 - c0)
             torch.mm(a, x[c0:c1].t(), out=tile)
-            if j == 0:
+            if triangle and jt == 0:
                 tile[:, :rows].masked_fill_(lower[:, : c1 - c0], float("-inf"))
-            torch.amax(tile, 1, out=rowmax[j])
+            torch.amax(tile, 1, out=rowmax[jt])
         flagged = torch.nonzero((rowmax >= thr).any(0)).squeeze(1)  # one sync
         if flagged.numel() == 0:
             return
@@ -199,15 +213,14 @@ class TwoPassEngine(DeviceTilesBase):
         pf = (flagged + r0).view(-1, 1)
         esize = x.element_size()
         chunk = max(tc, self.budget // 4 // (esize * max(len(flagged), 1)))
-        for c0 in range(r0, m, chunk):
+        for c0 in range(c_start, m, chunk):
             c1 = min(c0 + chunk, m)
             sub = af @ x[c0:c1].t()
             hit = sub >= thr
-            if c0 <= r1:  # the diagonal: keep t > p only
+            if triangle and c0 <= r1:  # the diagonal: keep t > p only
                 cols = torch.arange(c0, c1, device=x.device).view(1, -1)
                 hit &= cols > pf
             ij = torch.nonzero(hit)
             p = pf[ij[:, 0], 0].cpu().numpy()
-            t = (ij[:, 1] + c0).cpu().numpy()
-            yield p, t
-
+            j = (ij[:, 1] + c0).cpu().numpy()
+            yield p, j

@@ -1,11 +1,12 @@
 """The fused GPU kernel: scores stay in registers, tiles gated by their max, hits appended.
 
-One Triton program per ``BM x BN`` tile of the block's upper triangle: it accumulates the fp16
+One Triton program per ``BM x BN`` piece of a tile (its upper triangle only, when the tile's
+queries are its first targets): it accumulates the fp16
 dot products in fp32 registers, and only if the tile holds a score ``>= thr`` (rare) does it
 append its candidate ``(p, t)`` pairs to a bounded buffer, each hit taking a slot from one
 atomic counter. Nothing else is written: the score tile never reaches memory, which is what
-the two-pass engine pays for. If the counter ends above the buffer's capacity, the block is
-run again with a buffer large enough (the counter says exactly how large).
+the two-pass engine pays for. If the counter ends above the buffer's capacity, the
+tile is run again with a buffer large enough (the counter says exactly how large).
 
 Margin as in torch_cuda (fp16 inputs, fp32 accumulation) without the fp16 output rounding;
 the threshold is rounded down to an fp32 value, which is what a Triton float argument is.
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pairmine.engines.band import Band, Candidates, Problem
+from pairmine.engines.band import Band, Candidates, Problem, TileRows
 from pairmine.engines.torch_cuda import DeviceTilesBase
 
 log = logging.getLogger(__name__)
@@ -38,27 +39,34 @@ def band_kernel() -> Any:
 
     # Triton reads the parameters' annotations itself: only the constexpr ones carry one
     @triton.jit  # type: ignore[untyped-decorator]
-    def _band_tiles(x_ptr, stride, r0, r1, m, d, thr, count_ptr, out_p_ptr,  # type: ignore[no-untyped-def]
-                    out_t_ptr, capacity, BM: tl.constexpr, BN: tl.constexpr,
-                    BK: tl.constexpr):
+    def _band_tiles(q_ptr, q_stride, t_ptr, t_stride, nq, nt, d, thr,  # type: ignore[no-untyped-def]
+                    count_ptr, out_p_ptr, out_t_ptr, capacity, TRIANGLE: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # axis 0 walks the (many) column tiles: grid y/z are limited to 65535
-        col0 = r0 + tl.program_id(0) * BN
-        row0 = r0 + tl.program_id(1) * BM
-        if col0 + BN - 1 > row0:  # else every t <= p in this tile: nothing to do
+        col0 = tl.program_id(0) * BN
+        row0 = tl.program_id(1) * BM
+        # in a triangle (query i is target i) a tile wholly below the diagonal has nothing
+        if TRIANGLE:  # noqa: SIM108 (a constexpr branch: Triton compiles one side only)
+            active = col0 + BN - 1 > row0
+        else:
+            active = True
+        if active:
             rows = row0 + tl.arange(0, BM)
             cols = col0 + tl.arange(0, BN)
-            rmask = rows < r1
-            cmask = cols < m
+            rmask = rows < nq
+            cmask = cols < nt
             acc = tl.zeros((BM, BN), dtype=tl.float32)
             for k0 in range(0, d, BK):
                 ks = k0 + tl.arange(0, BK)
                 kmask = ks < d
-                a = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride + ks[None, :],
+                a = tl.load(q_ptr + rows.to(tl.int64)[:, None] * q_stride + ks[None, :],
                             mask=rmask[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(x_ptr + cols.to(tl.int64)[None, :] * stride + ks[:, None],
+                b = tl.load(t_ptr + cols.to(tl.int64)[None, :] * t_stride + ks[:, None],
                             mask=cmask[None, :] & kmask[:, None], other=0.0)
                 acc = tl.dot(a, b, acc)
-            hit = (acc >= thr) & rmask[:, None] & cmask[None, :] & (cols[None, :] > rows[:, None])
+            hit = (acc >= thr) & rmask[:, None] & cmask[None, :]
+            if TRIANGLE:
+                hit = hit & (cols[None, :] > rows[:, None])
             if tl.max(hit.to(tl.int32)) > 0:
                 slot = tl.atomic_add(count_ptr + tl.zeros((BM, BN), dtype=tl.int32), 1,
                                      mask=hit)
@@ -84,39 +92,39 @@ class FusedEngine(DeviceTilesBase):
         self.bm, self.bn = block
         self.info["tile"] = [self.bm, self.bn]
         self.info["relaunches"] = 0
-        if problem.m >= 2**31 - self.bn:
-            raise ValueError("too many rows for int32 positions")
         self._out: tuple[Any, Any, Any] | None = None
 
     def close(self) -> None:
         super().close()
         self._out = None
 
-    def candidates(self, start: int, stop: int) -> Iterator[Candidates]:
+    def tile(self, rows: TileRows) -> Iterator[Candidates]:
         import torch
 
-        self.prepare()
-        assert self.x is not None
-        x, m, d = self.x, self.problem.m, self.problem.dim
-        if stop <= start or m - start < 2:
+        nq, nt, d = len(rows.queries), len(rows.targets), int(rows.targets.shape[1])
+        if nq == 0 or nt == 0 or (rows.triangle and nt < 2):
             return
+        if nt >= 2**31 - self.bn or nq >= 2**31 - self.bm:
+            raise ValueError("a tile of 2^31 rows or more: int32 positions overflow")
+        q, t, thr = self.upload(rows)
         kernel = band_kernel()
         bk = 16
         while bk < min(d, 64):
             bk *= 2
-        grid = (-(-(m - start) // self.bn), -(-(stop - start) // self.bm))
+        grid = (-(-nt // self.bn), -(-nq // self.bm))
         while True:
             if self._out is None or len(self._out[0]) < self.capacity:
-                self._out = (torch.empty(self.capacity, dtype=torch.int32, device=x.device),
-                             torch.empty(self.capacity, dtype=torch.int32, device=x.device),
-                             torch.zeros(1, dtype=torch.int32, device=x.device))
+                self._out = (torch.empty(self.capacity, dtype=torch.int32, device=t.device),
+                             torch.empty(self.capacity, dtype=torch.int32, device=t.device),
+                             torch.zeros(1, dtype=torch.int32, device=t.device))
             out_p, out_t, count = self._out
             count.zero_()
-            extra = {} if x.device.type == "cpu" else {"num_warps": self.num_warps,
+            extra = {} if t.device.type == "cpu" else {"num_warps": self.num_warps,
                                                         "num_stages": self.num_stages}
-            kernel[grid](x, x.stride(0), start, stop, m, d, self.thr, count, out_p, out_t,
-                         self.capacity, BM=self.bm, BN=self.bn, BK=bk, **extra)
-            n = int(count.item())  # the one sync of the block
+            kernel[grid](q, q.stride(0), t, t.stride(0), nq, nt, d, thr, count, out_p, out_t,
+                         self.capacity, TRIANGLE=rows.triangle, BM=self.bm, BN=self.bn, BK=bk,
+                         **extra)
+            n = int(count.item())  # the one sync of the tile
             if n <= self.capacity:
                 break
             self.capacity = 1 << (n - 1).bit_length()
@@ -125,5 +133,5 @@ class FusedEngine(DeviceTilesBase):
                       self.capacity)
         if n:
             p = out_p[:n].to(torch.int64).cpu().numpy()
-            t = out_t[:n].to(torch.int64).cpu().numpy()
-            yield np.asarray(p), np.asarray(t)
+            j = out_t[:n].to(torch.int64).cpu().numpy()
+            yield np.asarray(p), np.asarray(j)

@@ -25,7 +25,7 @@ class MatchConfig(ScaleSettings):
     """The options of a match run: the band ``[min_score, max_score]``, the paper's K subset
     (``subset`` drawn with ``seed``) matched against itself or every image (``against``), an
     optional cap per image (``max_per_anchor``), the engine and device, the sweep and histogram
-    records, the block size, and the Ray fields (``ray=None`` runs in this process)."""
+    records, the block and tile sizes, and the Ray fields (``ray=None`` runs in this process)."""
 
     min_score: float = setting(0.97, flag="--min", help="Lower bound of the band (inclusive).")
     max_score: float = setting(
@@ -56,6 +56,11 @@ class MatchConfig(ScaleSettings):
     block_rows: int | None = setting(
         None, minimum=1,
         help="Anchors per engine block (one pair shard each). Default: the engine's.")
+    tile_rows: int | None = setting(
+        None, minimum=1,
+        help="Target rows per tile, the unit of work (anchors per tile: whole blocks, at most "
+             "this many). Default: the device's (131072 on a CPU, 1048576 on CUDA). The pairs "
+             "do not depend on it.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,6 +76,7 @@ class MatchConfig(ScaleSettings):
                               "image")
         _check_count("--max-per-anchor", self.max_per_anchor)
         _check_count("--block-rows", self.block_rows)
+        _check_count("--tile-rows", self.tile_rows)
         subset, seed = parse_subset(self.subset), check_seed(self.seed)
         sweep = None if self.sweep is None else Sweep.parse(self.sweep)
         check_bool("--wide-histogram", self.wide_histogram)
@@ -80,7 +86,7 @@ class MatchConfig(ScaleSettings):
                          subset=subset, seed=seed, against=self.against,
                          max_per_anchor=self.max_per_anchor, engine=self.engine,
                          device=self.device, sweep=sweep, wide_histogram=self.wide_histogram,
-                         block_rows=self.block_rows)
+                         block_rows=self.block_rows, tile_rows=self.tile_rows)
 
 
 def _check_band(min_score: float, max_score: float) -> None:

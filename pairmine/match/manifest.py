@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pairmine.match.plan import ENGINE_FILE, BlockJob
+from pairmine.match.plan import ENGINE_FILE, TILE_PLAN_FILE, MatchJob
 from pairmine.match.stats import histogram_record, sweep_record
 from pairmine.stores import DUPLICATES_FILE, PAIRS_DIR, PAIRS_FORMAT, SUBSET_FILE, read_json
 
 
-def pairs_manifest(job: BlockJob, inputs: dict[str, Any], *, images: int,
+def pairs_manifest(job: MatchJob, inputs: dict[str, Any], *, images: int,
                    hash_column: str | None, stats: list[dict[str, Any]],
                    counts: dict[str, int], per_anchor: dict[str, float],
                    timings: dict[str, float]) -> dict[str, Any]:
@@ -20,7 +20,9 @@ def pairs_manifest(job: BlockJob, inputs: dict[str, Any], *, images: int,
     and ``per_anchor`` come from the final shards (``pairmine.match.stats``)."""
     plan = job.plan
     lo, hi = plan.search_range
-    engine_plan = read_json(job.block_dir / ENGINE_FILE)
+    engine_plan = {k: v for k, v in read_json(job.block_dir / ENGINE_FILE).items()
+                   if k != "arrays"}
+    tiles = read_json(job.block_dir / TILE_PLAN_FILE)
     return {
         "format": PAIRS_FORMAT,
         "inputs": inputs,
@@ -34,7 +36,7 @@ def pairs_manifest(job: BlockJob, inputs: dict[str, Any], *, images: int,
                    "seed": plan.seed, "requested": plan.subset, "against": plan.against},
         "engine": {"name": job.resolved[0], "device": job.resolved[1], **engine_plan},
         "search": {"lo": lo, "hi": hi, "blocks": job.n_blocks,
-                   "block_rows": engine_plan.get("block_rows", plan.block_rows),
+                   "block_rows": job.block_rows, "tiles": tiles,
                    "candidates": sum(s["candidates"] for s in stats),
                    "pairs_in_range": sum(s["found"] for s in stats)},
         "counts": counts,

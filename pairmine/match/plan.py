@@ -1,13 +1,14 @@
-"""A match run's plan: the options resolved, the blocks, and what computing a block needs.
+"""A match run's plan: the options resolved, the blocks, and what computing a tile needs.
 
 The plan is fixed before anything is written: it is the run's identity (a resumed run must
-have the same one), what the manifest records as ``config``, and what every block computes
+have the same one), what the manifest records as ``config``, and what every tile computes
 from, in this process or in a Ray task.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from pairmine.stores import (
     PAIRS_DIR,
     PARTIAL_DIR,
     Embeddings,
-    content_codes,
     draw_subset,
     open_embeddings,
     shard_name,
@@ -37,7 +37,9 @@ HIST_WIDTH = 0.005
 HIST_MARGIN = 0.05
 MAX_SWEEP_POINTS = 201
 BLOCKS_DIR = "blocks"  # under PARTIAL_DIR: per-block statistics (and shards before the cap)
-ENGINE_FILE = "engine.json"  # under blocks/: the engine's plan, as the first block saw it
+ENGINE_FILE = "engine.json"  # under blocks/: the run-wide engine plan, fitted once
+TILES_DIR = "tiles"  # under PARTIAL_DIR: each tile's pairs, until its group is assembled
+TILE_PLAN_FILE = "tiles.json"  # under blocks/: the tile shape, so a resumed run keeps it
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class MatchPlan:
     sweep: Sweep | None
     wide_histogram: bool
     block_rows: int | None
+    tile_rows: int | None = None  # not in config(): the pairs do not depend on it
 
     @property
     def search_range(self) -> tuple[float, float]:
@@ -114,21 +117,32 @@ class MatchPlan:
 
 
 @dataclass(frozen=True)
-class BlockJob:
-    """Everything computing any block of one match run needs, as paths and options (small and
-    picklable: a Ray task gets this, never the matrix). A block is done when its statistics
-    and then its pair shard exist (the shard is renamed into place last)."""
+class MatchJob:
+    """Everything computing any tile of one match run needs, as paths and options (small and
+    picklable: a Ray task gets this, never an array). The run-wide engine plan and the tile
+    shape are files in the work folder, written by the driver before the first tile.
+
+    Output: one pair shard per block of ``block_rows`` anchors. A tile writes its pairs
+    (with their block) as one file under the work folder; when every tile of a group is
+    written, the group's blocks are assembled: a block is done when its statistics and then
+    its pair shard exist (the shard is renamed into place last)."""
 
     emb: Path
     out: Path
     plan: MatchPlan
     resolved: tuple[str, str]  # (engine, device) as resolved on the machine that computes
     n_blocks: int
+    block_rows: int
     emb_manifest_sha256: str
+    memory_budget: int
 
     @property
     def block_dir(self) -> Path:
         return self.out / PARTIAL_DIR / BLOCKS_DIR
+
+    @property
+    def tile_dir(self) -> Path:
+        return self.out / PARTIAL_DIR / TILES_DIR
 
     @property
     def shard_dir(self) -> Path:
@@ -141,47 +155,49 @@ class BlockJob:
     def shard_path(self, i: int) -> Path:
         return self.shard_dir / shard_name("pairs", i, ".parquet")
 
+    def tile_path(self, i: int) -> Path:
+        return self.tile_dir / shard_name("tile", i, ".parquet")
+
     def final_shards(self) -> list[Path]:
         """The store's pair shards, one per block, in block order."""
         return [self.out / PAIRS_DIR / shard_name("pairs", i, ".parquet")
                 for i in range(self.n_blocks)]
 
     def done_blocks(self) -> set[int]:
+        def names(folder: Path) -> set[str]:
+            return set(os.listdir(folder)) if folder.is_dir() else set()
+
+        stats, shards = names(self.block_dir), names(self.shard_dir)
         return {i for i in range(self.n_blocks)
-                if self.shard_path(i).exists() and self.stats_path(i).exists()}
+                if shard_name("pairs", i, ".parquet") in shards
+                and shard_name("block", i, ".json") in stats}
 
+    def done_tiles(self) -> set[str]:
+        return set(os.listdir(self.tile_dir)) if self.tile_dir.is_dir() else set()
 
-@dataclass(frozen=True)
-class SearchInputs:
-    """The opened inputs of a search: the (memory-mapped) store, the anchors, content codes."""
-
-    store: Embeddings
-    anchors: np.ndarray  # (K,) int64, sorted
-    codes: np.ndarray  # (N,) int64: equal codes are equal content hashes
-
-    @classmethod
-    def open(cls, job: BlockJob) -> SearchInputs:
-        """Open the inputs from the job's paths (a worker), checking they are the run's."""
+    def open_store(self) -> Embeddings:
+        """The embeddings store (lazily: its manifest), checked to be the run's."""
         from pairmine.stores import sha256_file
 
-        found = sha256_file(job.emb / MANIFEST)
-        if found != job.emb_manifest_sha256:
-            raise StoreError(f"the embeddings store {job.emb} changed since this match run "
+        found = sha256_file(self.emb / MANIFEST)
+        if found != self.emb_manifest_sha256:
+            raise StoreError(f"the embeddings store {self.emb} changed since this match run "
                              "started", "rerun match; one store must not be rewritten during "
                                         "a run")
-        store = open_embeddings(job.emb)
-        codes, _ = content_codes(store.meta)
-        return cls(store, draw_subset(len(store), job.plan.subset, job.plan.seed), codes)
-
-
-def plan_units(job: BlockJob) -> tuple[list[int], set[int]]:
-    """The blocks still to compute, in order (consecutive units share their anchor rows'
-    neighbourhood), and those an earlier run finished."""
-    done = job.done_blocks()
-    return [i for i in range(job.n_blocks) if i not in done], done
+        return open_embeddings(self.emb)
 
 
 def engine_anchors(anchors: np.ndarray, n: int) -> np.ndarray | None:
     """The anchor ids as the engine takes them: None for the whole store, so that the engine
     may take its faster all-rows path."""
     return None if len(anchors) == n else anchors
+
+
+def draw_anchors(n: int, plan: MatchPlan) -> np.ndarray | None:
+    """The run's anchors (the seeded subset), None when they are every row: O(K), never
+    O(N) for the whole store."""
+    from pairmine.stores import subset_size
+
+    if subset_size(plan.subset, n) == n:
+        return None
+    return draw_subset(n, plan.subset, plan.seed)

@@ -1,5 +1,6 @@
-"""``match()``: check the inputs, lock the store, search block by block, cap, count, write the
-manifest last, and say what was found."""
+"""``match()``: check the inputs, lock the store, plan the tiles and the engine once, run the
+tiles (here or on Ray, through ``pairmine.scale.executor``), assemble the blocks, cap, count,
+write the manifest last, and say what was found."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from typing import TYPE_CHECKING, Any
 from pairmine.errors import ConfigError, StoreError
 from pairmine.match.cap import keep_best_per_image
 from pairmine.match.config import MatchConfig
-from pairmine.match.duplicates import hash_codes, write_duplicates
+from pairmine.match.duplicates import hash_column, write_duplicates
 from pairmine.match.manifest import pairs_manifest
-from pairmine.match.plan import BlockJob, SearchInputs, engine_anchors
-from pairmine.match.search import search_here
-from pairmine.match.stats import count_record, degrees, distribution
+from pairmine.match.plan import TILE_PLAN_FILE, MatchJob, draw_anchors
+from pairmine.match.search import (
+    assemble_group,
+    collect_stats,
+    engine_against,
+    match_tile,
+)
+from pairmine.match.stats import count_record, degrees, per_anchor
 from pairmine.progress import NullProgress, Progress
 from pairmine.stores import (
     DUPLICATES_FILE,
@@ -25,17 +31,20 @@ from pairmine.stores import (
     SUBSET_FILE,
     Embeddings,
     begin_run,
-    draw_subset,
     input_record,
     open_embeddings,
     read_json,
+    write_json_atomic,
     write_parquet_atomic,
 )
+
+DEFAULT_MEMORY_BUDGET = 2 << 30  # the engines' default (pairmine.engines.DEFAULT_MEMORY_BUDGET)
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from pairmine.engines import Problem, Tile, TileShape
     from pairmine.scale import RayOptions
     from pairmine.stores import Run
 
@@ -69,6 +78,9 @@ class MatchResult:
     blocks_skipped: int = 0
     cluster: dict[str, Any] | None = None  # with Ray: units per node, retried units, nodes
     unit_plan: dict[str, Any] | None = None  # a dry run's plan (nothing was written)
+    bytes_read: int = 0  # vector bytes the tiles of this run read (what --plan predicts)
+    tiles: int = 0  # tiles of the whole search
+    tiles_run: int = 0  # tiles this run computed (the others were done before)
 
 
 def match(emb: str | Path, out: str | Path, config: MatchConfig | None = None, *,
@@ -85,23 +97,26 @@ def match(emb: str | Path, out: str | Path, config: MatchConfig | None = None, *
     it). ``sweep`` (``"LO:HI:STEP"``) also counts pairs for every band on that grid.
     ``wide_histogram`` widens the one search to ``[min - 0.05, 1.0]`` so that the score
     histogram shows the scores near the band (exact, at a measured cost). An interrupted run
-    resumes from its finished blocks and gives the same bytes; ``overwrite`` replaces a
+    resumes from its finished tiles and gives the same bytes; ``overwrite`` replaces a
     complete store.
 
-    ``ray`` (``"auto"``, ``"local"`` or a cluster address) computes the blocks as Ray tasks
-    (``ray_workers`` at a time, each with ``gpus_per_worker``/``cpus_per_worker``, retried
-    ``max_retries`` times); the store is byte-identical to one written without Ray.
-    ``dry_run`` writes nothing: the result's ``unit_plan`` lists the blocks to compute, the
-    bytes each reads and a time estimate from one block measured here.
+    The work is done in tiles (a few blocks of anchors against a run of target rows, larger
+    on a GPU), each reading only its rows; the engine's plan (rotation, margins) is fitted
+    once, here, from a sample. ``ray`` (``"auto"``, ``"local"`` or a cluster address) computes
+    the tiles as Ray tasks (``ray_workers`` at a time, each with
+    ``gpus_per_worker``/``cpus_per_worker``, retried ``max_retries`` times); the store is
+    byte-identical to one written without Ray. ``dry_run`` writes nothing: the result's
+    ``unit_plan`` lists the tiles, the bytes each reads, the peak memory of a worker and a
+    time estimate from one tile measured here (warm), with totals for the run.
     """
     config = MatchConfig.build(config, options)
-    from pairmine.engines import plan_blocks, resolve_engine
+    from pairmine.engines import default_block_rows, plan_blocks, resolve_engine
 
     t0 = time.perf_counter()
     progress = progress or NullProgress()
     emb, out = Path(emb), Path(out)
 
-    # --- validate everything before OUT is touched
+    # --- validate everything before OUT is touched (the store is opened by its manifest)
     plan = config.plan()
     _check_paths(emb, out)
     scale = config.ray_options()
@@ -110,7 +125,7 @@ def match(emb: str | Path, out: str | Path, config: MatchConfig | None = None, *
     if n == 0:
         raise StoreError(f"embeddings store {emb} holds no images", "embed some images first")
     _check_store(store)
-    anchors = draw_subset(n, plan.subset, plan.seed)
+    anchors = draw_anchors(n, plan)
     if scale is not None and scale.gpus_per_worker > 0 and scale.address != "local":
         # the driver may have no GPU (a CPU-only head): "auto" means what a worker has
         from pairmine.scale.cluster import on_a_worker
@@ -118,53 +133,114 @@ def match(emb: str | Path, out: str | Path, config: MatchConfig | None = None, *
         resolved = on_a_worker(scale, resolve_engine, plan.engine, plan.device)
     else:
         resolved = resolve_engine(plan.engine, plan.device)
-    codes, hash_column = hash_codes(store)
-    n_blocks = plan_blocks(n, engine_anchors(anchors, n), plan.block_rows)
+    block_rows = plan.block_rows or default_block_rows()
+    n_blocks = plan_blocks(n, anchors, block_rows)
 
     # --- the store: locked for this run; resumed only from a run with the same identity
     emb_record = input_record(emb)
     identity = {"config": plan.config(), "inputs": {"embeddings": emb_record},
                 "engine": list(resolved), "blocks": n_blocks}
-    job = BlockJob(emb=emb.absolute(), out=out.absolute(), plan=plan, resolved=resolved,
-                   n_blocks=n_blocks, emb_manifest_sha256=emb_record["manifest_sha256"])
-    inputs = SearchInputs(store, anchors, codes)
+    job = MatchJob(emb=emb.absolute(), out=out.absolute(), plan=plan, resolved=resolved,
+                   n_blocks=n_blocks, block_rows=block_rows,
+                   emb_manifest_sha256=emb_record["manifest_sha256"],
+                   memory_budget=DEFAULT_MEMORY_BUDGET)
     if dry_run:
-        return _dry_run(config, job, inputs, scale, t0)
+        from pairmine.match.unitplan import plan_run
+
+        workers = 1 if scale is None else (scale.workers or 1)
+        unit_plan = plan_run(job, store, anchors, workers)
+        return MatchResult(path=job.out, manifest={}, config=config, pairs=0, ordered=0,
+                           band=(plan.min_score, plan.max_score),
+                           anchors=n if anchors is None else len(anchors), images=n,
+                           against=plan.against, anchors_with_pairs=0, duplicates=0,
+                           engine=resolved[0], device=resolved[1], blocks=n_blocks,
+                           seconds=time.perf_counter() - t0,
+                           blocks_skipped=unit_plan["blocks_done"], unit_plan=unit_plan)
     with begin_run(out, PAIRS_FORMAT, identity, overwrite=overwrite) as run:
-        return _run(run, config, job, inputs, hash_column, identity, progress, t0, scale)
+        return _run(run, config, job, store, anchors, identity, progress, t0, scale)
 
 
-def _dry_run(config: MatchConfig, job: BlockJob, inputs: SearchInputs,
-             scale: RayOptions | None, t0: float) -> MatchResult:
-    from pairmine.scale.match import plan_blocks_run
+def prepare_tiles(job: MatchJob, store: Embeddings, anchors: np.ndarray | None
+                  ) -> tuple[Problem, TileShape]:
+    """The run's tile shape and engine plan, from the work folder when an earlier run wrote
+    them (a resumed run keeps them), else chosen for the device and fitted here, once, from a
+    seeded sample of rows; written to the work folder for every tile."""
+    from pairmine.engines import EnginePlan, TileShape, default_tile_shape, make_problem
+    from pairmine.engines import plan_engine as fit_engine
+    from pairmine.engines.band import Band
 
-    workers = 1 if scale is None else (scale.workers or 1)
-    unit_plan = plan_blocks_run(job, inputs, workers)
-    plan = job.plan
-    return MatchResult(path=job.out, manifest={}, config=config, pairs=0, ordered=0,
-                       band=(plan.min_score, plan.max_score), anchors=len(inputs.anchors),
-                       images=len(inputs.store), against=plan.against, anchors_with_pairs=0,
-                       duplicates=0, engine=job.resolved[0], device=job.resolved[1],
-                       blocks=job.n_blocks, seconds=time.perf_counter() - t0,
-                       blocks_skipped=unit_plan.done, unit_plan=unit_plan.to_json())
-
-
-def _run(run: Run, config: MatchConfig, job: BlockJob, inputs: SearchInputs,
-         hash_column: str | None, identity: dict[str, Any], progress: Progress, t0: float,
-         scale: RayOptions | None) -> MatchResult:
-    out, plan = run.out, job.plan
-    store, anchors, n = inputs.store, inputs.anchors, len(inputs.store)
-    write_parquet_atomic(out / SUBSET_FILE, _id_table(anchors))
-
-    # --- search, block by block (here, or as Ray tasks: the same unit function either way)
-    t_search = time.perf_counter()
-    cluster: dict[str, Any] | None = None
-    if scale is None:
-        stats, skipped = search_here(job, inputs, progress)
+    job.block_dir.mkdir(parents=True, exist_ok=True)
+    shape_file = job.block_dir / TILE_PLAN_FILE
+    if shape_file.exists():
+        shape = TileShape(**read_json(shape_file))
     else:
-        from pairmine.scale.match import search_on_ray
+        shape = default_tile_shape(job.resolved[1], job.block_rows, store.dim,
+                                   store.vectors.dtype.itemsize, job.memory_budget,
+                                   job.plan.tile_rows)
+        write_json_atomic(shape_file, shape.to_json())
+    problem = make_problem(store.vectors, anchors, engine_against(job.plan), job.block_rows)
+    engine_plan = EnginePlan.load(job.block_dir)
+    if engine_plan is None:
+        lo, hi = job.plan.search_range
+        engine_plan = fit_engine(problem, Band.checked(lo, hi), *job.resolved,
+                                 job.memory_budget)
+        engine_plan.save(job.block_dir)
+    problem = make_problem(store.vectors, anchors, engine_against(job.plan), job.block_rows,
+                           engine_plan)
+    return problem, shape
 
-        stats, skipped, cluster = search_on_ray(job, scale, progress)
+
+def _run(run: Run, config: MatchConfig, job: MatchJob, store: Embeddings,
+         anchors: np.ndarray | None, identity: dict[str, Any], progress: Progress, t0: float,
+         scale: RayOptions | None) -> MatchResult:
+    from pairmine.engines import plan_tiles
+    from pairmine.scale.executor import execute
+
+    out, plan = run.out, job.plan
+    n = len(store)
+    k = n if anchors is None else len(anchors)
+    write_parquet_atomic(out / SUBSET_FILE, _id_table(anchors, n))
+
+    # --- search, tile by tile (here, or as Ray tasks: the same unit function either way)
+    t_search = time.perf_counter()
+    problem, shape = prepare_tiles(job, store, anchors)
+    tiles = plan_tiles(problem, shape)
+    groups: dict[int, list[Tile]] = {}
+    for t in tiles:
+        groups.setdefault(t.group, []).append(t)
+    done_blocks = job.done_blocks()
+    written = job.done_tiles()
+    left: dict[int, int] = {}
+    todo: list[Tile] = []
+    skipped = 0
+    for g, group in groups.items():
+        group_blocks = range(group[0].anchor_start // job.block_rows,
+                             -(-group[0].anchor_stop // job.block_rows))
+        if all(b in done_blocks for b in group_blocks):
+            skipped += len(group_blocks)
+            continue
+        missing = [t for t in group if job.tile_path(t.index).name not in written]
+        if not missing:  # every tile written by an earlier run: assemble what it left
+            assemble_group(job, group)
+            continue
+        left[g] = len(missing)
+        todo.extend(missing)
+    if skipped:
+        log.info("resuming: %d of %d blocks already done", skipped, job.n_blocks)
+    bytes_read = 0
+
+    def finished(tile: Tile, result: dict[str, Any]) -> None:
+        nonlocal bytes_read
+        bytes_read += int(result.get("bytes_read", 0))
+        left[tile.group] -= 1
+        if left[tile.group] == 0:
+            assemble_group(job, groups[tile.group])
+
+    report = execute(todo, match_tile, job, scale, progress, stage="match", unit_label="tiles",
+                     total=len(tiles), done=len(tiles) - len(todo), on_done=finished,
+                     read=[job.emb], write=out, unit_name="match tile")
+    cluster = None if report is None else report.to_json()
+    stats = collect_stats(job)
     t_search = time.perf_counter() - t_search
     shards = job.final_shards()
 
@@ -178,32 +254,35 @@ def _run(run: Run, config: MatchConfig, job: BlockJob, inputs: SearchInputs,
 
     # --- duplicates, statistics, manifest
     t_dup = time.perf_counter()
-    n_dup, n_dup_groups = write_duplicates(out / DUPLICATES_FILE, store, inputs.codes, anchors,
-                                           plan.against, hash_column)
+    column = hash_column(store)
+    n_dup, n_dup_groups = write_duplicates(out / DUPLICATES_FILE, store, anchors,
+                                           plan.against, column)
     t_dup = time.perf_counter() - t_dup
-    degree = degrees(shards, n)  # (N,) positives per image
-    per_anchor = distribution(degree[anchors])
+    degree = degrees(shards, n, job.block_dir)  # (N,) positives per image, on disk
+    anchor_stats = per_anchor(degree, anchors)
     counts = count_record(degree, anchors, found, n_dup, n_dup_groups)
+    del degree
     unordered = counts["unordered"]
     timings = {"search_s": round(t_search, 3),
                "search_blocks_s": round(sum(s["seconds"] for s in stats), 3),
                "max_per_anchor_s": round(t_cap, 3), "duplicates_s": round(t_dup, 3),
                "total_s": round(time.perf_counter() - t0, 3)}
-    manifest = pairs_manifest(job, identity["inputs"], images=n, hash_column=hash_column,
-                              stats=stats, counts=counts, per_anchor=per_anchor,
+    manifest = pairs_manifest(job, identity["inputs"], images=n, hash_column=column,
+                              stats=stats, counts=counts, per_anchor=anchor_stats,
                               timings=timings)
     run.finish(manifest)
     log.info("match: %d pairs (%d ordered) from %d anchors in %.1f s", unordered,
-             2 * unordered, len(anchors), time.perf_counter() - t0)
+             2 * unordered, k, time.perf_counter() - t0)
     return MatchResult(path=out, manifest=read_json(out / MANIFEST), config=config,
                        pairs=unordered, ordered=2 * unordered,
-                       band=(plan.min_score, plan.max_score), anchors=len(anchors), images=n,
+                       band=(plan.min_score, plan.max_score), anchors=k, images=n,
                        against=plan.against, anchors_with_pairs=counts["anchors_with_pairs"],
                        duplicates=n_dup, engine=job.resolved[0], device=job.resolved[1],
                        blocks=job.n_blocks, seconds=time.perf_counter() - t0,
                        pairs_before_cap=None if plan.max_per_anchor is None else found,
-                       per_anchor=per_anchor, sweep=manifest["sweep"], resumed=run.resumed,
-                       blocks_skipped=skipped, cluster=cluster)
+                       per_anchor=anchor_stats, sweep=manifest["sweep"], resumed=run.resumed,
+                       blocks_skipped=skipped, cluster=cluster, bytes_read=bytes_read,
+                       tiles=len(tiles), tiles_run=len(todo))
 
 
 def _check_paths(emb: Path, out: Path) -> None:
@@ -214,25 +293,24 @@ def _check_paths(emb: Path, out: Path) -> None:
 
 
 def _check_store(store: Embeddings) -> None:
-    """Ids are the rows, vectors are float16/float32 and finite: what the engines assume."""
+    """Every shard's matrix is what the manifest says (its header only: O(shards), no row is
+    read) and the vectors are float16/float32, what the engines take. Finite values are
+    checked by each tile on the rows it reads: no pass over the whole store here."""
     import numpy as np
 
-    ids = store.meta.column("id").to_numpy(zero_copy_only=False)
-    if not np.array_equal(ids, np.arange(len(store))):
-        raise StoreError(f"embeddings store {store.path}: meta ids are not the rows 0..N-1",
-                         "the store is damaged; re-run embed with --overwrite")
     if store.vectors.dtype not in (np.float16, np.float32):
         raise StoreError(f"embeddings store {store.path} holds {store.vectors.dtype} vectors",
                          "expected float16 or float32; re-run embed")
-    step = 1 << 16
-    for i in range(0, len(store), step):  # chunked: the matrix may be a memory map
-        if not np.isfinite(store.vectors[i:i + step]).all():
-            raise StoreError(f"embeddings store {store.path} holds NaN or infinite vectors "
-                             f"(rows {i}..{min(i + step, len(store)) - 1})",
-                             "re-run embed; check the encoder's checkpoint")
+    for k in range(len(store.shards)):
+        store.matrix(k)  # raises "is damaged: ..." for a shard that does not match
 
 
-def _id_table(ids: np.ndarray) -> pa.Table:
+def _id_table(ids: np.ndarray | None, n: int) -> pa.Table:
+    import numpy as np
     import pyarrow as pa
 
+    if ids is None:  # every image: written in pieces of bounded size
+        return pa.table({"id": pa.chunked_array(
+            [pa.array(np.arange(s, min(s + (1 << 22), n), dtype=np.int64))
+             for s in range(0, n, 1 << 22)] or [pa.array([], pa.int64())], type=pa.int64())})
     return pa.table({"id": pa.array(ids, type=pa.int64())})
