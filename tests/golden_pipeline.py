@@ -17,8 +17,9 @@ ASSETS = Path(__file__).resolve().parents[1] / "pairmine" / "assets"
 SAMPLE = ASSETS / "cifar10-sample"
 CHECKPOINT = ASSETS / "resnet20-cifar10.th"
 PER_CLASS = 6
-# files that record timings or absolute paths by design, not data
-NOT_DATA = {"manifest.json", "runs.jsonl"}
+# files that record timings or absolute paths by design, not data (an export's README.md, its
+# dataset card, names the input stores' paths; tests/test_dataset_card.py checks it)
+NOT_DATA = {"manifest.json", "runs.jsonl", "README.md"}
 
 
 def golden_input(root: Path) -> Path:

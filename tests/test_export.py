@@ -413,8 +413,8 @@ def test_parquet_export_points_at_the_originals(stores: Stores, tmp_path: Path) 
     out = tmp_path / "spps"
     result = export(stores.pairs, out, fmt="parquet", combined=True)
     assert (result.pairs, result.images, result.shards) == (15, 12, 0)
-    assert sorted(p.name for p in out.iterdir()) == ["images.parquet", "manifest.json",
-                                                     "spps.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "images.parquet",
+                                                     "manifest.json", "spps.parquet"]
     spps = pq.read_table(out / "spps.parquet").to_pydict()
     assert list(zip(spps["a"], spps["b"], strict=True)) == sorted(stores.pair_list)
     for src, sha in zip(spps["source_a"] + spps["source_b"],

@@ -52,6 +52,10 @@ class ExportConfig(ScaleSettings):
     skip_missing: bool = setting(
         False, help="Leave out samples whose source image changed or vanished since embed "
                     "(listed in the manifest) instead of failing.")
+    license: str = setting(
+        "other", metavar="ID",
+        help="License of the dataset card (README.md): a Hugging Face license id, e.g. "
+             "cc-by-4.0; 'other' says the images keep their source dataset's license.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +65,10 @@ class ExportConfig(ScaleSettings):
             raise ConfigError(f"unknown export format {self.fmt!r}",
                               f"choose one of: {', '.join(EXPORT_FORMATS.names())}")
         check_int("--shard-size", self.shard_size, minimum=1)
+        if not isinstance(self.license, str) or not self.license.strip() \
+                or any(c in self.license for c in "\n:#"):
+            raise ConfigError(f"--license {self.license!r} is not a license id",
+                              "give a Hugging Face license id, e.g. cc-by-4.0, or 'other'")
         check_int("--max-shard-bytes", self.max_shard_bytes, optional=True)
         if self.max_shard_bytes is not None and self.max_shard_bytes < 2 * RECORD:
             raise ConfigError(f"--max-shard-bytes {self.max_shard_bytes} is too small",

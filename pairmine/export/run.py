@@ -122,7 +122,12 @@ def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = Non
         written = layout.write(out, plan, fetcher, run_config, run_config.skip_missing,
                                progress)
         seconds = time.perf_counter() - t0
-        run.finish(_manifest(run_config, inputs, plan, written).to_json())
+        manifest = _manifest(run_config, inputs, plan, written)
+        # the dataset card (README.md) before the manifest: a finished export has both
+        from pairmine.export.card import CARD_KEY, write_card
+
+        card = write_card(out, manifest, license=run_config.license)
+        run.finish({**manifest.to_json(), CARD_KEY: card})
     log.info("exported %d pairs and %d images to %s in %.1f s", written.pairs, written.images,
              out, seconds)
     samples = written.pairs + written.images
@@ -289,4 +294,3 @@ def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
 def _write_table(out: Path, name: str, table: Any) -> ExportFile:
     stores.write_parquet_atomic(out / name, table)
     return ExportFile(rows=table.num_rows, sha256=stores.sha256_file(out / name))
-

@@ -63,6 +63,10 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
     layout = export_format(manifest, out)
     result = VerifyResult(path=out, format=layout.name)
     layout.verify(out, manifest, result, progress)
+    if not result.problems:  # the card against data already found sound
+        from pairmine.export.card import check_card
+
+        check_card(out, ExportManifest.from_json(manifest, out), result.problems)
     result.seconds = time.perf_counter() - t0
     if result.problems:
         listed = "; ".join(result.problems[:MAX_LISTED])
@@ -319,4 +323,3 @@ def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
     progress.finish()
     result.problems.extend(f"{p.where()} ({p.reason}: {p.detail})"
                            for p in sorted(fetcher.problems.values(), key=lambda p: p.id))
-
