@@ -8,7 +8,7 @@ preprocessing it expects. Checkpoints always load with ``weights_only=True``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -95,6 +95,25 @@ class EncoderKind:
     usage: str  # e.g. "moco:PATH"
     help: str
     features: tuple[str, ...] = ("head", "backbone")  # the --features values it accepts
+    # does a file look like this kind's? given the file's keys (checkpoint_keys): only for the
+    # hint of a spec without KIND:, never to choose a loader
+    recognises: Callable[[Sequence[str]], bool] | None = None
+
+
+def keys_match(*patterns: str, unless: tuple[str, ...] = ()) -> Callable[[Sequence[str]], bool]:
+    """A kind's ``recognises``: every regex of ``patterns`` is found in some key, and no key
+    matches one of ``unless``. Keys are paths through the checkpoint's nested mappings joined
+    by dots (``state_dict.module.encoder_q.conv1.weight``), see :func:`checkpoint_keys`."""
+    import re
+
+    wanted = [re.compile(p) for p in patterns]
+    refused = [re.compile(p) for p in unless]
+
+    def recognises(keys: Sequence[str]) -> bool:
+        return all(any(w.search(k) for k in keys) for w in wanted) and not any(
+            r.search(k) for r in refused for k in keys)
+
+    return recognises
 
 
 # the built-ins register themselves when `_load_builtin` imports their modules; third-party
@@ -143,6 +162,8 @@ def load_encoder(spec: str, *, arch: str | None = None, features: str | None = N
     _load_builtin()
     name, sep, args = spec.partition(":")
     if name not in ENCODERS:
+        if not sep or Path(spec).exists() or "/" in name or "\\" in name:
+            raise spec_without_kind(spec)
         raise EncoderError(f"unknown encoder {name!r} in spec {spec!r}",
                            f"choose one of: {', '.join(sorted(ENCODERS.names()))} "
                            "(see `pairmine encoders`)")
@@ -155,6 +176,92 @@ def load_encoder(spec: str, *, arch: str | None = None, features: str | None = N
     encoder = kind.load(args, EncoderOptions(arch=arch, features=features))
     encoder.model.eval()
     return encoder
+
+
+def spec_without_kind(spec: str) -> EncoderError:
+    """``--encoder path/to/file.th``: the form is KIND:PATH; which kinds the file's keys fit."""
+    import re
+
+    fits = kinds_for_file(spec)
+    if fits:
+        # the first kind's usage with this file in place of its PATH (torchvision:ARCH:PATH)
+        usage = re.sub(r"(PATH|DIR)(\|\w+)?", lambda _: spec, ENCODERS.get(fits[0]).usage,
+                       count=1)
+        hint = (f"its keys fit {', '.join(fits)}: e.g. --encoder {usage}; `pairmine "
+                "encoders` lists every kind")
+    elif Path(spec).exists():
+        hint = ("its keys fit no kind pairmine recognises: pick the project that saved it "
+                "from `pairmine encoders`")
+    else:
+        hint = "with an existing PATH; `pairmine encoders` lists every KIND"
+    return EncoderError(f"--encoder {spec!r} names no encoder kind: the form is KIND:PATH",
+                        hint)
+
+
+def kinds_for_file(path: str | Path) -> list[str]:
+    """The registered kinds whose ``recognises`` accepts the file's keys (none when the file
+    cannot be read: this feeds a hint, never an error of its own)."""
+    keys = checkpoint_keys(path)
+    if not keys:
+        return []
+    return [kind.name for kind in list_encoders()
+            if kind.recognises is not None and kind.recognises(keys)]
+
+
+def checkpoint_keys(path: str | Path, depth: int = 4) -> list[str]:
+    """The keys of a weights file, cheaply: a directory's file names; a safetensors file's
+    header; a TorchScript archive's members (``zip:NAME``); a ``torch.save`` checkpoint's
+    nested mapping keys joined by dots, loaded with ``weights_only=True`` (memory-mapped where
+    the file's format allows). ``[]`` when it is none of these."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return sorted(child.name for child in p.iterdir())
+        if not p.is_file():
+            return []
+        if p.suffix == ".safetensors":
+            return _safetensors_keys(p)
+        return _torch_keys(p, depth)
+    except Exception:  # a hint's helper: an unreadable file simply fits no kind
+        return []
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    import json
+    import struct
+
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(min(size, 100 << 20)))
+    return sorted(k for k in header if k != "__metadata__")
+
+
+def _torch_keys(path: Path, depth: int) -> list[str]:
+    import zipfile
+
+    import torch
+
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        if zipfile.is_zipfile(path):  # TorchScript archives refuse weights_only
+            with zipfile.ZipFile(path) as archive:
+                return [f"zip:{name}" for name in archive.namelist()]
+        return []
+    keys: list[str] = []
+
+    def walk(value: Any, prefix: str, level: int) -> None:
+        if isinstance(value, Mapping) and level < depth:
+            for k, v in value.items():
+                walk(v, f"{prefix}{k}.", level + 1)
+        elif prefix:
+            keys.append(prefix[:-1])
+
+    walk(obj, "", 0)
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------

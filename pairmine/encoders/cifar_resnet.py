@@ -17,6 +17,7 @@ from pairmine.encoders.base import (
     Preprocess,
     build_empty,
     find_state_dict,
+    keys_match,
     load_checkpoint,
     load_state_strict,
     register_encoder,
@@ -67,6 +68,8 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)layer3\.\d+\.conv1\.weight$", r"(^|\.)linear\.weight$",
+                          unless=(r"(^|\.)layer4\.",)),
     name="cifar-resnet", load=load, usage="cifar-resnet:PATH",
     help="CIFAR ResNet-20/32/44/56/110 (He et al. 2016, option-A shortcut), e.g. akamaster's "
          "checkpoints. Depth from the keys or --arch resnetD. backbone = 64-D pooled "

@@ -32,6 +32,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    keys_match,
     register_encoder,
 )
 from pairmine.errors import CheckpointError, EncoderError
@@ -294,6 +295,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"^config\.json$", r"\.safetensors$|\.bin$"),
     name="hf", load=load, usage="hf:DIR", features=("head", "cls", "mean"),
     help="A local Hugging Face model directory (needs `pip install 'pairmine[hf]'`; never "
          "downloads): CLIP / SigLIP vision towers (head = image embedding, default) or DINOv2 "

@@ -8,7 +8,13 @@ read from the keys. The paper's Semantic Sampler uses the head output (128-D for
 
 from __future__ import annotations
 
-from pairmine.encoders.base import Encoder, EncoderKind, EncoderOptions, register_encoder
+from pairmine.encoders.base import (
+    Encoder,
+    EncoderKind,
+    EncoderOptions,
+    keys_match,
+    register_encoder,
+)
 from pairmine.encoders.ssl_resnet import build_encoder, check_arch, load_trunk_state
 
 PREFIXES = ("module.encoder_q.", "encoder_q.")
@@ -25,6 +31,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)encoder_q\.conv1\.weight$", unless=(r"^format$",)),
     name="moco", load=load, usage="moco:PATH",
     help="MoCo v1/v2 checkpoint (keys module.encoder_q.*). head = projection output "
          "(default; 128-D for v2), backbone = pooled trunk (2048-D for resnet50). --arch: any "

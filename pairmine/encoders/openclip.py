@@ -38,6 +38,7 @@ from pairmine.encoders.base import (
     EncoderOptions,
     Preprocess,
     build_empty,
+    keys_match,
     load_state_file,
     load_state_strict,
     register_encoder,
@@ -232,6 +233,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)visual\.", r"(^|\.)token_embedding\.weight$"),
     name="open_clip", load=load, usage="open_clip:ARCH:PATH", features=("head",),
     help="The image tower of an open_clip model (needs `pip install 'pairmine[open_clip]'`): "
          "ARCH as in open_clip.list_models(), PATH a state dict (.safetensors, .bin, a "

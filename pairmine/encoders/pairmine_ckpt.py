@@ -21,6 +21,7 @@ from pairmine.encoders.base import (
     EncoderOptions,
     Preprocess,
     build_empty,
+    keys_match,
     load_state_strict,
     register_encoder,
     select_prefix,
@@ -63,6 +64,7 @@ def _triple(values: Any) -> tuple[float, float, float]:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"^format$", r"^state_dict\.encoder_q\."),
     name="pairmine", load=load, usage="pairmine:PATH",
     help="checkpoint of `pairmine train` (OUT/checkpoint-last.pt, or OUT). head = MoCo-v2 "
          "projection output (default, 128-D), backbone = pooled trunk; preprocessing as "

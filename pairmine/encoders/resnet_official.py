@@ -41,6 +41,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    keys_match,
     register_encoder,
 )
 from pairmine.encoders.ssl_libs import (
@@ -272,6 +273,7 @@ register_encoder(EncoderKind(
          "(module.backbone.*, module.projector.*). backbone = pooled trunk (default; 2048-D), "
          "head = projector output (8192-D; training checkpoint only)."))
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)prototypes\.weight$"),
     name="swav", load=load_swav, usage="swav:PATH", features=("backbone", "head"),
     help="SwAV / DeepCluster-v2 (facebookresearch/swav): released or training checkpoint "
          "(module.*), ResNet-50 and w2/w4/w5. backbone = pooled trunk (default), head = "

@@ -7,7 +7,13 @@ Layout: ``{'epoch', 'arch', 'state_dict': {'module.encoder.*', 'module.predictor
 
 from __future__ import annotations
 
-from pairmine.encoders.base import Encoder, EncoderKind, EncoderOptions, register_encoder
+from pairmine.encoders.base import (
+    Encoder,
+    EncoderKind,
+    EncoderOptions,
+    keys_match,
+    register_encoder,
+)
 from pairmine.encoders.ssl_resnet import build_encoder, check_arch, load_trunk_state
 
 PREFIXES = ("module.encoder.", "encoder.")
@@ -23,6 +29,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)encoder\.layer4\.", r"(^|\.)predictor\."),
     name="simsiam", load=load, usage="simsiam:PATH",
     help="SimSiam checkpoint (keys module.encoder.*). backbone = pooled trunk (default; "
          "2048-D for resnet50), head = projector output (2048-D). --arch: any ResNet trunk, "

@@ -16,6 +16,7 @@ from pairmine.encoders.base import (
     EncoderKind,
     EncoderOptions,
     Preprocess,
+    keys_match,
     register_encoder,
 )
 from pairmine.errors import CheckpointError, EncoderError
@@ -67,6 +68,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"^zip:[^/]+/code/"),
     name="torchscript", load=load, usage="torchscript:PATH",
     help="A TorchScript file (torch.jit.script/trace + save) mapping images to (N, dim); "
          "used as it is (no --features; --arch ignored). dim from one dummy batch. "

@@ -22,6 +22,7 @@ from pairmine.encoders.base import (
     EncoderOptions,
     Preprocess,
     build_empty,
+    keys_match,
     load_state_file,
     load_state_strict,
     register_encoder,
@@ -187,6 +188,8 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"^((state_dict|model)\.)?(module\.)?layer4\.\d+\.conv1\.weight$",
+                          r"^((state_dict|model)\.)?(module\.)?fc\.weight$"),
     name="torchvision", load=load, usage="torchvision:ARCH:PATH|WEIGHTS",
     help="Any torchvision classification model (resnet50, vit_b_16, convnext_tiny, ...) with "
          "a local weights file, or a weight-set name (IMAGENET1K_V2, DEFAULT) already in the "

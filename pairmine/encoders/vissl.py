@@ -22,7 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pairmine.encoders.base import Encoder, EncoderKind, EncoderOptions, register_encoder
+from pairmine.encoders.base import (
+    Encoder,
+    EncoderKind,
+    EncoderOptions,
+    keys_match,
+    register_encoder,
+)
 from pairmine.encoders.ssl_libs import (
     assemble,
     check_arch,
@@ -85,6 +91,7 @@ def load(args: str, opts: EncoderOptions) -> Encoder:
 
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"^classy_state_dict\."),
     name="vissl", load=load, usage="vissl:PATH", features=("backbone", "head"),
     help="VISSL checkpoint of a ResNet/wide ResNet trunk (classy_state_dict.base_model.model."
          "trunk, _feature_blocks.*). backbone = pooled trunk (default; 2048-D for resnet50), "

@@ -36,6 +36,7 @@ from pairmine.encoders.base import (
     Preprocess,
     build_empty,
     find_state_dict,
+    keys_match,
     load_checkpoint,
     load_state_file,
     load_state_strict,
@@ -397,24 +398,31 @@ _FEATURES_HELP = ("--features cls (default) | mean | head. Architecture from the
                   "--arch vit_small_patch16 etc. overrides.")
 
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)blocks\.0\.attn\.qkv\.weight$",
+                          unless=(r"(^|\.)ls1\.", r"^model\.", r"base_encoder\.")),
     name="dino", load=_load_teacher_kind(DINO), usage="dino:PATH", features=VIT_FEATURES,
     help="DINO ViT (facebookresearch/dino): a released backbone .pth or a training checkpoint "
          "(teacher; head = the head MLP's 256-D bottleneck). " + _FEATURES_HELP))
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)blocks\.0\.(\d+\.)?ls1\."),
     name="dinov2", load=_load_teacher_kind(DINOV2), usage="dinov2:PATH", features=VIT_FEATURES,
     help="DINOv2 ViT-S/B/L/g /14 (facebookresearch/dinov2) released backbone .pth, with or "
          "without registers; a training teacher_checkpoint.pth (head = dino_head). "
          + _FEATURES_HELP))
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)base_encoder\."),
     name="mocov3", load=load_mocov3, usage="mocov3:PATH",
     features=("cls", "mean", "head", "backbone"),
     help="MoCo v3 checkpoint (module.base_encoder.*): ViT (cls default, mean, head = the "
          "3-layer projector) or ResNet-50 (backbone default, head)."))
 register_encoder(EncoderKind(
+    recognises=keys_match(r"(^|\.)blocks\.0\.attn\.qkv\.weight$",
+                          unless=(r"(^|\.)ls1\.", r"^model\.", r"base_encoder\.")),
     name="ibot", load=_load_teacher_kind(IBOT), usage="ibot:PATH", features=VIT_FEATURES,
     help="iBOT ViT (bytedance/ibot): checkpoint_teacher.pth ({'state_dict'}) or a training "
          "checkpoint (teacher; head = the head MLP's bottleneck). " + _FEATURES_HELP))
 register_encoder(EncoderKind(
+    recognises=keys_match(r"^model\.blocks\.0\.attn\.qkv\.weight$"),
     name="mae", load=load_mae, usage="mae:PATH", features=VIT_FEATURES,
     help="MAE ViT (facebookresearch/mae): pre-training checkpoint (encoder; decoder dropped; "
          "cls default) or fine-tuned (fc_norm: mean default; head = classifier logits)."))
