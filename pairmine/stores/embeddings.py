@@ -343,18 +343,20 @@ class Embeddings:
         return next((c for c in HASH_COLUMNS if c in self.meta_columns), None)
 
     def _meta_schema(self, k: int) -> pa.Schema:
-        shard = self.info.shards[k]
-        schema = _parquet_schema(self.path, shard)
-        if k not in self._meta_checked:
-            _check_meta_schema(self.path, shard, schema)
-            self._meta_checked.add(k)
+        schema, _ = _read_parquet(self.path, self.info.shards[k], [],
+                                  check=k not in self._meta_checked)
+        self._meta_checked.add(k)
         return schema
 
     def read_meta(self, k: int, columns: Sequence[str] | None = None) -> pa.Table:
         """Shard ``k``'s metadata (only ``columns`` when given), validated on first read."""
-        if k not in self._meta_checked:
-            self._meta_schema(k)
-        return _read_parquet(self.path, self.info.shards[k], columns)
+        if columns is not None and not columns:
+            raise ValueError("read_meta: ask for at least one column (or None for all)")
+        _, table = _read_parquet(self.path, self.info.shards[k], columns,
+                                 check=k not in self._meta_checked)
+        self._meta_checked.add(k)
+        assert table is not None  # only columns == [] reads no table
+        return table
 
     def iter_meta(self, columns: Sequence[str] | None = None
                   ) -> Iterator[tuple[int, pa.Table]]:
@@ -557,8 +559,14 @@ def _parquet_failure(store: Path, name: str, exc: Exception) -> PairmineError:
     return damaged(store, name, f"not a Parquet file ({str(exc)[:80]})", EMBEDDINGS_FORMAT)
 
 
-def _parquet_schema(store: Path, shard: EmbeddingShard) -> pa.Schema:
-    """A metadata file's schema and row count, from its footer (no rows are read)."""
+def _read_parquet(store: Path, shard: EmbeddingShard, columns: Sequence[str] | None,
+                  check: bool = True) -> tuple[pa.Schema, pa.Table | None]:
+    """A metadata file's schema (validated against META_SCHEMA and the manifest's row count
+    when ``check``), and ``columns`` of it (all when None; no rows when ``columns == []``).
+
+    One ``ParquetFile`` opened and closed per call: ``pq.read_metadata`` keeps a few KiB per
+    file it has read, which over a store of thousands of shards is memory that grows with N.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -566,14 +574,30 @@ def _parquet_schema(store: Path, shard: EmbeddingShard) -> pa.Schema:
     if not path.is_file():
         raise damaged(store, shard.meta, "missing", EMBEDDINGS_FORMAT)
     try:
-        footer = pq.read_metadata(path)
-        schema = footer.schema.to_arrow_schema()
+        with pq.ParquetFile(path) as parquet:
+            schema = parquet.schema_arrow
+            rows = parquet.metadata.num_rows
+            if check:
+                _check_meta_schema(store, shard, schema)
+                if rows != shard.rows:
+                    raise damaged(store, shard.meta, f"{rows} rows, the manifest says "
+                                  f"{shard.rows}", EMBEDDINGS_FORMAT)
+            if columns is not None:
+                unknown = [c for c in columns if c not in schema.names]
+                if unknown:
+                    raise StoreError(f"store {store} has no metadata column(s) "
+                                     f"{', '.join(unknown)} in {shard.meta}",
+                                     "ask for one of the columns the store has")
+                if not columns:
+                    return schema, None
+            table = parquet.read(columns=list(columns) if columns is not None else None,
+                                 use_threads=False)
     except (pa.ArrowException, OSError, MemoryError) as exc:
         raise _parquet_failure(store, shard.meta, exc) from None
-    if footer.num_rows != shard.rows:
-        raise damaged(store, shard.meta, f"{footer.num_rows} rows, the manifest says "
+    if table.num_rows != shard.rows:
+        raise damaged(store, shard.meta, f"{table.num_rows} rows, the manifest says "
                       f"{shard.rows}", EMBEDDINGS_FORMAT)
-    return schema
+    return schema, table
 
 
 def _check_meta_schema(store: Path, shard: EmbeddingShard, schema: pa.Schema) -> None:
@@ -582,33 +606,11 @@ def _check_meta_schema(store: Path, shard: EmbeddingShard, schema: pa.Schema) ->
         raise damaged(store, shard.meta, f"no column {', '.join(missing)}", EMBEDDINGS_FORMAT)
 
 
-def _read_parquet(store: Path, shard: EmbeddingShard,
-                  columns: Sequence[str] | None) -> pa.Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = store / shard.meta
-    if not path.is_file():
-        raise damaged(store, shard.meta, "missing", EMBEDDINGS_FORMAT)
-    try:
-        table = pq.read_table(path, columns=list(columns) if columns is not None else None)
-    except (pa.ArrowException, OSError, MemoryError) as exc:
-        if isinstance(exc, pa.ArrowInvalid) and columns is not None \
-                and "No match for FieldRef" in str(exc):
-            raise StoreError(f"store {store} has no metadata column(s) "
-                             f"{', '.join(columns)} in {shard.meta}",
-                             "ask for one of the columns the store has") from None
-        raise _parquet_failure(store, shard.meta, exc) from None
-    if table.num_rows != shard.rows:
-        raise damaged(store, shard.meta, f"{table.num_rows} rows, the manifest says "
-                      f"{shard.rows}", EMBEDDINGS_FORMAT)
-    return table
-
-
 def read_meta(store: Path, shard: EmbeddingShard) -> pa.Table:
     """One shard's metadata, checked against the schema and the manifest's row count."""
-    _check_meta_schema(store, shard, _parquet_schema(store, shard))
-    return _read_parquet(store, shard, None)
+    _, table = _read_parquet(store, shard, None)
+    assert table is not None
+    return table
 
 
 def open_embeddings(path: str | os.PathLike[str], *, mmap: bool = True) -> Embeddings:

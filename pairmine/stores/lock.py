@@ -2,8 +2,9 @@
 
 ``flock`` on an open file is released by the kernel when the process dies, so a ``kill -9``
 never leaves a stale lock: the file may stay behind, the lock does not. The holder writes its
-pid and host into the file so that a refused writer can say who holds it. Readers of complete
-stores take no lock.
+pid, host and start time into the file so that a refused writer, or a reader that finds the
+store incomplete (:func:`current_writer`), can say who holds it. Readers of complete stores
+take no lock.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class StoreLock:
             with writing(path):
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_exclusive(fd)
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
@@ -58,7 +59,9 @@ class StoreLock:
                 continue
             with writing(path):
                 os.ftruncate(fd, 0)
-                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+                started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n"
+                         .encode())
             return cls(out, fd)
         raise StoreError(f"cannot lock {path}: it keeps being replaced",
                          "is another program deleting files in the output?")
@@ -78,6 +81,41 @@ class StoreLock:
             log.warning("could not remove %s: %s", self.path, exc)
         os.close(self._fd)  # closing the last descriptor releases the flock
         self._fd = None
+
+
+def _lock_exclusive(fd: int, tries: int = 10) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, tried a few times over ~0.5 s: a reader asking whether
+    the store is being written (:func:`current_writer`) holds a shared lock for an instant,
+    which must not refuse a writer. Raises BlockingIOError if another writer keeps it."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)
+
+
+def current_writer(out: Path) -> str | None:
+    """Who is writing ``out`` now ("pid N on HOST, started TIME"), or None when nobody holds
+    its lock. A non-blocking shared ``flock`` taken and dropped at once: it works where the
+    writer's lock works (on NFS too) and changes nothing."""
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file: nobody has written here since the last run finished
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        except OSError:  # a file system without flock: cannot tell
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_holder(fd: int) -> str:

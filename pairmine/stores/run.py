@@ -35,7 +35,7 @@ from pairmine.stores.atomic import (
     write_json_atomic,
     writing,
 )
-from pairmine.stores.lock import LOCK_FILE, StoreLock
+from pairmine.stores.lock import LOCK_FILE, StoreLock, current_writer
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,10 @@ def read_manifest(store: Path, fmt: str) -> dict[str, Any]:
         raise StoreError(f"{store} is a file, not a pairmine store", f"expected a {fmt} store")
     manifest = store / MANIFEST
     if not manifest.exists():
+        writer = current_writer(store)
+        if writer is not None:
+            raise StoreError(f"store {store} is being written by {writer}",
+                             "wait for it to finish, then run this command again")
         if is_unfinished(store):
             raise StoreError(f"store {store} is incomplete (no manifest.json)",
                              "rerun the command that writes it to resume it")
