@@ -118,7 +118,7 @@ def ray_cluster() -> Iterator[Path]:
     import tempfile
 
     ray = pytest.importorskip("ray")
-    from pairmine.scale.units import FAULT_ENV
+    from pairmine.scale.executor import FAULT_ENV
 
     temp = Path(tempfile.mkdtemp(prefix="pmr", dir="/tmp"))
     fault = temp / "fault"

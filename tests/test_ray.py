@@ -92,7 +92,7 @@ def test_embed_on_fake_gpus_is_byte_identical(fault: Path, reference: dict[str, 
     assert cluster["retried_units"] == [2]
 
 
-def test_match_and_export_on_ray_are_byte_identical(ray_local: Path,
+def test_match_on_ray_is_byte_identical(ray_local: Path,
                                                     reference: dict[str, Path],
                                                     tmp_path: Path) -> None:
     pairs = tmp_path / "pairs"
@@ -102,6 +102,9 @@ def test_match_and_export_on_ray_are_byte_identical(ray_local: Path,
     assert result.pairs == pairmine.open_pairs(reference["pairs"]).manifest["counts"][
         "unordered"]
 
+
+def test_export_on_ray_is_byte_identical(ray_local: Path, reference: dict[str, Path],
+                                         tmp_path: Path) -> None:
     export = tmp_path / "export"
     done = pairmine.export(reference["pairs"], export, **EXPORT, ray="local")
     same_bytes(reference["export"], export)
@@ -364,7 +367,7 @@ def test_the_executor_builds_a_stateful_unit_once_per_worker(ray_local: Path, by
     for options in (None, RayOptions("local", workers=1)):
         got: dict[int, dict[str, Any]] = {}
         execute(range(4), _Counter, {"k": 2}, options, stage="test", actor=True,
-                on_done=lambda u, r: got.__setitem__(u, r))
+                on_done=got.__setitem__)
         assert {u: r["value"] for u, r in got.items()} == {0: 0, 1: 2, 2: 4, 3: 6}
         assert sorted(r["seen"] for r in got.values()) == [1, 2, 3, 4]  # one instance
 

@@ -4,13 +4,24 @@ Pairs are numbered by sorting them on ``(a, b)``, so a pair's id does not depend
 match stage happened to order its shards. The sample order is that order (pairs only), or
 a seeded permutation of images and pairs: it depends only on the inputs and the seed, never
 on timing, so an interrupted export resumes into the same shards.
+
+Memory: the plan never holds the embeddings store's metadata. The pairs are three arrays of
+P (20 bytes a pair, read shard by shard); the N image samples of a combined export are
+positions, computed from the sample number, not lists; only ``--shuffle`` needs the seeded
+permutation of all S = N + P samples (4 bytes a sample below 2^31 samples, 8 while it is
+drawn). Image metadata (key, path, label, hash) is read when a window of consecutive
+positions is first looked at: the ids it uses, sorted, through ``Embeddings.take``
+(:class:`StoreCatalogue`), a few windows kept.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pairmine import stores
 from pairmine.errors import StoreError
@@ -20,11 +31,39 @@ if TYPE_CHECKING:
 
 SAMPLE_PAIR = 0
 SAMPLE_IMAGE = 1
+META_COLUMNS = ("key", "source", "member", "label", "sha256")
+WINDOW = 8192  # sample positions whose image metadata is read at once
+WINDOWS_KEPT = 4  # the reader threads work on consecutive positions: a few windows suffice
+
+
+class Lookup(Protocol):
+    def __getitem__(self, image_id: int) -> Any: ...
+
+
+class Catalogue(Protocol):
+    """The images an export uses, by embeddings-store id: ``keys[i]``, ``sources[i]``..."""
+
+    @property
+    def keys(self) -> Lookup: ...
+
+    @property
+    def sources(self) -> Lookup: ...
+
+    @property
+    def members(self) -> Lookup: ...
+
+    @property
+    def labels(self) -> Lookup: ...
+
+    @property
+    def sha256(self) -> Lookup: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
-class Catalogue:
-    """The images of the embeddings store, by id (the meta columns as Python lists)."""
+class ListCatalogue:
+    """A catalogue held as lists (small ones: a verify of a Parquet export's references)."""
 
     keys: list[str]
     sources: list[str]
@@ -36,18 +75,131 @@ class Catalogue:
         return len(self.keys)
 
 
-@dataclass(frozen=True)
+class _Column:
+    def __init__(self, catalogue: StoreCatalogue, name: str) -> None:
+        self._catalogue, self._name = catalogue, name
+
+    def __getitem__(self, image_id: int) -> Any:
+        return self._catalogue.value(self._name, int(image_id))
+
+
+@dataclass
+class _Window:
+    ids: np.ndarray  # sorted unique image ids
+    columns: dict[str, list[Any]]
+
+
+class StoreCatalogue:
+    """The embeddings store's metadata, read a window of sample positions at a time: when a
+    position is first looked at (:meth:`touch`), the ids its window uses are read, sorted,
+    shard by shard (``Embeddings.take``). An id outside every kept window is read alone.
+    Safe to use from several threads."""
+
+    def __init__(self, emb: Any, ids_of: Callable[[int, int], np.ndarray], samples: int) -> None:
+        self._emb = emb
+        self._ids_of = ids_of
+        self._samples = samples
+        self._windows: OrderedDict[int, _Window] = OrderedDict()
+        self._lock = threading.Lock()
+        self.keys = _Column(self, "key")
+        self.sources = _Column(self, "source")
+        self.members = _Column(self, "member")
+        self.labels = _Column(self, "label")
+        self.sha256 = _Column(self, "sha256")
+
+    def __len__(self) -> int:
+        return len(self._emb)
+
+    def follow(self, ids_of: Callable[[int, int], np.ndarray], count: int) -> None:
+        """Read windows of another sequence from now on: ``touch(k)`` reads the ids
+        ``ids_of(lo, hi)`` of the window of ``k`` (e.g. every image a parquet export checks)."""
+        with self._lock:
+            self._ids_of, self._samples = ids_of, count
+            self._windows.clear()
+
+    def touch(self, position: int) -> None:
+        number = position // WINDOW
+        with self._lock:
+            if number in self._windows:
+                self._windows.move_to_end(number)
+                return
+            lo = number * WINDOW  # read under the lock: the reader threads wait for it
+            window = self._read(self._ids_of(lo, min(lo + WINDOW, self._samples)))
+            self._windows[number] = window
+            while len(self._windows) > WINDOWS_KEPT:
+                self._windows.popitem(last=False)
+
+    def _read(self, ids: np.ndarray) -> _Window:
+        import numpy as np
+
+        ids = np.unique(ids)
+        table = self._emb.take(ids, list(META_COLUMNS))
+        return _Window(ids=ids, columns={c: table.column(c).to_pylist() for c in META_COLUMNS})
+
+    def value(self, column: str, image_id: int) -> Any:
+        import numpy as np
+
+        with self._lock:
+            windows = list(reversed(self._windows.values()))
+        for window in windows:
+            i = int(np.searchsorted(window.ids, image_id))
+            if i < window.ids.shape[0] and int(window.ids[i]) == image_id:
+                return window.columns[column][i]
+        if not 0 <= image_id < len(self._emb):
+            raise IndexError(image_id)
+        return self._read(np.asarray([image_id], dtype=np.int64)).columns[column][0]
+
+
+class _OrderView:
+    """``plan.kinds`` / ``plan.refs``: ``[p]`` (a number, looking at that window of the
+    catalogue) or ``[start:stop]`` (arrays)."""
+
+    def __init__(self, plan: Plan, which: int) -> None:
+        self._plan, self._which = plan, which
+
+    def __len__(self) -> int:
+        return self._plan.samples
+
+    def __getitem__(self, key: int | slice) -> Any:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._plan.samples)
+            if step != 1:
+                raise ValueError("sample order views take plain slices")
+            return self._plan.kinds_refs(start, stop)[self._which]
+        position = int(key)
+        if position < 0:
+            position += self._plan.samples
+        if not 0 <= position < self._plan.samples:
+            raise IndexError(key)
+        if isinstance(self._plan.images, StoreCatalogue):
+            self._plan.images.touch(position)
+        return int(self._plan.kinds_refs(position, position + 1)[self._which][0])
+
+
+@dataclass
 class Plan:
     pairs_path: Path
     embeddings_path: Path
     source: dict[str, Any]  # the embeddings manifest's source record (kind, spec, ...)
     class_names: list[str] | None
-    images: Catalogue
+    n_images: int
+    combined: bool
     pair_a: np.ndarray  # (P,) int64, a < b, sorted by (a, b): index = pair id
     pair_b: np.ndarray  # (P,) int64
     pair_score: np.ndarray  # (P,) float32
-    kinds: np.ndarray  # (S,) uint8: SAMPLE_PAIR or SAMPLE_IMAGE, in write order
-    refs: np.ndarray  # (S,) int64: pair id or image id
+    permutation: np.ndarray | None  # (S,) the shuffled sample order (None: unshuffled)
+    images: Catalogue = field(init=False)
+    _emb: Any = field(default=None, repr=False)
+
+    def embeddings(self) -> Any:
+        """The embeddings store (opened lazily: its manifest)."""
+        if self._emb is None:
+            self._emb = stores.open_embeddings(self.embeddings_path)
+        return self._emb
+
+    def __post_init__(self) -> None:
+        self.kinds = _OrderView(self, 0)
+        self.refs = _OrderView(self, 1)
 
     @property
     def source_kind(self) -> str:
@@ -55,11 +207,35 @@ class Plan:
 
     @property
     def samples(self) -> int:
-        return int(self.kinds.shape[0])
+        return self.pairs + (self.n_images if self.combined else 0)
 
     @property
     def pairs(self) -> int:
         return int(self.pair_a.shape[0])
+
+    def kinds_refs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kind (``SAMPLE_PAIR``/``SAMPLE_IMAGE``) and reference (pair id or image id) of
+        the samples at positions ``[start, stop)``: unshuffled, a combined export's images come
+        first (ids 0..N-1), then the pairs."""
+        import numpy as np
+
+        stop = max(start, min(stop, self.samples))
+        order = (np.arange(start, stop, dtype=np.int64) if self.permutation is None
+                 else self.permutation[start:stop].astype(np.int64))
+        if not self.combined:
+            return np.full(order.shape[0], SAMPLE_PAIR, np.uint8), order
+        image = order < self.n_images
+        kinds = np.where(image, SAMPLE_IMAGE, SAMPLE_PAIR).astype(np.uint8)
+        return kinds, np.where(image, order, order - self.n_images)
+
+    def image_ids(self, start: int, stop: int) -> np.ndarray:
+        """Every image id the samples at ``[start, stop)`` use (repeats allowed)."""
+        import numpy as np
+
+        kinds, refs = self.kinds_refs(start, stop)
+        pairs = refs[kinds == SAMPLE_PAIR]
+        return np.concatenate([refs[kinds == SAMPLE_IMAGE], self.pair_a[pairs],
+                               self.pair_b[pairs]])
 
 
 def make_plan(pairs_path: Path, *, combined: bool, shuffle: bool, seed: int) -> Plan:
@@ -75,46 +251,60 @@ def make_plan(pairs_path: Path, *, combined: bool, shuffle: bool, seed: int) -> 
     if "kind" not in emb.manifest.get("source", {}):
         raise StoreError(f"the embeddings store {emb.path} records no source kind",
                          "re-run embed with this pairmine version")
+    n = len(emb)
+    _check_ids(emb)
 
-    meta = emb.meta
-    n = meta.num_rows
-    ids = meta.column("id").to_numpy()
-    if not np.array_equal(ids, np.arange(n, dtype=ids.dtype)):
-        raise StoreError(f"the embeddings store {emb.path} has ids that are not 0..{n - 1} in "
-                         "order", "the store is damaged; re-run embed with --overwrite")
-    images = Catalogue(
-        keys=meta.column("key").to_pylist(),
-        sources=meta.column("source").to_pylist(),
-        members=meta.column("member").to_pylist(),
-        labels=meta.column("label").to_pylist(),
-        sha256=meta.column("sha256").to_pylist(),
-    )
-
-    a = pairs.table.column("a").to_numpy().astype(np.int64, copy=False)
-    b = pairs.table.column("b").to_numpy().astype(np.int64, copy=False)
-    score = pairs.table.column("score").to_numpy().astype(np.float32, copy=False)
+    a, b, score = _read_pairs(pairs)
     # a control store of pairmine.quality's pairs_from_labels pairs images with themselves
     _check_pairs(pairs.path, a, b, n, self_pairs=pairs.manifest.get("self_pairs") is True)
     order = np.lexsort((b, a))
     a, b, score = a[order], b[order], score[order]
+    del order
 
-    p = a.shape[0]
-    if combined:
-        kinds = np.concatenate([np.full(n, SAMPLE_IMAGE, np.uint8),
-                                np.full(p, SAMPLE_PAIR, np.uint8)])
-        refs = np.concatenate([np.arange(n, dtype=np.int64), np.arange(p, dtype=np.int64)])
-    else:
-        kinds = np.full(p, SAMPLE_PAIR, np.uint8)
-        refs = np.arange(p, dtype=np.int64)
+    samples = a.shape[0] + (n if combined else 0)
+    permutation = None
     if shuffle:
-        perm = np.random.Generator(np.random.PCG64(seed)).permutation(kinds.shape[0])
-        kinds, refs = kinds[perm], refs[perm]
+        drawn = np.random.Generator(np.random.PCG64(seed)).permutation(samples)
+        permutation = drawn.astype(np.int32) if samples < 2**31 else drawn
+        del drawn
 
     names = emb.manifest.get("class_names") or emb.manifest.get("source", {}).get("class_names")
-    return Plan(pairs_path=pairs.path.resolve(), embeddings_path=emb.path.resolve(),
+    plan = Plan(pairs_path=pairs.path.resolve(), embeddings_path=emb.path.resolve(),
                 source=dict(emb.manifest["source"]),
                 class_names=list(names) if isinstance(names, list) else None,
-                images=images, pair_a=a, pair_b=b, pair_score=score, kinds=kinds, refs=refs)
+                n_images=n, combined=combined, pair_a=a, pair_b=b, pair_score=score,
+                permutation=permutation, _emb=emb)
+    plan.images = StoreCatalogue(emb, plan.image_ids, plan.samples)
+    return plan
+
+
+def _read_pairs(pairs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pair columns as arrays, shard by shard (no table of all pairs)."""
+    import numpy as np
+
+    a: list[np.ndarray] = []
+    b: list[np.ndarray] = []
+    score: list[np.ndarray] = []
+    for table in pairs.iter_shards():
+        a.append(table.column("a").to_numpy().astype(np.int64))
+        b.append(table.column("b").to_numpy().astype(np.int64))
+        score.append(table.column("score").to_numpy().astype(np.float32))
+    if not a:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return np.concatenate(a), np.concatenate(b), np.concatenate(score)
+
+
+def _check_ids(emb: Any) -> None:
+    """Every shard's ids are its rows' positions in the store (0..N-1 in order), shard by
+    shard."""
+    import numpy as np
+
+    for start, table in emb.iter_meta(["id"]):
+        ids = table.column("id").to_numpy()
+        if not np.array_equal(ids, np.arange(start, start + ids.shape[0], dtype=ids.dtype)):
+            raise StoreError(f"the embeddings store {emb.path} has ids that are not "
+                             f"0..{len(emb) - 1} in order",
+                             "the store is damaged; re-run embed with --overwrite")
 
 
 def _check_pairs(store: Path, a: np.ndarray, b: np.ndarray, n: int, *,
@@ -144,3 +334,5 @@ def _check_pairs(store: Path, a: np.ndarray, b: np.ndarray, n: int, *,
     if np.unique(packed).shape[0] != packed.shape[0]:
         raise StoreError(f"pairs store {store} holds the same pair more than once",
                          "the store is damaged; re-run match with --overwrite")
+
+

@@ -11,21 +11,34 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pairmine import stores
-from pairmine.errors import ConfigError, SourceError
+from pairmine.errors import ConfigError, SourceError, StoreError
 from pairmine.export import layout as lay
 from pairmine.export.config import ExportConfig
 from pairmine.export.fetch import Fetcher, describe_problems
 from pairmine.export.formats import EXPORT_FORMATS
-from pairmine.export.plan import SAMPLE_IMAGE, SAMPLE_PAIR, Plan, make_plan
+from pairmine.export.plan import WINDOW, Plan, StoreCatalogue, make_plan
 from pairmine.export.prefetch import Prefetcher
-from pairmine.export.shards import ShardRecord, StoppedAt, write_shards
-from pairmine.export.tables import images_table, pairs_table
+from pairmine.export.shards import (
+    ShardLimits,
+    ShardRecord,
+    StoppedAt,
+    finished_shard,
+    remove_strays,
+    sample_size,
+    shard_bounds,
+    write_one_shard,
+    write_shards,
+)
+from pairmine.export.tables import write_images_table, write_pairs_table
 from pairmine.progress import NullProgress, Progress
+from pairmine.scale.executor import execute
+from pairmine.scale.options import RayOptions
 from pairmine.stores.export import (
     ExportCounts,
     ExportFile,
@@ -36,6 +49,9 @@ from pairmine.stores.export import (
     Problem,
     read_shard_index,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -165,17 +181,18 @@ def _manifest(config: ExportConfig, inputs: dict[str, Any], plan: Plan,
 
 
 def _stop(out: Path, plan: Plan, fetcher: Fetcher, start: int, progress: Progress) -> SourceError:
-    """Check every image the rest of the plan needs, so the error lists all bad files at once."""
-    import numpy as np
-
-    kinds, refs = plan.kinds[start:], plan.refs[start:]
-    pair_ids = refs[kinds == SAMPLE_PAIR]
-    ids = np.unique(np.concatenate([refs[kinds == SAMPLE_IMAGE], plan.pair_a[pair_ids],
-                                    plan.pair_b[pair_ids]]))
-    progress.start("checking the remaining sources", total=int(ids.shape[0]), unit="images")
-    for i in ids.tolist():
-        fetcher.get(i)
-        progress.advance(1)
+    """Check every image the rest of the plan needs, so the error lists all bad files at once
+    (a window of positions at a time: the image metadata is read by window)."""
+    catalogue = plan.images
+    progress.start("checking the remaining sources", total=plan.samples - start,
+                   unit="samples")
+    for lo in range(start, plan.samples, WINDOW):
+        hi = min(lo + WINDOW, plan.samples)
+        if isinstance(catalogue, StoreCatalogue):
+            catalogue.touch(lo)
+        for i in sorted(set(plan.image_ids(lo, hi).tolist())):
+            fetcher.get(i)
+        progress.advance(hi - lo)
     progress.finish()
     return _problems_error(out, sorted(fetcher.problems.values(), key=lambda p: p.id))
 
@@ -199,6 +216,7 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
     """Tar shards of the original bytes, here or (``config.ray``) as Ray tasks, then the
     tables saying where every sample landed. ``config`` is resolved."""
     import numpy as np
+    import pyarrow.compute as pc
 
     cluster = None
     try:
@@ -206,42 +224,33 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
             shards, resumed = write_shards(out, plan, fetcher, config.limits(),
                                            skip_missing=skip_missing, progress=progress)
         else:
-            from pairmine.scale.export import write_shards_on_ray
-
             shards, resumed, cluster = write_shards_on_ray(out, plan, config,
                                                            progress=progress)
     except StoppedAt as stop:
         raise _stop(out, plan, fetcher, stop.position, progress) from None
 
-    # where every sample landed, from the indexes (this run's and resumed shards alike)
-    pair_ids: list[int] = []
-    pair_at: list[tuple[str, str]] = []
-    image_ids: list[int] = []
-    image_at: list[tuple[str, str]] = []
+    # where every sample landed, from the indexes (this run's and resumed shards alike), one
+    # shard at a time: a shard number per pair (and per image, combined), -1 where skipped
+    pair_shard = np.full(plan.pairs, -1, dtype=np.int32)
+    image_shard = np.full(plan.n_images, -1, dtype=np.int32) if config.combined else None
     for s in shards:
-        index = read_shard_index(out, s.number, s.as_export_shard())
-        tar = lay.shard_tar(s.number)
-        for key, kind, pid, a in zip(*(index.column(c).to_pylist()
-                                       for c in ("key", "kind", "pair_id", "a")), strict=True):
-            if kind == lay.KIND_PAIR:
-                pair_ids.append(pid)
-                pair_at.append((tar, key))
-            else:
-                image_ids.append(a)
-                image_at.append((tar, key))
+        index = read_shard_index(out, s.number, s.as_export_shard()).select(
+            ["kind", "pair_id", "a"])
+        is_pair = pc.equal(index.column("kind"), lay.KIND_PAIR)
+        pair_shard[index.filter(is_pair).column("pair_id").to_numpy()] = s.number
+        if image_shard is not None:
+            image_shard[index.filter(pc.invert(is_pair)).column("a").to_numpy()] = s.number
 
-    written = Written(shards=shards, resumed_shards=resumed, pairs=len(pair_ids),
-                      images=len(image_ids), bytes=sum(s.bytes for s in shards),
-                      cluster=cluster)
-    order = np.argsort(np.asarray(pair_ids, dtype=np.int64), kind="stable")
-    table = pairs_table(plan, np.asarray(pair_ids, dtype=np.int64)[order],
-                        [pair_at[i][0] for i in order], [pair_at[i][1] for i in order])
-    written.files[lay.SPPS_FILE] = _write_table(out, lay.SPPS_FILE, table)
-    if config.combined:
-        order = np.argsort(np.asarray(image_ids, dtype=np.int64), kind="stable")
-        table = images_table(plan, np.asarray(image_ids, dtype=np.int64)[order],
-                             [image_at[i][0] for i in order], [image_at[i][1] for i in order])
-        written.files[lay.IMAGES_FILE] = _write_table(out, lay.IMAGES_FILE, table)
+    written = Written(shards=shards, resumed_shards=resumed,
+                      pairs=int(np.count_nonzero(pair_shard >= 0)),
+                      images=0 if image_shard is None else int(np.count_nonzero(
+                          image_shard >= 0)),
+                      bytes=sum(s.bytes for s in shards), cluster=cluster)
+    written.files[lay.SPPS_FILE] = _table_file(out, lay.SPPS_FILE, write_pairs_table(
+        out / lay.SPPS_FILE, plan, pair_shard >= 0, pair_shard))
+    if image_shard is not None:
+        written.files[lay.IMAGES_FILE] = _table_file(out, lay.IMAGES_FILE, write_images_table(
+            out / lay.IMAGES_FILE, plan, image_shard >= 0, image_shard))
 
     problems: dict[int, Problem] = {}
     for s in shards:
@@ -258,13 +267,27 @@ def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
     hash checked, so the table never points at a file that changed since embed."""
     import numpy as np
 
-    n = len(plan.images)
-    ids = np.arange(n) if config.combined else np.unique(np.concatenate([plan.pair_a,
-                                                                          plan.pair_b]))
+    n = plan.n_images
+    # every image of the store (combined, by range), or those the pairs use (O(P))
+    used = None if config.combined else np.unique(np.concatenate([plan.pair_a, plan.pair_b]))
+    count = n if used is None else int(used.shape[0])
+
+    def ids_of(lo: int, hi: int) -> np.ndarray:
+        return np.arange(lo, hi, dtype=np.int64) if used is None else used[lo:hi]
+
+    catalogue = plan.images
+    if isinstance(catalogue, StoreCatalogue):
+        catalogue.follow(ids_of, count)
+
+    def check(k: int) -> Any:
+        if isinstance(catalogue, StoreCatalogue):
+            catalogue.touch(k)
+        return fetcher.get(k if used is None else int(used[k]))
+
     checked = 0
-    progress.start("checking sources", total=int(ids.shape[0]), unit="images")
-    with Prefetcher(lambda k: fetcher.get(int(ids[k])), 0, int(ids.shape[0])) as ahead:
-        for k in range(int(ids.shape[0])):
+    progress.start("checking sources", total=count, unit="images")
+    with Prefetcher(check, 0, count) as ahead:
+        for k in range(count):
             got = ahead.get(k)
             checked += 0 if isinstance(got, Problem) else len(got.data)
             progress.advance(1)
@@ -273,24 +296,177 @@ def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
     if problems and not skip_missing:
         raise _problems_error(out, problems)
 
-    bad = np.zeros(n, dtype=bool)
-    bad[[p.id for p in problems]] = True
-    keep = np.flatnonzero(~(bad[plan.pair_a] | bad[plan.pair_b]))
-    written = Written(pairs=int(keep.shape[0]), skipped=problems, bytes=checked,
-                      skipped_pairs=plan.pairs - int(keep.shape[0]))
-    none = [None] * int(keep.shape[0])
-    written.files[lay.SPPS_FILE] = _write_table(out, lay.SPPS_FILE,
-                                                pairs_table(plan, keep, none, none))
+    bad = np.asarray([p.id for p in problems], dtype=np.int64)
+    keep = ~(np.isin(plan.pair_a, bad) | np.isin(plan.pair_b, bad))
+    kept = int(np.count_nonzero(keep))
+    written = Written(pairs=kept, skipped=problems, bytes=checked,
+                      skipped_pairs=plan.pairs - kept)
+    written.files[lay.SPPS_FILE] = _table_file(out, lay.SPPS_FILE, write_pairs_table(
+        out / lay.SPPS_FILE, plan, keep, None))
     if config.combined:
-        image_ids = np.flatnonzero(~bad)
-        written.images = int(image_ids.shape[0])
-        written.skipped_images = n - written.images
-        none = [None] * written.images
-        written.files[lay.IMAGES_FILE] = _write_table(out, lay.IMAGES_FILE,
-                                                      images_table(plan, image_ids, none, none))
+        written.images = n - int(bad.shape[0])
+        written.skipped_images = int(bad.shape[0])
+        written.files[lay.IMAGES_FILE] = _table_file(out, lay.IMAGES_FILE, write_images_table(
+            out / lay.IMAGES_FILE, plan, _ImagesKept(bad), None))
     return written
 
 
-def _write_table(out: Path, name: str, table: Any) -> ExportFile:
-    stores.write_parquet_atomic(out / name, table)
-    return ExportFile(rows=table.num_rows, sha256=stores.sha256_file(out / name))
+class _ImagesKept:
+    """``keep[lo:hi]`` over image ids, from the sorted ids of the images with problems (no
+    mask of N)."""
+
+    def __init__(self, bad: np.ndarray) -> None:
+        self._bad = bad
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        import numpy as np
+
+        ids = np.arange(key.start, key.stop, dtype=np.int64)
+        return ~np.isin(ids, self._bad)
+
+
+def _table_file(out: Path, name: str, rows: int) -> ExportFile:
+    return ExportFile(rows=rows, sha256=stores.sha256_file(out / name))
+
+
+# ---------------------------------------------------------------------------------------------
+# on Ray: one unit per output shard, through pairmine.scale.executor
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """What a unit needs to rebuild the run's plan and write any shard: paths and options."""
+
+    out: Path
+    pairs: Path
+    combined: bool
+    shuffle: bool
+    seed: int
+    limits: ShardLimits
+    skip_missing: bool
+    cache_bytes: int
+    pairs_manifest_sha256: str
+
+
+_OPENED: dict[tuple[Any, ...], tuple[Plan, Fetcher]] = {}  # per worker process: the last run's
+
+
+def _opened(job: ExportJob) -> tuple[Plan, Fetcher]:
+    key = (str(job.pairs), job.pairs_manifest_sha256, job.combined, job.shuffle, job.seed)
+    if key not in _OPENED:
+        if stores.sha256_file(job.pairs / stores.MANIFEST) != job.pairs_manifest_sha256:
+            raise StoreError(f"the pairs store {job.pairs} changed since this export started",
+                             "rerun export")
+        _OPENED.clear()
+        plan = make_plan(job.pairs, combined=job.combined, shuffle=job.shuffle, seed=job.seed)
+        _OPENED[key] = (plan, Fetcher(plan.source_kind, plan.images,
+                                      cache_bytes=job.cache_bytes))
+    return _OPENED[key]
+
+
+def size_unit(job: ExportJob, chunk: tuple[int, int, int]) -> dict[str, Any]:
+    """A unit of the sizing pass: the tar size of samples ``[lo, hi)`` (-1: problems, listed
+    by position as JSON)."""
+    import numpy as np
+
+    _, lo, hi = chunk
+    plan, fetcher = _opened(job)
+    sizes = np.empty(hi - lo, dtype=np.int64)
+    problems: dict[int, Any] = {}
+    for p in range(lo, hi):
+        size, found = sample_size(plan, fetcher, p)
+        sizes[p - lo] = size
+        if found:
+            problems[p] = [x.to_json() for x in found]
+    return {"sizes": sizes, "problems": problems}
+
+
+def shard_unit(job: ExportJob, shard: tuple[int, int, int]) -> dict[str, Any]:
+    """A unit: write shard ``number`` over the planned positions ``[start, stop)``."""
+    from pairmine.scale.executor import fault_point
+
+    number, start, stop = shard
+    plan, fetcher = _opened(job)
+    fault_point()  # the fault hook (tests) may kill the worker here, the shard not written
+    record = write_one_shard(job.out, number, (start, stop), plan, fetcher, job.limits,
+                             skip_missing=job.skip_missing)
+    return {"record": record}
+
+
+EXPORT_MEMORY_HINT = ("lower --max-shard-bytes or --shard-size, run fewer --ray-workers per "
+                      "node, or give each more memory (--cpus-per-worker)")
+
+
+def write_shards_on_ray(out: Path, plan: Plan, config: ExportConfig, *,
+                        progress: Progress) -> tuple[list[ShardRecord], int, dict[str, Any]]:
+    """Every shard of the export, written by Ray tasks as ``config`` (resolved, with ``ray``
+    set) says: the single-machine writer per shard, so byte-identical. Returns the shards (in
+    order), how many an earlier run had finished, and the cluster report. Raises
+    ``StoppedAt`` at the first sample with problems when they are not to be skipped, as the
+    in-order writer does."""
+    options = config.ray_options()
+    if options is None:
+        raise ConfigError("the export's shards go to Ray only with --ray",
+                          "give --ray auto, local or HOST:PORT")
+    job = ExportJob(out=out.absolute(), pairs=plan.pairs_path, combined=config.combined,
+                    shuffle=bool(config.shuffle), seed=config.seed, limits=config.limits(),
+                    skip_missing=config.skip_missing,
+                    cache_bytes=EXPORT_FORMATS.get(config.fmt).cache_bytes,
+                    pairs_manifest_sha256=stores.sha256_file(plan.pairs_path / stores.MANIFEST))
+    spec = Path(str(plan.source.get("spec", "")))
+    read = [plan.pairs_path, plan.embeddings_path]
+    see = [spec] if spec.is_absolute() and spec.exists() else []
+    bounds = _plan_bounds(job, plan.samples, options, progress, read, see)
+
+    records: dict[int, ShardRecord] = {}
+    for number, (_, stop) in enumerate(bounds):
+        found = finished_shard(job.out, number)
+        if found is not None and found.next_position == stop:
+            records[number] = found
+    resumed = len(records)
+
+    def finished(unit: tuple[int, int, int], result: dict[str, Any]) -> None:
+        records[unit[0]] = result["record"]
+
+    todo = [(k, start, stop) for k, (start, stop) in enumerate(bounds) if k not in records]
+    report = execute(todo, shard_unit, job, options, progress, stage="export",
+                     unit_label="shards", total=len(bounds), done=resumed, on_done=finished,
+                     read=read, write=job.out, see=see, unit_name="export shard",
+                     memory_hint=EXPORT_MEMORY_HINT)
+    assert report is not None
+    remove_strays(job.out, len(bounds))
+    return [records[k] for k in range(len(bounds))], resumed, report.to_json()
+
+
+SIZE_CHUNKS_PER_WORKER = 4
+
+
+def _plan_bounds(job: ExportJob, samples: int, options: RayOptions, progress: Progress,
+                 read: list[Path], see: list[Path]) -> list[tuple[int, int]]:
+    """The shards' ``(first, next)`` sample positions, cut as the in-order writer cuts: with
+    a byte limit or ``--skip-missing`` from every sample's tar size, measured by Ray tasks
+    over chunks of positions (8 bytes a sample on the driver)."""
+    import numpy as np
+
+    limits = job.limits
+    if limits.bytes is None and not job.skip_missing:
+        # only the sample count cuts; a sample with problems stops the export in its shard
+        return [(s, min(s + limits.samples, samples)) for s in range(0, samples, limits.samples)]
+    workers = options.workers or 2
+    chunk = max(256, -(-samples // (SIZE_CHUNKS_PER_WORKER * workers)))
+    chunks = [(i, lo, min(lo + chunk, samples)) for i, lo in enumerate(range(0, samples, chunk))]
+    sizes = np.zeros(samples, dtype=np.int64)
+    problems: dict[int, Any] = {}
+
+    def sized(unit: tuple[int, int, int], result: dict[str, Any]) -> None:
+        sizes[unit[1]:unit[2]] = result["sizes"]
+        problems.update(result["problems"])
+
+    execute(chunks, size_unit, job, options, progress, stage="export sizes",
+            unit_label="chunks", total=len(chunks), on_done=sized, read=read, see=see,
+            unit_name="export sizing chunk", memory_hint=EXPORT_MEMORY_HINT)
+    try:
+        return shard_bounds(cast("Sequence[int]", sizes), limits, skip_missing=job.skip_missing)
+    except ValueError as stop:
+        position = int(stop.args[0])
+        raise StoppedAt(Problem(**problems[position][0]), position) from None

@@ -2,64 +2,138 @@
 
 Both are ordered by id and carry where each image lives (as the embeddings store recorded
 it), its label and hash, and, for shard exports, the shard and sample key it landed in.
+They are written a row group of ``ROWS_PER_GROUP`` rows at a time: each group's image
+metadata is read by sorted id through the embeddings store (``Embeddings.take``), so the
+writer holds one group, never a column of every row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pairmine import stores
 from pairmine.export import layout as lay
-from pairmine.export.plan import Plan
+from pairmine.export.plan import META_COLUMNS, Plan
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+ROWS_PER_GROUP = 65536
 
-def pairs_table(plan: Plan, pair_ids: np.ndarray, shard: Sequence[str | None],
-                sample_key: Sequence[str | None]) -> pa.Table:
-    """Rows for ``pair_ids`` (ascending), with where each landed (``None``: no shards)."""
+
+def write_pairs_table(target: Path, plan: Plan, keep: np.ndarray,
+                      shard: np.ndarray | None) -> int:
+    """``spps.parquet`` at ``target``: the pairs where ``keep`` (a bool mask over pair ids),
+    with the shard each landed in (``shard[pair_id]``, a shard number; None: no shards).
+    Returns the rows written."""
+    import numpy as np
+
+    def groups() -> Iterator[pa.Table]:
+        ids = np.flatnonzero(keep)
+        for lo in range(0, ids.shape[0], ROWS_PER_GROUP):
+            yield _pairs_group(plan, ids[lo:lo + ROWS_PER_GROUP], shard)
+
+    return _write_groups(target, lay.SPPS_SCHEMA(), groups())
+
+
+def write_images_table(target: Path, plan: Plan, keep: Any,
+                       shard: np.ndarray | None) -> int:
+    """``images.parquet`` at ``target``: the images where ``keep`` (a bool mask over ids, or
+    anything whose ``keep[lo:hi]`` gives the mask of those ids)."""
+    import numpy as np
+
+    def groups() -> Iterator[pa.Table]:
+        for lo in range(0, plan.n_images, ROWS_PER_GROUP):
+            ids = lo + np.flatnonzero(keep[lo:min(lo + ROWS_PER_GROUP, plan.n_images)])
+            if ids.shape[0]:
+                yield _images_group(plan, ids, shard)
+
+    return _write_groups(target, lay.IMAGES_SCHEMA(), groups())
+
+
+def _write_groups(target: Path, schema: pa.Schema, groups: Iterator[pa.Table]) -> int:
+    """The groups as one Parquet file, with the settings of ``stores.write_parquet_atomic``
+    (a file of one group holds the bytes that function writes for the same table)."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with stores.atomic_path(target) as tmp, pq.ParquetWriter(
+            tmp, schema, compression="zstd", write_statistics=True,
+            store_schema=True) as writer:
+        wrote = False
+        for table in groups:
+            writer.write_table(table)
+            rows += table.num_rows
+            wrote = True
+        if not wrote:
+            writer.write_table(schema.empty_table())
+    return rows
+
+
+def _metadata(plan: Plan, ids: np.ndarray) -> tuple[np.ndarray, pa.Table]:
+    """The sorted unique ``ids`` and their metadata rows (key, source, member, label, sha256)."""
+    import numpy as np
+
+    unique = np.unique(ids)
+    return unique, plan.embeddings().take(unique, list(META_COLUMNS))
+
+
+def _shard_names(shard: np.ndarray | None, rows: np.ndarray) -> list[str | None]:
+    if shard is None:
+        return [None] * int(rows.shape[0])
+    names: dict[int, str] = {}
+    out: list[str | None] = []
+    for s in shard[rows].tolist():
+        if s not in names:
+            names[s] = lay.shard_tar(s)
+        out.append(names[s])
+    return out
+
+
+def _pairs_group(plan: Plan, pair_ids: np.ndarray, shard: np.ndarray | None) -> pa.Table:
+    import numpy as np
     import pyarrow as pa
 
-    img = plan.images
-    a = plan.pair_a[pair_ids].tolist()
-    b = plan.pair_b[pair_ids].tolist()
-    columns = {
-        "pair_id": pair_ids.tolist(),
-        "a": a,
-        "b": b,
-        "score": plan.pair_score[pair_ids],
-        "key_a": [img.keys[i] for i in a],
-        "key_b": [img.keys[i] for i in b],
-        "source_a": [img.sources[i] for i in a],
-        "source_b": [img.sources[i] for i in b],
-        "member_a": [img.members[i] for i in a],
-        "member_b": [img.members[i] for i in b],
-        "label_a": [img.labels[i] for i in a],
-        "label_b": [img.labels[i] for i in b],
-        "sha256_a": [img.sha256[i] for i in a],
-        "sha256_b": [img.sha256[i] for i in b],
-        "shard": list(shard),
-        "sample_key": list(sample_key),
-    }
-    return pa.table(columns, schema=lay.SPPS_SCHEMA())
+    a, b = plan.pair_a[pair_ids], plan.pair_b[pair_ids]
+    unique, meta = _metadata(plan, np.concatenate([a, b]))
+    at_a = pa.array(np.searchsorted(unique, a), type=pa.int64())
+    at_b = pa.array(np.searchsorted(unique, b), type=pa.int64())
+    columns: dict[str, Any] = {"pair_id": pair_ids, "a": a, "b": b,
+                               "score": plan.pair_score[pair_ids]}
+    for name in ("key", "source", "member", "label", "sha256"):
+        column = meta.column(name)
+        columns[f"{name}_a"] = column.take(at_a)
+        columns[f"{name}_b"] = column.take(at_b)
+    columns["shard"] = _shard_names(shard, pair_ids)
+    columns["sample_key"] = (None if shard is None else
+                             [lay.pair_key(i) for i in pair_ids.tolist()])
+    if columns["sample_key"] is None:
+        columns["sample_key"] = [None] * int(pair_ids.shape[0])
+    schema = lay.SPPS_SCHEMA()
+    return pa.table({f.name: _typed(columns[f.name], f.type) for f in schema}, schema=schema)
 
 
-def images_table(plan: Plan, image_ids: np.ndarray, shard: Sequence[str | None],
-                 sample_key: Sequence[str | None]) -> pa.Table:
+def _images_group(plan: Plan, image_ids: np.ndarray, shard: np.ndarray | None) -> pa.Table:
     import pyarrow as pa
 
-    img = plan.images
-    ids = image_ids.tolist()
-    columns = {
-        "id": ids,
-        "key": [img.keys[i] for i in ids],
-        "source": [img.sources[i] for i in ids],
-        "member": [img.members[i] for i in ids],
-        "label": [img.labels[i] for i in ids],
-        "sha256": [img.sha256[i] for i in ids],
-        "shard": list(shard),
-        "sample_key": list(sample_key),
-    }
-    return pa.table(columns, schema=lay.IMAGES_SCHEMA())
+    _, meta = _metadata(plan, image_ids)  # ids ascending: rows in the same order
+    columns: dict[str, Any] = {"id": image_ids}
+    for name in ("key", "source", "member", "label", "sha256"):
+        columns[name] = meta.column(name)
+    columns["shard"] = _shard_names(shard, image_ids)
+    columns["sample_key"] = ([None] * int(image_ids.shape[0]) if shard is None else
+                             [lay.image_key(i) for i in image_ids.tolist()])
+    schema = lay.IMAGES_SCHEMA()
+    return pa.table({f.name: _typed(columns[f.name], f.type) for f in schema}, schema=schema)
+
+
+def _typed(values: Any, type_: pa.DataType) -> Any:
+    """A column as the schema's type (the store's label column may be narrower)."""
+    import pyarrow as pa
+
+    if isinstance(values, pa.ChunkedArray | pa.Array):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type=type_)

@@ -24,12 +24,13 @@ from pairmine.errors import StoreError
 from pairmine.export import layout as lay
 from pairmine.export.fetch import Fetcher
 from pairmine.export.formats import export_format
-from pairmine.export.plan import Catalogue
+from pairmine.export.plan import ListCatalogue
 from pairmine.export.prefetch import Prefetcher
 from pairmine.progress import NullProgress, Progress
 from pairmine.stores.export import ExportFile, ExportManifest, ExportShard, InputRecord, Problem
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
@@ -83,18 +84,23 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
 
 def verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
                        progress: Progress) -> None:
-    import pyarrow as pa
+    import pyarrow.compute as pc
 
     info = ExportManifest.from_json(manifest, out)
     counts = info.counts
-    meta_sha = _embeddings_hashes(info.inputs.embeddings)
-    result.embeddings_checked = meta_sha is not None
+
+    emb = _embeddings(info.inputs.embeddings)
+    result.embeddings_checked = emb is not None
     progress.start("verify", total=counts.samples, unit="samples")
-    indexes: list[pa.Table] = []
+    # what each shard holds, as ids only (8 bytes a sample), for the tables' check
+    pair_ids: list[np.ndarray] = []
+    image_ids: list[np.ndarray] = []
     for rec in info.shards:
-        table = _verify_shard(out, rec, meta_sha, result, progress)
+        table = _verify_shard(out, rec, emb, result, progress)
         if table is not None:
-            indexes.append(table)
+            is_pair = pc.equal(table.column("kind"), lay.KIND_PAIR)
+            pair_ids.append(table.filter(is_pair).column("pair_id").to_numpy())
+            image_ids.append(table.filter(pc.invert(is_pair)).column("a").to_numpy())
     progress.finish()
     result.shards = len(info.shards)
     if result.problems:  # totals of damaged shards would only repeat those problems
@@ -103,12 +109,17 @@ def verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
         if getattr(counts, name) != getattr(result, name):
             result.problems.append(f"the manifest counts {getattr(counts, name)} {name}, the "
                                    f"shards hold {getattr(result, name)}")
-    index = pa.concat_tables(indexes) if indexes else lay.INDEX_SCHEMA().empty_table()
-    _verify_tables(out, info, index, result)
+    _verify_tables(out, info, _sorted(pair_ids), _sorted(image_ids), result)
 
 
-def _verify_shard(out: Path, rec: ExportShard, meta_sha: list[str] | None,
-                  result: VerifyResult, progress: Progress) -> pa.Table | None:
+def _sorted(parts: list[np.ndarray]) -> np.ndarray:
+    import numpy as np
+
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _verify_shard(out: Path, rec: ExportShard, emb: Any, result: VerifyResult,
+                  progress: Progress) -> pa.Table | None:
     import pyarrow.parquet as pq
 
     tar, index = out / rec.tar, out / rec.index
@@ -122,6 +133,7 @@ def _verify_shard(out: Path, rec: ExportShard, meta_sha: list[str] | None,
         return None
     table = pq.read_table(index)
     rows = table.to_pylist()
+    meta_sha = None if emb is None else _hashes_of(emb, rows)
     if len(rows) != rec.samples:
         problems.append(f"{rec.index} lists {len(rows)} samples, the manifest "
                         f"{rec.samples}")
@@ -177,7 +189,7 @@ def _spans(row: dict[str, Any]) -> list[lay.MemberSpan]:
     return lay.member_spans(row["key"], row["offset"], members)
 
 
-def _check_sample(tar: str, row: dict[str, Any], buf: bytes, meta_sha: list[str] | None,
+def _check_sample(tar: str, row: dict[str, Any], buf: bytes, meta_sha: dict[int, str] | None,
                   problems: list[str]) -> None:
     base = row["offset"]
     checks = [("a", row["name_a"]), ("json", lay.JSON)]
@@ -193,8 +205,7 @@ def _check_sample(tar: str, row: dict[str, Any], buf: bytes, meta_sha: list[str]
     if meta_sha is not None:
         for side in ("a", "b"):
             image_id = row[side]
-            if image_id is not None and (image_id >= len(meta_sha)
-                                         or meta_sha[image_id] != row[f"sha256_{side}"]):
+            if image_id is not None and meta_sha.get(image_id) != row[f"sha256_{side}"]:
                 problems.append(f"{tar}: {row['key']} image {image_id} does not match the "
                                 "embeddings store's sha256")
 
@@ -214,44 +225,80 @@ def _check_json(tar: str, row: dict[str, Any], data: bytes, problems: list[str])
                         "lists")
 
 
-def _embeddings_hashes(rec: InputRecord) -> list[str] | None:
-    """The embeddings store's hashes by id, when the very store the export read is there."""
+def _embeddings(rec: InputRecord) -> Any:
+    """The embeddings store the export read (opened lazily), when it is still there."""
     emb = Path(rec.path)
     if not (emb / stores.MANIFEST).exists() or stores.sha256_file(emb / stores.MANIFEST) != \
             rec.manifest_sha256:
         log.info("embeddings store %s is gone or changed: checking against the indexes only",
                  emb)
         return None
-    hashes: list[str] = stores.open_embeddings(emb).meta.column("sha256").to_pylist()
-    return hashes
+    return stores.open_embeddings(emb)
 
 
-def _verify_tables(out: Path, info: ExportManifest, index: pa.Table,
-                   result: VerifyResult) -> None:
-    """spps.parquet and images.parquet against the manifest and the shard indexes."""
-    import pyarrow.compute as pc
+def _hashes_of(emb: Any, rows: list[dict[str, Any]]) -> dict[int, str]:
+    """The embeddings store's sha256 of every image a shard's samples use, read by sorted
+    id (only the shards of the store that hold them); ids outside the store are left out."""
+    import numpy as np
 
+    ids = np.unique(np.asarray([r[side] for r in rows for side in ("a", "b")
+                                if r[side] is not None], dtype=np.int64))
+    ids = ids[(ids >= 0) & (ids < len(emb))]
+    if ids.shape[0] == 0:
+        return {}
+    hashes = emb.take(ids, ["sha256"]).column("sha256").to_pylist()
+    return dict(zip(ids.tolist(), hashes, strict=True))
+
+
+def _verify_tables(out: Path, info: ExportManifest, pair_ids: np.ndarray,
+                   image_ids: np.ndarray, result: VerifyResult) -> None:
+    """spps.parquet and images.parquet against the manifest and what the shards hold (the
+    sorted ids), read a row group at a time."""
     files = info.files
-    spps = _read_table(out, lay.SPPS_FILE, files, result)
-    pairs = index.filter(pc.equal(index.column("kind"), lay.KIND_PAIR))
-    if spps is not None:
-        landed = sorted(zip(pairs.column("pair_id").to_pylist(),
-                            pairs.column("key").to_pylist(), strict=True))
-        listed = list(zip(spps.column("pair_id").to_pylist(),
-                          spps.column("sample_key").to_pylist(), strict=True))
-        if landed != listed:
-            result.problems.append(f"{lay.SPPS_FILE} does not list the pairs the shards hold")
-    if lay.IMAGES_FILE in files:
-        images = _read_table(out, lay.IMAGES_FILE, files, result)
-        singles = index.filter(pc.equal(index.column("kind"), lay.KIND_IMAGE))
-        if images is not None:
-            landed = sorted(zip(singles.column("a").to_pylist(),
-                                singles.column("key").to_pylist(), strict=True))
-            listed = list(zip(images.column("id").to_pylist(),
-                              images.column("sample_key").to_pylist(), strict=True))
-            if landed != listed:
-                result.problems.append(f"{lay.IMAGES_FILE} does not list the images the "
-                                       "shards hold")
+    if _table_ok(out, lay.SPPS_FILE, files, result) and not _lists(
+            out / lay.SPPS_FILE, "pair_id", pair_ids, lay.pair_key):
+        result.problems.append(f"{lay.SPPS_FILE} does not list the pairs the shards hold")
+    if lay.IMAGES_FILE in files and _table_ok(out, lay.IMAGES_FILE, files, result) \
+            and not _lists(out / lay.IMAGES_FILE, "id", image_ids, lay.image_key):
+        result.problems.append(f"{lay.IMAGES_FILE} does not list the images the shards hold")
+
+
+def _lists(path: Path, column: str, ids: np.ndarray, key_of: Any) -> bool:
+    """Does the table list exactly ``ids`` (in order), each with its sample key?"""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    at = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=[column, "sample_key"]):
+        got = batch.column(0).to_numpy()
+        if not np.array_equal(got, ids[at:at + got.shape[0]]):
+            return False
+        if batch.column(1).to_pylist() != [key_of(i) for i in got.tolist()]:
+            return False
+        at += got.shape[0]
+    return bool(at == ids.shape[0])
+
+
+def _table_ok(out: Path, name: str, files: dict[str, ExportFile],
+              result: VerifyResult) -> bool:
+    """The table is listed, there, of the recorded sha256 and rows (read from its footer)."""
+    import pyarrow.parquet as pq
+
+    path = out / name
+    if name not in files:
+        result.problems.append(f"the manifest does not list {name}")
+        return False
+    if not path.exists():
+        result.problems.append(f"{path} is missing")
+        return False
+    if stores.sha256_file(path) != files[name].sha256:
+        result.problems.append(f"{name} does not match the manifest's sha256")
+        return False
+    rows = pq.read_metadata(path).num_rows
+    if rows != files[name].rows:
+        result.problems.append(f"{name} has {rows} rows, the manifest says {files[name].rows}")
+        return False
+    return True
 
 
 def _read_table(out: Path, name: str, files: dict[str, ExportFile],
@@ -308,7 +355,7 @@ def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
                                             icols["member"], icols["sha256"], strict=True):
             refs[i] = (key, src, member, sha)
     ids = sorted(refs)
-    catalogue = Catalogue(keys=[refs[i][0] for i in ids], sources=[refs[i][1] for i in ids],
+    catalogue = ListCatalogue(keys=[refs[i][0] for i in ids], sources=[refs[i][1] for i in ids],
                           members=[refs[i][2] for i in ids], labels=[None] * len(ids),
                           sha256=[refs[i][3] for i in ids])
     fetcher = Fetcher(info.source_kind, catalogue, cache_bytes=0)
@@ -323,3 +370,4 @@ def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
     progress.finish()
     result.problems.extend(f"{p.where()} ({p.reason}: {p.detail})"
                            for p in sorted(fetcher.problems.values(), key=lambda p: p.id))
+
