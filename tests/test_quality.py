@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -610,6 +611,65 @@ def test_histogram_uses_the_recorded_one(tmp_path: Path) -> None:
     svg = histogram_svg(stores.open_pairs(pairs), np.zeros(0, np.float32))
     assert svg.count('class="bar"') == 3 and "as match recorded them" in svg
     assert "[0.8500, 0.9000): 7" in svg
+
+
+def test_histogram_of_the_band_alone_bins_the_store_scores(tmp_path: Path) -> None:
+    """match records only the band unless --wide-histogram: 4 bins of 0.005 over [0.97, 0.99]
+    say nothing, so the page bins the store's own scores finer; the bounds are labelled."""
+    x, y = clustered(60, 4, 2, 0.3, seed=1)
+    emb = write_emb(tmp_path / "emb", x, y)
+    pairs = write_pairs(tmp_path / "pairs", emb, 0.9, 0.99)
+    manifest = json.loads((pairs / "manifest.json").read_text())
+    manifest["histogram"] = {"edges": [0.9, 0.95, 0.99], "counts": [5, 5]}
+    (pairs / "manifest.json").write_text(json.dumps(manifest))
+    store = stores.open_pairs(pairs)
+    score = store.table.column("score").to_numpy()
+    svg = histogram_svg(store, score)
+    assert "as match recorded them" not in svg and "--wide-histogram" in svg
+    bars = re.findall(r"<title>\[([0-9.]+), ([0-9.]+)\): ([0-9,]+)</title>", svg)
+    assert sum(int(c.replace(",", "")) for _, _, c in bars) == score.size
+    assert all(float(hi) - float(lo) == pytest.approx(0.09 / 40, abs=1e-4) for lo, hi, _ in bars)
+    assert "min 0.9<" in svg and "max 0.99<" in svg  # the bounds' labels
+    assert ">0.900<" in svg and ">0.990<" in svg  # and the bounds among the axis ticks
+
+
+def test_show_per_class_filter_and_title(tmp_path: Path) -> None:
+    emb, pairs = image_store(tmp_path, n=30)
+    result = show(pairs, tmp_path / "all", per_view=1000)
+    html = result.index.read_text()
+    assert "<title>" + "/".join(pairs.resolve().parts[-2:]) in html  # names the store
+    # the per-class table holds eval-pairs' own numbers
+    report = eval_pairs(pairs, ks=(1,))
+    table = html[html.index('id="pm-classes"'):]
+    table = table[:table.index("</table>")]
+    for c in report.accuracy.per_class:
+        assert f'data-class="{c.name}">{c.name}</button></td><td>{c.anchors:,}</td>' in table
+        assert f"<td>{c.ordered:,}</td>" in table
+    assert 'id="pm-filter"' in html
+    # --class keeps the pairs with an image of that class; --key those of one image
+    store = stores.open_pairs(pairs)
+    a, b = store.table.column("a").to_numpy(), store.table.column("b").to_numpy()
+    y = stores.open_embeddings(emb).meta.column("label").to_numpy()
+    green = show(pairs, tmp_path / "green", per_view=1000, only_class="green")
+    want = int(np.sum((y[a] == 1) | (y[b] == 1)))
+    assert green.selected == want == len(page_data(green.index)["views"]["top"]["pairs"]) > 0
+    assert green.pairs == a.size  # the summary still counts the whole store
+    assert "class green: " in green.index.read_text()
+    assert show(pairs, tmp_path / "one", only_class="1").selected == want
+    key = stores.open_embeddings(emb).meta.column("key")[int(a[0])].as_py()
+    one = show(pairs, tmp_path / "key", per_view=1000, only_key=key)
+    assert one.selected == int(np.sum((a == a[0]) | (b == a[0])))
+    data = page_data(one.index)
+    assert all(key in (data["images"][str(p[0])]["key"], data["images"][str(p[1])]["key"])
+               for p in data["pairs"])
+    with pytest.raises(InputError, match=r"no such class.*blue, green, red"):
+        show(pairs, tmp_path / "bad", only_class="purple")
+    with pytest.raises(InputError, match="no image with this key"):
+        show(pairs, tmp_path / "bad2", only_key="nope.png")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["show", str(pairs), str(tmp_path / "cli"), "--class", "red"])
+    assert res.exit_code == 0, res.output
+    assert "pairs kept by the filter" in res.output
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_quality import image_store
+from test_quality import image_store, page_data
 
 from pairmine.quality.report import show
 
@@ -73,6 +73,16 @@ def test_report_renders_pages_views_and_images(tmp_path: Path) -> None:
     dom, status, _ = dom_of(url + "#view=mismatch&size=50", profile)
     assert pair_cards(dom) == int(status["pairs"]) == result.views["mismatch"]
     assert dom.count('class="pair mismatch"') == result.views["mismatch"]
+
+    # the page's filter (set from the hash here; the per-class table's buttons set it too):
+    # only the pairs of the top view with a "green" image, on one page
+    data = page_data(result.index)
+    green = [i for i in data["views"]["top"]["pairs"]
+             if "green" in (data["images"][str(data["pairs"][i][0])]["label"],
+                            data["images"][str(data["pairs"][i][1])]["label"])]
+    dom, status, errors = dom_of(url + "#view=top&size=50&filter=green", profile)
+    assert errors == [] and status["filter"] == "green"
+    assert 0 < pair_cards(dom) == int(status["pairs"]) == len(green) < 23
 
     shot = tmp_path / "report" / "screenshot.png"
     run = browse(url, profile, "--hide-scrollbars", "--window-size=1280,1400",
@@ -225,7 +235,8 @@ def test_hostile_names_render_literally_and_run_nothing(tmp_path: Path) -> None:
     assert f"(e.g. {gone})" in dom.text("p", within="warning")[0]
     # the paths and the label file's name, in the header and the summary
     # (the first <title> is the page's; the histogram's bars have their own)
-    assert dom.text("title")[0] == dom.text("h1")[0] == f"pairmine pairs: {pairs.name}"
+    assert dom.text("title")[0] == dom.text("h1")[0] == \
+        f"{tmp_path.name}/{pairs.name}: {n_pairs} pairs in [-1, 1]"
     assert dom.text("p", within="sub") == [f"{pairs.resolve()} · embeddings {emb.resolve()}"]
     assert str(labels) in dom.text("td")
     # and nothing ran: no mark, no element or handler a name brought in

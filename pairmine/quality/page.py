@@ -77,6 +77,8 @@ TEMPLATE = """<!DOCTYPE html>
 <span id="pm-page"></span>
 <button type="button" id="pm-next" aria-label="next page">next &rarr;</button>
 <label>per page <select id="pm-size"></select></label>
+<label>filter <input id="pm-filter" type="search" placeholder="class or key"
+ aria-label="show only pairs with an image of this class, or whose key contains this"></label>
 </div>
 <p class="viewnote" id="pm-viewnote"></p>
 <div id="pm-pairs" class="pairs"></div>
@@ -104,7 +106,13 @@ table.summary { border-collapse: collapse; background: #fff; border: 1px solid v
 table.summary th { text-align: left; font-weight: 600; padding: 3px 10px; color: var(--muted); }
 table.summary td { padding: 3px 10px; font-variant-numeric: tabular-nums; }
 figure.hist { margin: 0; background: #fff; border: 1px solid var(--line); padding: 8px; }
-figure.hist figcaption { color: var(--muted); font-size: 12px; }
+figure.hist figcaption { color: var(--muted); font-size: 12px; max-width: 560px; }
+table.classes caption { text-align: left; color: var(--muted); font-size: 12px;
+                        padding: 2px 10px; }
+table.classes td { text-align: right; }
+table.classes button { font: inherit; border: 0; background: none; color: var(--band);
+                       cursor: pointer; padding: 0; text-decoration: underline; }
+#pm-filter { font: inherit; padding: 3px 6px; width: 14em; }
 .warning { background: #fff3e0; border: 1px solid #ffb74d; padding: 8px 12px; margin: 12px 0; }
 nav#pm-views { margin: 16px 0 8px; display: flex; gap: 6px; flex-wrap: wrap; }
 nav#pm-views button { border: 1px solid var(--line); background: #fff; padding: 6px 12px;
@@ -140,7 +148,7 @@ JS = r"""
   "use strict";
   var data = JSON.parse(document.getElementById("pm-data").textContent);
   var names = Object.keys(data.views);
-  var state = { view: names[0], page: 0, size: data.pageSize };
+  var state = { view: names[0], page: 0, size: data.pageSize, filter: "" };
 
   function readHash() {
     var h = window.location.hash.replace(/^#/, "");
@@ -152,6 +160,9 @@ JS = r"""
       }
       if (kv[0] === "page" && /^[0-9]+$/.test(kv[1])) { state.page = Math.max(0, kv[1] - 1); }
       if (kv[0] === "size" && /^[0-9]+$/.test(kv[1]) && +kv[1] > 0) { state.size = +kv[1]; }
+      if (kv[0] === "filter" && kv[1] !== undefined) {
+        try { state.filter = decodeURIComponent(kv[1]); } catch (e) { state.filter = ""; }
+      }
     });
   }
 
@@ -234,18 +245,34 @@ JS = r"""
     check();
   }
 
+  // a pair passes the filter when one of its images has the class (label, any case) or a
+  // key that contains the text
+  function passes(i) {
+    var f = state.filter.trim().toLowerCase();
+    if (!f) { return true; }
+    var p = data.pairs[i];
+    return [p[0], p[1]].some(function (id) {
+      var info = data.images[String(id)];
+      return (info.label !== null && String(info.label).toLowerCase() === f) ||
+        info.key.toLowerCase().indexOf(f) >= 0;
+    });
+  }
+
   function render() {
     var view = data.views[state.view];
-    var pages = Math.max(1, Math.ceil(view.pairs.length / state.size));
+    var shown = view.pairs.filter(passes);
+    var pages = Math.max(1, Math.ceil(shown.length / state.size));
     state.page = Math.min(Math.max(0, state.page), pages - 1);
     var list = document.getElementById("pm-pairs");
     while (list.firstChild) { list.removeChild(list.firstChild); }
     var start = state.page * state.size;
-    view.pairs.slice(start, start + state.size).forEach(function (i) {
+    shown.slice(start, start + state.size).forEach(function (i) {
       list.appendChild(card(i));
     });
     document.getElementById("pm-page").textContent = "page " + (state.page + 1) + " of " +
-      pages + " · " + view.pairs.length + " pairs in this view";
+      pages + " · " + (state.filter.trim() ? shown.length + " of " : "") +
+      view.pairs.length + " pairs in this view";
+    document.getElementById("pm-status").setAttribute("data-filter", state.filter);
     document.getElementById("pm-prev").disabled = state.page === 0;
     document.getElementById("pm-next").disabled = state.page >= pages - 1;
     document.getElementById("pm-viewnote").textContent = view.note;
@@ -274,6 +301,15 @@ JS = r"""
     size.appendChild(o);
   });
   size.addEventListener("change", function () { state.size = +size.value; go(0); });
+  var filter = document.getElementById("pm-filter");
+  filter.addEventListener("input", function () { state.filter = filter.value; go(0); });
+  Array.prototype.forEach.call(document.querySelectorAll("button.pm-class"), function (b) {
+    b.addEventListener("click", function () {
+      state.filter = b.getAttribute("data-class");
+      filter.value = state.filter;
+      go(0);
+    });
+  });
   document.getElementById("pm-prev").addEventListener("click", function () {
     go(state.page - 1);
   });
@@ -281,11 +317,13 @@ JS = r"""
     go(state.page + 1);
   });
   document.addEventListener("keydown", function (e) {
+    if (e.target === filter) { return; }  // arrows move the caret there, not the page
     if (e.key === "ArrowLeft") { go(state.page - 1); }
     if (e.key === "ArrowRight") { go(state.page + 1); }
   });
   readHash();
   size.value = String(state.size);
+  filter.value = state.filter;
   render();
 })();
 """

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from pairmine.progress import Progress
+    from pairmine.quality.accuracy import ClassAccuracy
     from pairmine.quality.labels import Labels
     from pairmine.stores import Embeddings, Pairs
 
@@ -47,16 +48,22 @@ class ShowResult:
     views: dict[str, int] = field(default_factory=dict)
     mismatches: int | None = None  # labelled pairs whose labels differ (whole store)
     labelled: int = 0
+    selected: int | None = None  # pairs that --class / --key kept (None: no filter)
 
 
 def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: int = 50,
          seed: int = 0, thumb_px: int = 128, inline: bool = False,
          labels: str | Path | None = None, overwrite: bool = False,
+         only_class: str | None = None, only_key: str | None = None,
          progress: Progress | None = None) -> ShowResult:
-    """Write ``OUT/index.html``: pairs side by side, views, paging, score histogram, summary."""
+    """Write ``OUT/index.html``: pairs side by side, views, paging, score histogram, summary,
+    per-class pair accuracy. ``only_class`` / ``only_key`` keep the pairs with an image of that
+    class (its name or number) / with that key in the views; the summary, the per-class table
+    and the histogram still describe the whole store."""
     import numpy as np
 
     from pairmine import stores
+    from pairmine.quality.accuracy import pair_accuracy
     from pairmine.quality.labels import load_labels, pairs_scope
 
     if per_view < 1 or page_size < 1:
@@ -73,7 +80,11 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
     b = store.table.column("b").to_numpy()
     score = store.table.column("score").to_numpy().astype(np.float32)
     same = _same_labels(a, b, lab)
-    views = _views(score, same, per_view, seed)
+    scope = pairs_scope(store, len(emb))
+    per_class = [] if lab is None else \
+        pair_accuracy(a, b, lab.codes, scope.is_anchor(), lab.name).per_class
+    keep, what = _selection(emb, a, b, lab, only_class, only_key)
+    views = _views(score, same, per_view, seed, keep)
     chosen = np.unique(np.concatenate([v for v, _, _ in views.values()]).astype(np.int64))
     position = {int(p): i for i, p in enumerate(chosen)}
     image_ids = np.unique(np.concatenate([a[chosen], b[chosen]]))
@@ -90,18 +101,19 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
                   for name, (idx, title, note) in views.items()},
         "images": images,
     }
-    scope = pairs_scope(store, len(emb))
     labelled = int(np.sum(same >= 0))
     mismatches = int(np.sum(same == 0)) if lab is not None else None
+    selected = None if keep is None else int(keep.size)
     summary = _summary(store, emb, scope.anchors.size, lab, labelled, mismatches,
-                       len(chosen), len(missing))
+                       len(chosen), len(missing), what, selected)
+    summary += class_table(per_class)
     warning = ""
     if missing:
         warning = (f'<p class="warning" id="pm-missing">{len(missing)} of {len(image_ids)} '
                    f"images could not be read from their source (e.g. "
                    f"{html_text(missing[0])}); they show as “missing”.</p>")
     page = render_page(
-        title=f"pairmine pairs: {store.path.name}",
+        title=report_title(store.path, a.size, (store.info.min, store.info.max)),
         subtitle=f"{store.path.resolve()} · embeddings {emb.path.resolve()}",
         summary=summary, histogram=histogram_svg(store, score), warning=warning, data=data,
         thumb_px=thumb_px)
@@ -109,7 +121,52 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
     return ShowResult(out=out, index=out / INDEX, pairs=int(a.size), shown=len(chosen),
                       images=int(image_ids.size), missing=missing,
                       views={k: len(v[0]) for k, v in views.items()},
-                      mismatches=mismatches, labelled=labelled)
+                      mismatches=mismatches, labelled=labelled, selected=selected)
+
+
+def report_title(path: Path, pairs: int, band: tuple[float, float]) -> str:
+    """Names the store by its last two path parts (``demo/pairs``, not a bare ``pairs``)."""
+    parts = path.resolve().parts
+    name = "/".join(parts[-2:]) if len(parts) > 1 else str(path)
+    return f"{name}: {pairs:,} pairs in [{band[0]:g}, {band[1]:g}]"
+
+
+def _selection(emb: Embeddings, a: np.ndarray, b: np.ndarray, lab: Labels | None,
+               only_class: str | None, only_key: str | None
+               ) -> tuple[np.ndarray | None, str | None]:
+    """Indices of the pairs that touch the class / the key (None: no filter), and the filter
+    in words."""
+    import numpy as np
+
+    from pairmine.errors import InputError
+
+    if only_class is None and only_key is None:
+        return None, None
+    keep = np.ones(a.shape, dtype=bool)
+    words = []
+    if only_class is not None:
+        if lab is None:
+            raise InputError(f"--class {only_class}: the store has no labels",
+                             "pass --labels FILE, or filter by --key")
+        names = {lab.name(int(c)): int(c) for c in np.unique(lab.codes[lab.codes >= 0])}
+        code = names.get(only_class)
+        if code is None and only_class.lstrip("-").isdigit() and int(only_class) in \
+                names.values():
+            code = int(only_class)
+        if code is None:
+            raise InputError(f"--class {only_class}: no such class",
+                             f"choose one of {', '.join(sorted(names)[:20])}")
+        keep &= (lab.codes[a] == code) | (lab.codes[b] == code)
+        words.append(f"class {lab.name(code)}")
+    if only_key is not None:
+        keys = emb.meta.column("key").to_pylist()  # a quality tool on one store: O(N) is fine
+        if only_key not in keys:
+            raise InputError(f"--key {only_key}: no image with this key in {emb.path}",
+                             "give a key as the store recorded it (the report shows them)")
+        image = keys.index(only_key)
+        keep &= (a == image) | (b == image)
+        words.append(f"key {only_key}")
+    return np.flatnonzero(keep), " and ".join(words)
 
 
 def _prepare(out: Path, *, overwrite: bool) -> None:
@@ -147,19 +204,22 @@ def _same_labels(a: np.ndarray, b: np.ndarray, lab: Labels | None) -> np.ndarray
     return out
 
 
-def _views(score: np.ndarray, same: np.ndarray, per_view: int,
-           seed: int) -> dict[str, tuple[np.ndarray, str, str]]:
-    """Pair indices of each view, in display order, with a title and a note."""
+def _views(score: np.ndarray, same: np.ndarray, per_view: int, seed: int,
+           keep: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, str, str]]:
+    """Pair indices of each view, in display order, with a title and a note; only the pairs
+    ``keep`` (indices, ascending) when given."""
     import numpy as np
 
-    n = score.size
-    desc = np.lexsort((np.arange(n), -score.astype(np.float64)))  # ties: store order
+    pool = np.arange(score.size) if keep is None else keep
+    n = pool.size
+    desc = pool[np.lexsort((pool, -score[pool].astype(np.float64)))]  # ties: store order
     k = min(per_view, n)
     rng = np.random.default_rng(seed)
     views = {
         "top": (desc[:k], "Highest scores",
                 f"The {k} highest-scoring pairs of {n}, best first."),
-        "random": (rng.choice(n, size=k, replace=False) if n else desc[:0], "Random sample",
+        "random": (pool[rng.choice(n, size=k, replace=False)] if n else desc[:0],
+                   "Random sample",
                    f"{k} pairs drawn at random (seed {seed}): what the set looks like "
                    "on average."),
         "lowest": (desc[::-1][:k], "Lowest scores",
@@ -167,7 +227,7 @@ def _views(score: np.ndarray, same: np.ndarray, per_view: int,
                    "start."),
     }
     wrong = desc[same[desc] == 0]
-    if (same >= 0).any():
+    if (same[pool] >= 0).any():
         m = min(per_view, wrong.size)
         views["mismatch"] = (wrong[:m], "Label mismatches",
                              f"{m} of the {wrong.size} pairs whose labels differ, highest "
@@ -256,7 +316,8 @@ def render_page(*, title: str, subtitle: str, summary: str, histogram: str, warn
 
 
 def _summary(store: Pairs, emb: Embeddings, anchors: int, lab: Labels | None, labelled: int,
-             mismatches: int | None, shown: int, missing: int) -> str:
+             mismatches: int | None, shown: int, missing: int, what: str | None = None,
+             selected: int | None = None) -> str:
     counts = store.manifest.get("counts", {})
     n = int(store.table.num_rows)
     rows: list[tuple[str, str]] = [
@@ -280,6 +341,8 @@ def _summary(store: Pairs, emb: Embeddings, anchors: int, lab: Labels | None, la
     encoder = emb.manifest.get("config", {}).get("encoder")
     if encoder:
         rows.append(("encoder", str(encoder)))
+    if what is not None and selected is not None:
+        rows.append(("filter", f"{what}: {selected:,} pairs"))
     rows.append(("pairs in this report", f"{shown:,}"))
     if missing:
         rows.append(("images missing", f"{missing:,}"))
@@ -288,9 +351,35 @@ def _summary(store: Pairs, emb: Embeddings, anchors: int, lab: Labels | None, la
     return f'<table class="summary" id="pm-summary">{body}</table>'
 
 
+def class_table(per_class: list[ClassAccuracy]) -> str:
+    """Per-class pair accuracy (eval-pairs' own numbers): ordered pairs by the anchor's class,
+    the share of partners with the same label, next to the class's share p_c (chance). Each
+    class name filters the pairs on the page."""
+    if not per_class:
+        return ""
+    head = "".join(f"<th>{html_text(h)}</th>" for h in
+                   ("class", "anchors", "share p_c", "ordered pairs", "accuracy"))
+    rows = []
+    for c in per_class:
+        accuracy = "—" if c.accuracy is None else f"{c.accuracy:.1%}"
+        rows.append(f'<tr><td><button type="button" class="pm-class" '
+                    f'data-class="{html_attr(c.name)}">{html_text(c.name)}</button></td>'
+                    f"<td>{c.anchors:,}</td><td>{c.share:.1%}</td><td>{c.ordered:,}</td>"
+                    f"<td>{accuracy}</td></tr>")
+    return (f'<table class="summary classes" id="pm-classes"><caption>per class (ordered '
+            f"pairs by the anchor's label; click a class to filter)</caption>"
+            f"<tr>{head}</tr>{''.join(rows)}</table>")
+
+
+# a recorded histogram is used when it shows more than the band itself (--wide-histogram or
+# --sweep); the band alone is binned from the store's own scores, finer than match's bins
+HIST_BINS = 40
+
+
 def histogram_svg(store: Pairs, score: np.ndarray, width: int = 560, height: int = 190) -> str:
-    """The scores near the band as inline SVG bars, the band shaded. Uses the histogram the
-    match stage recorded (which reaches below the band) when there is one."""
+    """The scores as inline SVG bars, the band shaded and its bounds drawn and labelled. The
+    histogram match recorded, when it reaches beyond the band (``match --wide-histogram``:
+    from min - 0.05 to 1.0); otherwise the store's own scores over the band, in 40 bins."""
     import numpy as np
 
     lo, hi = store.info.min, store.info.max
@@ -298,12 +387,14 @@ def histogram_svg(store: Pairs, score: np.ndarray, width: int = 560, height: int
     edges = np.asarray(record.get("edges", []), dtype=np.float64)
     counts = np.asarray(record.get("counts", []), dtype=np.float64)
     caption = "unordered pairs near the band, as match recorded them"
-    if edges.size < 2 or counts.size != edges.size - 1:
+    wider = edges.size >= 2 and (edges[0] < lo - 1e-9 or edges[-1] > hi + 1e-9)
+    if not wider or counts.size != edges.size - 1:
         span = max(hi - lo, 1e-6)
-        edges = np.linspace(lo, lo + span, 41)
+        edges = np.linspace(lo, lo + span, HIST_BINS + 1)
         counts = np.histogram(score.astype(np.float64), bins=edges)[0].astype(np.float64)
-        caption = "scores of the pairs in the store"
-    pad_l, pad_r, pad_t, pad_b = 48, 22, 12, 36
+        caption = ("scores of the pairs in the store, over the band (pairmine match "
+                   "--wide-histogram records the scores around it)")
+    pad_l, pad_r, pad_t, pad_b = 48, 22, 24, 36
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     x0, x1 = float(edges[0]), float(edges[-1])
     top = max(float(counts.max(initial=0)), 1.0)
@@ -325,18 +416,22 @@ def histogram_svg(store: Pairs, score: np.ndarray, width: int = 560, height: int
                      f'width="{max(x(right) - x(left) - 0.5, 0.5):.1f}" height="{bh:.1f}" '
                      f'fill="{"#1565c0" if inside else "#90a4ae"}">'
                      f"<title>[{left:.4f}, {right:.4f}): {int(c):,}</title></rect>")
-    # labels sit inside the band, beside their line, so they never run off the plot
+    # labels sit above the bars (never hidden by one), inside the band's edges, so they
+    # never run off the plot
     for v, name, anchor, dx in ((lo, "min", "start", 3), (hi, "max", "end", -3)):
         parts.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{pad_t}" y2="{pad_t + h}" '
                      f'stroke="#1565c0" stroke-width="1.5" stroke-dasharray="4 3" '
-                     f'class="bound"/><text x="{x(v) + dx:.1f}" y="{pad_t + 22}" '
+                     f'class="bound"/><text x="{x(v) + dx:.1f}" y="{pad_t - 6}" '
                      f'font-size="10" text-anchor="{anchor}" fill="#1565c0">{name} {v:g}</text>')
     axis_y = pad_t + h
     parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{axis_y}" y2="{axis_y}" '
                  f'stroke="#5f6b76"/>')
-    for v in np.linspace(x0, x1, 6):
-        parts.append(f'<text x="{x(float(v)):.1f}" y="{axis_y + 14}" font-size="10" '
-                     f'text-anchor="middle" fill="#5f6b76">{v:.3f}</text>')
+    ticks = [float(v) for v in np.linspace(x0, x1, 6)]
+    ticks = [v for v in ticks if min(abs(v - lo), abs(v - hi)) > (x1 - x0) / 12] + [lo, hi]
+    for v in sorted(set(ticks)):  # the band's bounds among the ticks, in the band's colour
+        style = 'fill="#1565c0" font-weight="bold"' if v in (lo, hi) else 'fill="#5f6b76"'
+        parts.append(f'<text x="{x(v):.1f}" y="{axis_y + 14}" font-size="10" '
+                     f'text-anchor="middle" {style}>{v:.3f}</text>')
     parts.append(f'<text x="{pad_l - 6}" y="{pad_t + 8}" font-size="10" text-anchor="end" '
                  f'fill="#5f6b76">{int(top):,}</text><text x="{pad_l - 6}" y="{axis_y}" '
                  f'font-size="10" text-anchor="end" fill="#5f6b76">0</text>')
