@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from test_bad_input import BAND, World, build_world, one_error_line, run_cli
 
 from pairmine.cli import cli
 
@@ -81,3 +83,78 @@ def test_the_kinds_are_found_from_the_keys(tmp_path: Path) -> None:
 def test_an_unknown_kind_still_lists_the_kinds() -> None:
     code, output = invoke("encoders", "nosuch:x.pth")
     assert code == 1 and "unknown encoder 'nosuch'" in output and "choose one of" in output
+
+
+# ---------------------------------------------------------------------------------------------
+# the stores of a small world: a band with no pairs, labels in a dataset's own layout
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+# pooled ReLU features have cosines >= 0: this band holds nothing
+EMPTY_BAND = ("--min", "-1", "--max", "-0.5")
+
+
+def test_a_band_with_no_pairs_warns_with_the_calibrate_command(world: World,
+                                                               tmp_path: Path) -> None:
+    pairs, export, report = tmp_path / "pairs", tmp_path / "spps", tmp_path / "report"
+    calibrate = f"pairmine calibrate {world.emb} --target-yield 1 --floor -1"
+    for argv in (["match", str(world.emb), str(pairs), *EMPTY_BAND, "--device", "cpu"],
+                 ["export", str(pairs), str(export)],
+                 ["show", str(pairs), str(report)]):
+        code, output = run_cli(argv)
+        assert code == 0, output
+        warning = [line for line in output.splitlines() if line.startswith("no pairs")]
+        assert warning == [f"no pairs: the band [-1, -0.5] holds no pair of {world.emb}; run "
+                           f"`{calibrate}` to find a band with pairs, then pass its "
+                           "--min/--max"], output
+    # the command it prints runs (this world's random encoder puts nearly every pair above
+    # 0.99, so the table, not a suggestion, is what it finds here)
+    code, output = run_cli([*calibrate.split()[1:], "--device", "cpu"])
+    assert code == 0, output
+
+
+def test_a_band_with_pairs_does_not_warn(world: World, tmp_path: Path) -> None:
+    code, output = run_cli(["match", str(world.emb), str(tmp_path / "p"), *BAND,
+                            "--device", "cpu"])
+    assert code == 0 and "no pairs" not in output, output
+
+
+def test_labels_in_the_datasets_own_layout(world: World, tmp_path: Path) -> None:
+    """CIFAR-10's labels.csv (split,label,class,path; paths from the archive's root) labels a
+    store embedded from one split's folder: the paths end with the store's keys."""
+    from pairmine.quality import load_labels
+    from pairmine.stores import open_embeddings
+
+    emb = open_embeddings(world.emb)
+    keys = emb.meta.column("key").to_pylist()
+    classes = sorted({k.split("/")[0] for k in keys})
+    rows = ["split,label,class,path"] + [
+        f"test,{classes.index(k.split('/')[0])},{k.split('/')[0]},test/{k}" for k in keys]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    labels = load_labels(emb, csv)
+    assert labels is not None and labels.known == len(keys)
+    assert labels.names == classes  # the integers coded, the class column names them
+    assert [labels.name(int(c)) for c in labels.codes] == [k.split("/")[0] for k in keys]
+    code, output = run_cli(["eval-pairs", str(world.pairs), "--labels", str(csv), "--no-grid",
+                            "--k", "1", "--device", "cpu"])
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(("header", "says"), [
+    ("name,label", "no key column (key or path or filename"),
+    ("path,score", "no label column (label or class"),
+])
+def test_a_label_file_without_usable_columns_says_which_are_needed(
+        world: World, tmp_path: Path, header: str, says: str) -> None:
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"{header}\ncat/000.png,1\n")
+    code, output = run_cli(["eval-pairs", str(world.pairs), "--labels", str(csv), "--no-grid",
+                            "--k", "1", "--device", "cpu"])
+    assert code == 1
+    line = one_error_line(output)
+    assert says in line and "rename its columns to key,label" in line, line

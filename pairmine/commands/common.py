@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -208,6 +209,42 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("" if speed is None else f"{speed:,.0f}/s", style="green")
+
+
+# calibrate's default --floor (CalibrateConfig.floor): below it calibrate sees no score
+_CALIBRATE_FLOOR = 0.9
+
+
+def empty_band_warning(emb: str | Path, band: tuple[float, float]) -> str:
+    """One line for a band that holds no pair: the ``calibrate`` command, with this store's
+    path, that measures pairs per image over a grid of bands and suggests one."""
+    import shlex
+
+    lo, hi = band
+    command = f"pairmine calibrate {shlex.quote(str(emb))} --target-yield 1"
+    if lo < _CALIBRATE_FLOOR:  # calibrate's grid starts at the band the user tried
+        command += f" --floor {lo:g}"
+    return (f"no pairs: the band [{lo:g}, {hi:g}] holds no pair of {emb}; run `{command}` to "
+            "find a band with pairs, then pass its --min/--max")
+
+
+def warn_empty_band(pairs_count: int, *, emb: str | Path | None = None,
+                    band: tuple[float, float] | None = None,
+                    pairs: str | Path | None = None) -> None:
+    """Print :func:`empty_band_warning` on stderr when ``pairs_count`` is 0; ``pairs`` (a
+    pairs store) gives the embeddings store and the band when they are not passed."""
+    if pairs_count:
+        return
+    if pairs is not None and (emb is None or band is None):
+        from pairmine.stores import open_pairs
+
+        store = open_pairs(pairs)
+        emb, band = store.embeddings_path, (store.info.min, store.info.max)
+    if emb is None or band is None:
+        return
+    from rich.markup import escape
+
+    console.print(f"[yellow]{escape(empty_band_warning(emb, band))}[/]", soft_wrap=True)
 
 
 def summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:

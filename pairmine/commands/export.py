@@ -49,6 +49,7 @@ def command(pairs: Path, out: Path, config: ExportConfig, overwrite: bool) -> No
         *cluster_rows(result.cluster),
     ]
     common.out.print(summary_table(f"export → {result.path}", rows))  # the result: stdout
+    common.warn_empty_band(result.pairs + result.skipped_pairs, pairs=pairs)
     if EXPORT_FORMATS.get(result.format).shards and result.shards:
         # on a line of its own, never folded by the table: what to paste into a trainer
         common.out.print(f"shards for a trainer: {shard_pattern(out, result.shards)}",

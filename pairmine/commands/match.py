@@ -8,7 +8,13 @@ import click
 from rich import box
 from rich.table import Table
 
-from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+from pairmine.commands.common import (
+    known_errors,
+    out,
+    progress_bar,
+    summary_table,
+    warn_empty_band,
+)
 from pairmine.commands.options import config_options, overwrite_option
 from pairmine.match import MatchConfig
 from pairmine.scale.cli import cluster_rows, plan_table
@@ -61,6 +67,7 @@ def command(emb: str, out_dir: str, config: MatchConfig, overwrite: bool,
     out.print(summary_table("match", rows))
     if result.sweep is not None:
         out.print(_sweep_table(result.sweep, result.band[1]))
+    warn_empty_band(result.pairs, emb=emb, band=(result.band[0], result.band[1]))
 
 
 def _sweep_table(sweep: dict[str, Any], max_score: float) -> Table:

@@ -1,8 +1,12 @@
 """Ground-truth labels for judging pairs, and the images a pairs store was drawn from.
 
 Labels come from the embeddings metadata (folder classes, CIFAR labels) or from a file that
-maps ``key -> label`` (csv or parquet, columns ``key,label``). A label may be an integer or a
-class name; either way it becomes a dense integer code here, ``-1`` meaning unknown.
+maps an image to its label (csv or parquet): the image in a ``key``, ``path`` or ``filename``
+column, the label in a ``label`` or ``class`` column (:data:`KEY_COLUMNS`,
+:data:`LABEL_COLUMNS`), as datasets ship them (CIFAR-10 JPEG folders: ``split,label,class,
+path``). A file's path matches a store key when one ends with the other on a folder boundary
+(``test/cat/0001.jpg`` labels the key ``cat/0001.jpg``). A label may be an integer or a class
+name; either way it becomes a dense integer code here, ``-1`` meaning unknown.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNKNOWN = -1
-LABEL_FLAGS = "--labels FILE (a .csv or .parquet with columns key,label)"
+# the columns a label file may name its images and labels with, in the order they are tried
+KEY_COLUMNS = ("key", "path", "filename", "file_name", "file", "image", "image_path")
+LABEL_COLUMNS = ("label", "class", "class_name", "target", "category")
+LABEL_FLAGS = "--labels FILE (a .csv or .parquet with columns key (or path) and label (or class))"
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,12 @@ def load_labels(emb: Embeddings, labels_file: str | Path | None = None, *,
     labels = _from_file(emb, Path(labels_file)) if labels_file is not None else _from_meta(emb)
     if labels.known == 0:
         if labels_file is not None:
+            store_keys = emb.meta.column("key")  # read already, for the file's labels
+            first = store_keys[0].as_py() if len(store_keys) else ""
             raise InputError(f"the label file {labels_file} gives no label to any image of "
                              f"{emb.path}",
-                             "its `key` column must hold the keys the embeddings store "
-                             "recorded (e.g. relative paths such as cat/0001.jpg)")
+                             f"its key/path column must hold the keys the store recorded, "
+                             f"or paths ending with them (the store's first key: {first})")
         if required:
             raise InputError(f"no labels: the embeddings store {emb.path} has no labels in "
                              f"its metadata, and {what} needs them",
@@ -84,18 +93,20 @@ def _from_file(emb: Embeddings, path: Path) -> Labels:
     import pyarrow as pa
 
     table = _read_label_table(path)
-    keys = table.column("key").cast(pa.string()).to_pylist()
-    raw = table.column("label").to_pylist()
+    key_column, label_columns = _label_layout(table, path)
+    keys = [_normalise_key(k) for k in table.column(key_column).cast(pa.string()).to_pylist()]
     if len(set(keys)) != len(keys):
         seen: set[str] = set()
         dupes = [k for k in keys if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
         raise InputError(f"label file {path} lists some keys more than once "
                          f"(e.g. {', '.join(map(str, dupes[:3]))})", "keep one row per key")
-    names, values = _encode(raw)
+    names, values = _encode_columns([table.column(c).to_pylist() for c in label_columns])
     by_key = dict(zip(keys, values, strict=True))
-    store_keys = emb.meta.column("key").to_pylist()
+    store_keys = [_normalise_key(k) for k in emb.meta.column("key").to_pylist()]
     codes = np.fromiter((by_key.get(k, UNKNOWN) for k in store_keys), dtype=np.int64,
                         count=len(store_keys))
+    if (codes == UNKNOWN).any():
+        _match_by_path_suffix(codes, store_keys, by_key)
     missing = int((codes == UNKNOWN).sum())
     if missing and missing < len(store_keys):
         log.warning("label file %s has no label for %d of %d images; pairs that touch them "
@@ -123,12 +134,86 @@ def _read_label_table(path: Path) -> Any:
         raise
     except Exception as exc:  # pyarrow raises several types for unreadable files
         raise InputError(f"cannot read label file {path}: {exc}") from None
-    missing = {"key", "label"} - set(table.column_names)
-    if missing:
-        raise InputError(f"label file {path} has no {' or '.join(sorted(missing))} column "
-                         f"(it has: {', '.join(table.column_names)})",
-                         "it needs the columns key,label")
     return table
+
+
+def _label_layout(table: Any, path: Path) -> tuple[str, list[str]]:
+    """The key column and the label columns (an integer one and a name one, when the file has
+    both, as CIFAR's ``label,class``) of a label file, found by their names."""
+    present = {name.strip().lower(): name for name in table.column_names}
+    key = next((present[c] for c in KEY_COLUMNS if c in present), None)
+    labels = [present[c] for c in LABEL_COLUMNS if c in present]
+    if key is None or not labels:
+        lacks = [what for what, found in (
+            (f"key column ({' or '.join(KEY_COLUMNS)})", key is not None),
+            (f"label column ({' or '.join(LABEL_COLUMNS)})", bool(labels))) if not found]
+        raise InputError(f"label file {path} has no {' and no '.join(lacks)}; it has: "
+                         f"{', '.join(table.column_names)}",
+                         "rename its columns to key,label: key the image's path as the store "
+                         "recorded it (or a path ending with it), label an integer or a class "
+                         "name")
+    return key, labels
+
+
+def _normalise_key(key: Any) -> str:
+    text = "" if key is None else str(key).replace("\\", "/")
+    while text.startswith("./"):
+        text = text[2:]
+    return text
+
+
+def _match_by_path_suffix(codes: np.ndarray, store_keys: list[str],
+                          by_key: dict[str, int]) -> None:
+    """Fill the unknown ``codes`` from file keys that end with the store key, or that the
+    store key ends with, on a folder boundary (``test/cat/1.jpg`` and ``cat/1.jpg``). A
+    suffix shared by two file keys is ambiguous and labels nothing."""
+    import numpy as np
+
+    ambiguous = object()
+    suffixes: dict[str, Any] = {}
+    for key, value in by_key.items():
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            tail = "/".join(parts[i:])
+            suffixes[tail] = ambiguous if tail in suffixes else value
+    matched = 0
+    for row in np.flatnonzero(codes == UNKNOWN).tolist():
+        key = store_keys[row]
+        hit = suffixes.get(key)  # a file key ends with the store key
+        if hit is None:  # the store key ends with a file key (longest first)
+            parts = key.split("/")
+            hit = next((by_key[t] for i in range(1, len(parts))
+                        if (t := "/".join(parts[i:])) in by_key), None)
+        if hit is not None and hit is not ambiguous:
+            codes[row] = hit
+            matched += 1
+    if matched:
+        log.info("%d store keys labelled by a label-file path that ends with them (or that "
+                 "they end with)", matched)
+
+
+def _encode_columns(columns: list[list[Any]]) -> tuple[list[str] | None, list[int]]:
+    """Codes from the first label column; with an integer column next to a name column (CIFAR:
+    ``label`` 3, ``class`` cat), the integers are the codes and the names name them."""
+    names, values = _encode(columns[0])
+    if names is None and len(columns) > 1:
+        named = _names_of_codes(values, columns[1])
+        if named is not None:
+            names = named
+    return names, values
+
+
+def _names_of_codes(values: list[int], raw_names: list[Any]) -> list[str] | None:
+    """``names[code]`` when every code has one name in ``raw_names``; else None."""
+    by_code: dict[int, str] = {}
+    for code, name in zip(values, raw_names, strict=True):
+        if code == UNKNOWN or name is None or isinstance(name, int | float):
+            continue
+        if by_code.setdefault(code, str(name)) != str(name):
+            return None
+    if not by_code:
+        return None
+    return [by_code.get(c, str(c)) for c in range(max(by_code) + 1)]
 
 
 def _encode(raw: list[Any]) -> tuple[list[str] | None, list[int]]:
