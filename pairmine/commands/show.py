@@ -27,28 +27,37 @@ from pairmine.commands.common import console, known_errors, progress_bar, summar
               "(or class) to mark mismatches [default: the labels in the embeddings metadata, "
               "if any].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random view.")
+@click.option("--class", "only_class", default=None, metavar="NAME",
+              help="Only pairs with an image of this class (name or number) in the views; the "
+                   "summary and per-class table still cover the whole store.")
+@click.option("--key", "only_key", default=None, metavar="KEY",
+              help="Only the pairs of the image KEY (its key in the embeddings store).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier report at OUT.")
 @known_errors
 def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int,
-            inline: bool, labels: Path | None, seed: int, overwrite: bool) -> None:
+            inline: bool, labels: Path | None, seed: int, only_class: str | None,
+            only_key: str | None, overwrite: bool) -> None:
     """Write a static HTML report of the pairs store PAIRS to OUT/index.html.
 
     Pairs side by side with thumbnails of the original images, scores, keys and labels
-    (mismatches marked); views by score, at random and lowest first; paging; a histogram of
-    scores with the band. No network resources: open it from disk in any browser.
+    (mismatches marked); views by score, at random and lowest first; paging; a filter by class
+    or key; per-class pair accuracy; a histogram of scores with the band's bounds. No network
+    resources: open it from disk in any browser.
     """
     from pairmine.quality import show
 
     with progress_bar() as progress:
         result = show(pairs, out, per_view=per_view, page_size=page_size, seed=seed,
                       thumb_px=thumb_px, inline=inline, labels=labels, overwrite=overwrite,
-                      progress=progress)
+                      only_class=only_class, only_key=only_key, progress=progress)
     rows: list[tuple[str, object]] = [
         ("pairs in the store", result.pairs),
         ("pairs in the report", result.shown),
         ("images", result.images),
         ("views", ", ".join(f"{k} {v}" for k, v in result.views.items())),
     ]
+    if result.selected is not None:
+        rows.append(("pairs kept by the filter", result.selected))
     if result.mismatches is not None:
         rows.append(("label mismatches", f"{result.mismatches:,} of {result.labelled:,}"))
     common.out.print(summary_table(f"report → {result.index}", rows))
