@@ -23,7 +23,9 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -187,6 +189,127 @@ def run(workload: str, images: int, n_pairs: int, repeats: int, combined: bool,
             "all_plain_s": plain_s, "all_export_s": export_s}
 
 
+# ---------------------------------------------------------------------------------------------
+# memory at scale: export + verify of the same pairs from stores of growing N (issue 22)
+
+SHARD_ROWS = 65536
+
+
+def build_scale_stores(work: Path, rows: int, n_pairs: int, real: int) -> Path:
+    """An embeddings store of ``rows`` rows in shards of 65,536 (random 16-D vectors; the
+    metadata of a real store: keys, paths, labels, hashes) whose rows ``i * stride`` point at
+    ``real`` distinct tiny JPEG files spread over every shard (the others at files never
+    read), and a pairs store of ``n_pairs`` random pairs among those rows."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from pairmine import stores
+
+    images = work / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    stride = rows // real
+    real_sha: dict[int, str] = {}
+    for k in range(real):
+        path = images / f"{k:07d}.jpg"
+        if not path.exists():
+            rng = np.random.default_rng(k)
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+        real_sha[k * stride] = hashlib.sha256(path.read_bytes()).hexdigest()
+    emb = work / "emb"
+    emb.mkdir(parents=True)
+    shards = []
+    rng = np.random.default_rng(0)
+    for k, lo in enumerate(range(0, rows, SHARD_ROWS)):
+        hi = min(lo + SHARD_ROWS, rows)
+        ids = np.arange(lo, hi, dtype=np.int64)
+        vec = rng.standard_normal((hi - lo, 16)).astype(np.float32)
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+        sources = [str(images / f"{i // stride:07d}.jpg") if i in real_sha
+                   else str(work / "absent" / f"{i:09d}.jpg") for i in ids.tolist()]
+        sha = [real_sha.get(i) or hashlib.sha256(str(i).encode()).hexdigest()
+               for i in ids.tolist()]
+        meta = pa.table({"id": ids, "key": [f"{i:09d}" for i in ids.tolist()],
+                         "source": sources, "member": pa.nulls(hi - lo, pa.string()),
+                         "label": (ids % 10), "sha256": sha}, schema=stores.META_SCHEMA())
+        shards.append(stores.write_embedding_shard(emb, k, vec.astype(np.float16), meta,
+                                                   id_start=lo).to_json())
+    stores.finish_store(emb, {
+        "format": stores.EMBEDDINGS_FORMAT, "count": rows, "dim": 16, "dtype": "float16",
+        "shards": shards, "source": {"kind": "folder", "spec": str(images)},
+        "encoder": {"spec": "benchmark:random"}})
+
+    anchors = np.asarray(sorted(real_sha), dtype=np.int64)
+    a = anchors[rng.integers(0, real, size=3 * n_pairs)]
+    b = anchors[rng.integers(0, real, size=3 * n_pairs)]
+    keep = a != b
+    packed = np.unique(np.minimum(a, b)[keep] * rows + np.maximum(a, b)[keep])[:n_pairs]
+    rng.shuffle(packed)
+    pairs = work / "pairs"
+    (pairs / "pairs").mkdir(parents=True)
+    names = []
+    for k, lo in enumerate(range(0, packed.shape[0], 50_000)):
+        part = packed[lo:lo + 50_000]
+        name = f"pairs/pairs-{k:05d}.parquet"
+        stores.write_parquet_atomic(pairs / name, pa.table(
+            {"a": part // rows, "b": part % rows,
+             "score": rng.uniform(0.97, 0.99, size=part.shape[0]).astype(np.float32)},
+            schema=stores.PAIRS_SCHEMA()))
+        names.append(name)
+    stores.write_parquet_atomic(pairs / stores.SUBSET_FILE,
+                                pa.table({"id": pa.array(anchors, pa.int64())}))
+    stores.finish_store(pairs, {"format": stores.PAIRS_FORMAT,
+                             "inputs": {"embeddings": stores.input_record(emb)},
+                             "shards": names, "min": 0.97, "max": 0.99,
+                             "subset": stores.SubsetRecord(stores.SUBSET_FILE, real, rows, 0,
+                                                           None, "subset").to_json()})
+    return pairs
+
+
+def export_and_verify(pairs: Path, out: Path, ray: bool) -> None:
+    """One measured run (a child process of measure.py): export, then verify."""
+    import pairmine
+
+    extra: dict[str, Any] = {"ray": "local", "ray_workers": 2} if ray else {}
+    pairmine.export(pairs, out / "export", fmt="webdataset", **extra)
+    pairmine.verify(out / "export")
+
+
+def memory(rows: list[int], n_pairs: int, real: int, work: Path, ray: bool) -> str:
+    """Peak RSS of every process of export + verify at each store size, via measure.py."""
+    measure = ROOT.parent / "shared" / "tools" / "measure.py"
+    lines = ["| rows | shards | pairs | mode | wall s | driver peak RSS MiB | "
+             "Ray workers' peak RSS MiB |", "| ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+    for n in rows:
+        store = work / f"n{n}"
+        pairs = store / "pairs"
+        if not (pairs / "manifest.json").exists():
+            t = time.perf_counter()
+            build_scale_stores(store, n, n_pairs, real)
+            print(f"built {n} rows in {time.perf_counter() - t:.0f} s", flush=True)
+        for mode in (["local", "ray"] if ray else ["local"]):
+            out = store / f"out-{mode}"
+            label = f"export-n{n}-{mode}"
+            env = {**os.environ, "MEASURE_RUNS": str(work / "runs"),
+                   "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run([sys.executable, str(measure), "--label", label, "--",
+                            sys.executable, __file__, "--child", str(pairs), str(out),
+                            *(["--ray"] if mode == "ray" else [])], check=True, env=env)
+            got = json.loads((work / "runs" / f"{label}.json").read_text())
+            procs = got.get("processes", [])
+            driver = next((p for p in procs if p["kind"] == "driver"), {})
+            workers = [p for p in procs if p["kind"] == "ray-worker"
+                       and p["peak_rss"] > 100 << 20]  # the workers that ran units
+            mib = 1 << 20
+            lines.append(f"| {n:,} | {-(-n // SHARD_ROWS)} | {n_pairs:,} | {mode} | "
+                         f"{got.get('wall_s', 0):.1f} | "
+                         f"{driver.get('peak_rss', 0) / mib:,.0f} | "
+                         + (", ".join(f"{p.get('peak_rss', 0) / mib:,.0f}" for p in workers)
+                            or "–") + " |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def machine() -> str:
     model = platform.processor() or platform.machine()
     simd = ""
@@ -213,7 +336,31 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--combined", action="store_true", help="also time --combined exports")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--memory-rows", type=int, action="append",
+                    help="instead: peak memory of export + verify of --pairs pairs from a "
+                         "store of this many rows (repeat for several sizes)")
+    ap.add_argument("--real-images", type=int, default=20_000,
+                    help="with --memory-rows: image files the pairs use, spread over the store")
+    ap.add_argument("--ray", action="store_true", help="with --memory-rows: also on --ray local")
+    ap.add_argument("--work", type=Path, help="with --memory-rows: keep the stores here")
+    ap.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        export_and_verify(args.child[0], args.child[1], args.ray)
+        return
+    if args.memory_rows:
+        work = args.work or Path(tempfile.mkdtemp(prefix="pairmine-bench-export-mem-"))
+        table = memory(args.memory_rows, args.pairs, args.real_images, work, args.ray)
+        text = (f"Machine: {machine()}; other helpers were loading it; date "
+                f"{time.strftime('%Y-%m-%d')}; command: `python benchmarks/export.py "
+                f"{' '.join(sys.argv[1:])}`. `pairmine export --format webdataset` then "
+                "`pairmine verify`, one process tree measured by ../shared/tools/measure.py "
+                "(peak RSS of each process).\n\n" + table)
+        print(text)
+        if not args.no_write:
+            update_section(ROOT / "docs" / "benchmarks.md", "export-memory",
+                           "## export and verify memory (issue 22)\n\n" + text)
+        return
     workloads = args.workload or (["jpeg", "cifar"] if
                                   (SHARED / "cifar10-test-jpeg.tar.gz").exists() else ["jpeg"])
     rows = []

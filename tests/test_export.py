@@ -645,3 +645,37 @@ def test_export_and_verify_do_not_import_torch(stores: Stores, tmp_path: Path) -
                          timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# memory independent of the embeddings store's size (issue 22)
+
+
+def _scale_builder() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "export.py"
+    spec = importlib.util.spec_from_file_location("bench_export", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_scale_stores
+
+
+def test_export_and_verify_memory_does_not_grow_with_the_store(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from pairmine import verify
+
+    build = _scale_builder()
+    peaks = []
+    for rows in (8_000, 70_000):  # one embeddings shard, then two
+        pairs = build(tmp_path / f"n{rows}", rows, 500, 100)
+        tracemalloc.start()
+        result = export(pairs, tmp_path / f"n{rows}" / "export", fmt="webdataset")
+        checked = verify(tmp_path / f"n{rows}" / "export")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert result.pairs == 500 and checked.embeddings_checked and not checked.problems
+    # 9x the rows: the Python heap of export + verify stays put (before: lists of every row)
+    assert peaks[1] < 1.25 * peaks[0] + (1 << 20), peaks
