@@ -19,6 +19,15 @@ fraction of the GEMM limit and peak RSS. Writes its section of docs/benchmarks.m
     python benchmarks/match.py --n 200000 --dim 2048 --skip faiss-full,faiss
     python benchmarks/match.py --device cuda --n 1000000
     python benchmarks/match.py --calibrate                      # tile sizes / cost model
+    python benchmarks/match.py --tiles --n 50000 --emb EMB      # tiles vs per-block vs FAISS
+
+``--tiles`` compares the match engine's tiles (the unit of work since issue 22) with the
+previous per-block path (the engines of commit ``--baseline-rev``, unpacked with ``git archive``
+and run in a child process on the same vectors) and FAISS, on synthetic data and on a real
+embeddings store (``--emb``, e.g. CIFAR-10 train through the ResNet-20: ``pairmine embed
+cifar10/train EMB --encoder cifar-resnet:../shared/data/resnet20-cifar10.th``), checks that
+they find the same pairs, and measures the tile rate (comparisons per second) of a few tile
+shapes on this CPU.
 """
 
 from __future__ import annotations
@@ -293,7 +302,6 @@ def tune_fused(n: int, d: int) -> None:
         for _ in range(3):
             eng = FusedEngine(problem, band, DEFAULT_MEMORY_BUDGET, device="cuda",
                               block=(bm, bn), num_warps=warps, num_stages=stages)
-            eng.prepare()
             sync("cuda")
             t = time.perf_counter()
             try:
@@ -309,6 +317,194 @@ def tune_fused(n: int, d: int) -> None:
             print(f"  {bm}x{bn} warps={warps} stages={stages}: "
                   f"{min(times):.3f} s (of {', '.join(f'{t:.3f}' for t in times)})",
                   flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiles: the unit of work against the previous per-block path and FAISS
+
+
+BASELINE_REV = "359cde3"  # the last commit whose engines searched per block, targets resident
+
+OLD_SEARCH = """
+import json, sys, time
+import numpy as np
+from pairmine.engines import band_search
+x = np.load(sys.argv[1], mmap_mode="r")
+lo, hi = float(sys.argv[3]), float(sys.argv[4])
+t, c = time.perf_counter(), time.process_time()
+keys = [b.a * (1 << 32) + b.b for b in band_search(x, lo, hi, engine="torch", device="cpu")]
+sec, cpu = time.perf_counter() - t, time.process_time() - c
+np.save(sys.argv[2], np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64))
+print(json.dumps({"seconds": sec, "cpu_seconds": cpu}))
+"""
+
+
+def baseline_tree(rev: str) -> Path:
+    """The package as it was at ``rev``, unpacked once under the temporary folder."""
+    import subprocess
+    import tempfile
+
+    tree = Path(tempfile.gettempdir()) / f"pairmine-baseline-{rev}"
+    if not (tree / "pairmine").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "pairmine"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def run_per_block(x: np.ndarray, lo: float, hi: float, rev: str
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The previous per-block search on ``x``, in a child process running commit ``rev``."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        env = {**os.environ, "PYTHONPATH": str(baseline_tree(rev))}
+        res = subprocess.run([sys.executable, "-c", OLD_SEARCH, str(Path(tmp) / "x.npy"),
+                              str(Path(tmp) / "keys.npy"), repr(lo), repr(hi)],
+                             env=env, capture_output=True, text=True, check=True)
+        timing = json.loads(res.stdout.strip().splitlines()[-1])
+        return np.load(Path(tmp) / "keys.npy"), timing
+
+
+def run_tiled(x: Any, lo: float, hi: float, engine: str = "torch"
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+    from pairmine.engines import band_search
+
+    search = band_search(x, lo, hi, engine=engine, device="cpu")
+    keys = [b.a * (1 << 32) + b.b for b in search]
+    return (np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)), dict(search.info)
+
+
+def tile_rates(x: np.ndarray, shapes: list[tuple[int, int]], lo: float, hi: float,
+               reps: int) -> list[dict[str, Any]]:
+    """Comparisons per second of one full tile of each (anchors, targets) shape, warm (the
+    first run of each shape untimed), best of ``reps``, with the engine plan fitted once."""
+    from pairmine.engines import build_engine, make_problem, plan_engine, plan_tiles, run_tile
+    from pairmine.engines.band import Band, TileShape, tile_comparisons
+
+    band = Band(lo, hi)
+    plan = plan_engine(make_problem(x, None, "anchors", 4096), band, "torch", "cpu")
+    problem = make_problem(x, None, "anchors", 4096, plan)
+    out = []
+    for anchors, targets in shapes:
+        shape = TileShape(max(1, anchors // 4096), targets)
+        # a full, non-triangle tile: the second target tile of the first group
+        tile = next(t for t in plan_tiles(problem, shape) if not t.triangle
+                    and t.stop - t.start == targets)
+        engine = build_engine(problem, band, "torch", "cpu")
+        run_tile(engine, problem, band, tile)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            result = run_tile(engine, problem, band, tile)
+            times.append(time.perf_counter() - t0)
+        engine.close()
+        comps = tile_comparisons(problem, tile)
+        row = {"anchors": anchors, "targets": targets, "seconds": min(times),
+               "comparisons": comps, "rate": comps / min(times),
+               "candidates": int(result.candidates.sum()), "dims": plan.info.get("dims")}
+        print(f"  tile {anchors} x {targets}: {min(times):.3f} s, "
+              f"{row['rate'] / 1e9:.2f} G comparisons/s", flush=True)
+        out.append(row)
+    return out
+
+
+def bench_tiles(args: argparse.Namespace) -> int:
+    """--tiles: see the module doc."""
+    import faiss  # noqa: F401  (the FAISS runs need it)
+    import torch  # imported before any measurement: its RSS is not an engine's
+
+    import pairmine
+
+    torch.set_num_threads(torch.get_num_threads())
+    datasets: list[tuple[str, np.ndarray, float, float]] = []
+    for n in args.n or [50000]:
+        datasets.append((f"synthetic {n} x {args.dim}, 1% planted", make_data(
+            n, args.dim, args.planted, dense=False), LO, HI))
+    if args.emb:
+        store = pairmine.open_embeddings(args.emb)
+        x = np.ascontiguousarray(store.vectors[:])
+        datasets.append((f"{args.emb.name}: {len(x)} x {x.shape[1]} real embeddings", x, LO, HI))
+    rows: list[dict[str, Any]] = []
+    ok = True
+    for name, x, lo, hi in datasets:
+        print(name, flush=True)
+        results = {"tiled": measure("tiled", lambda x=x, lo=lo, hi=hi: run_tiled(x, lo, hi),
+                                    "cpu"),
+                   "per-block": measure("per-block", lambda x=x, lo=lo, hi=hi: run_per_block(
+                       x, lo, hi, args.baseline_rev), "cpu"),
+                   "faiss (tiles)": measure("faiss", lambda x=x, lo=lo, hi=hi: run_tiled(
+                       x, lo, hi, "faiss"), "cpu"),
+                   "faiss-full": measure("faiss-full", lambda x=x: run_faiss_full(x), "cpu")}
+        child = results["per-block"].pop("info")
+        results["per-block"].update(seconds_child=child["seconds"],
+                                    cpu_seconds=child["cpu_seconds"])
+        ref = results["tiled"]["pairs"]
+        for run, r in results.items():
+            pairs = r.pop("pairs")
+            r.update(data=name, run=run, n_pairs=len(pairs),
+                     same_pairs=bool(np.array_equal(pairs, ref)))
+            ok &= r["same_pairs"]
+        rows += results.values()
+    rate_x = make_data(args.rate_rows, args.dim, args.planted, dense=False)
+    shapes = [(16384, 32768), (16384, 131072), (16384, 262144), (4096, 131072)]
+    shapes = [(a, t) for a, t in shapes if a + 2 * t <= len(rate_x)]
+    rates = tile_rates(rate_x, shapes, LO, HI, args.reps)
+    if not args.no_docs:
+        write_tiles_docs(rows, rates, args)
+    print("pair sets identical across runs:", ok)
+    return 0 if ok else 1
+
+
+def write_tiles_docs(rows: list[dict[str, Any]], rates: list[dict[str, Any]],
+                     args: argparse.Namespace) -> None:
+    from _report import update_section
+
+    cmd = "python benchmarks/match.py " + " ".join(sys.argv[1:])
+    lines = ["## Match by tiles vs the previous per-block path vs FAISS "
+             "(benchmarks/match.py --tiles)", "",
+             f"Machine: {machine('cpu')}. Date: {dt.date.today().isoformat()}. Command: "
+             f"`{cmd}`. Load average when it ended: "
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}: other helpers were running "
+             "tests and benchmarks on the same 2 cores, so wall-clock times are inflated and "
+             "noisy; CPU seconds are each run's own.", "",
+             f"Band [{LO}, {HI}]. 'tiled': `band_search` as the match stage runs it now (tiles "
+             "of a few blocks of anchors x up to 131,072 target rows, each reading only its "
+             "rows; the rotation fitted once). 'per-block': the engines of commit "
+             f"{args.baseline_rev} (targets prepared and resident once, then block by block), "
+             "in a child process on the same vectors. 'faiss (tiles)': our FAISS engine on "
+             "the same tiles; 'faiss-full': `IndexFlatIP.range_search` over all N x N.", "",
+             "| data | run | seconds | CPU seconds | pairs | same pairs as tiled |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        sec = r.get("seconds_child", r["seconds"])
+        lines.append(f"| {r['data']} | {r['run']} | {sec:.2f} | {r['cpu_seconds']:.2f} | "
+                     f"{r['n_pairs']} | {r['same_pairs']} |")
+    lines += ["", "Per-block seconds are the child's own search (its start-up and imports "
+              "excluded).", "", "Tile rate on this CPU (one full tile, warm, best of "
+              f"{args.reps}; synthetic {args.rate_rows} x {args.dim} float16, 1% planted; "
+              "candidates rescored exactly, rows read and converted inside the time):", "",
+              "| anchors x targets | seconds | comparisons | comparisons/s | candidates | d' |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in rates:
+        lines.append(f"| {r['anchors']} x {r['targets']} | {r['seconds']:.3f} | "
+                     f"{r['comparisons']:,} | {r['rate'] / 1e9:.2f} G | {r['candidates']} | "
+                     f"{r['dims']} |")
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    begin, end = "<!-- match:begin -->", "<!-- match:end -->"
+    body = text.split(begin, 1)[1].split(end, 1)[0] if begin in text and end in text else ""
+    sb, se = "<!-- match-tiles:begin -->", "<!-- match-tiles:end -->"
+    block = f"{sb}\n" + "\n".join(lines) + f"\n{se}"
+    if sb in body and se in body:
+        pre, rest = body.split(sb, 1)
+        body = pre + block + rest.split(se, 1)[1]
+    else:
+        body = block + "\n\n" + body.strip()
+    update_section(doc, "match", body.strip() + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +543,13 @@ def main(argv: list[str] | None = None) -> int:
                     "(faiss-full, faiss, torch, two-pass, gemm, dense)")
     ap.add_argument("--calibrate", action="store_true", help="CPU tile sizes and cost model")
     ap.add_argument("--tune", action="store_true", help="fused GPU kernel settings")
+    ap.add_argument("--tiles", action="store_true",
+                    help="tiles vs the previous per-block path vs FAISS, and tile rates")
+    ap.add_argument("--emb", type=Path, help="--tiles: a real embeddings store to match too")
+    ap.add_argument("--baseline-rev", default=BASELINE_REV,
+                    help="--tiles: the commit whose per-block engines are the baseline")
+    ap.add_argument("--rate-rows", type=int, default=300000,
+                    help="--tiles: rows of the synthetic store the tile rates use")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, help="use only this many cores (CPU affinity: "
                     "every engine sizes its thread pool from it)")
@@ -365,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         tune_fused((args.n or [200000])[0], args.dim)
         return 0
+    if args.tiles:
+        return bench_tiles(args)
     skip = set(filter(None, args.skip.split(",")))
     try:
         import faiss  # noqa: F401
