@@ -146,7 +146,7 @@ REQUIRED_FILES = ("test_show_browser.py", "test_interop.py", "test_encoders*.py"
 # top-level modules of the [dev] extras (pyproject.toml)
 DEV_MODULES = frozenset({"timm", "safetensors", "open_clip", "transformers", "ray", "datasets",
                          "duckdb", "importlinter", "hypothesis", "sklearn", "webdataset",
-                         "xdist"})
+                         "xdist", "lightly"})
 # pytest.importorskip's two reasons: the module is absent, or older than asked
 _IMPORT_SKIP = (r"could not import '([A-Za-z0-9_.]+)'",
                 r"module '([A-Za-z0-9_.]+)' has __version__")
