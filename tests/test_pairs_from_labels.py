@@ -164,3 +164,18 @@ def test_cli(emb: Path, tmp_path: Path) -> None:
     assert st.open_pairs(out).manifest["curation"]["method"] == "control"
     bad = CliRunner().invoke(cli, ["pairs-from-labels", str(emb), str(tmp_path / "x")])
     assert bad.exit_code == 2 and "exactly one of" in bad.output
+
+
+def test_the_trainer_and_show_read_them(emb: Path, tmp_path: Path) -> None:
+    from pairmine.train.data import SEMANTIC, open_train_data
+
+    pairs_from_labels(emb, tmp_path / "ctl", per_class=4, control=True)
+    pairmine.export(tmp_path / "ctl", tmp_path / "spps", combined=True)
+    data = open_train_data(tmp_path / "spps")
+    sem = data.kind == SEMANTIC
+    assert data.counts()["semantic"] == 2 * 12  # both directions of each pair
+    # the control: each semantic item's two reads are one image's bytes
+    assert all(data.reader.read(int(a)) == data.reader.read(int(b))
+               for a, b in zip(data.a[sem], data.b[sem], strict=True))
+    report = pairmine.quality.show(tmp_path / "ctl", tmp_path / "page")
+    assert report.index.is_file() and report.shown == 12
