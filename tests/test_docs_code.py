@@ -285,6 +285,14 @@ def test_cli_check_catches_what_it_must() -> None:
     assert check_python("import pairmine\npairmine.embed('a', 'b')") == []
 
 
+def test_demo_report_next_steps_parse() -> None:
+    """The demo report's "next steps" are commands for a user's own data: they must parse."""
+    from pairmine.demo import NEXT_STEPS
+
+    assert check_bash(NEXT_STEPS) == []
+    assert len([c for c in shell_commands(NEXT_STEPS) if c[0] == "pairmine"]) >= 8
+
+
 def test_markers_are_read() -> None:
     text = ("x\n<!-- docs-test: skip needs a GPU -->\n```bash\npairmine demo\n```\n"
             "<!-- docs-test: fixture -->\n```python\nimport pairmine\n```\n```json\n{}\n```\n")

@@ -24,10 +24,14 @@ def command(out: Path, device: str, train_epochs: int, overwrite: bool) -> None:
     embed → match [0.97, 0.99] → export (combined WebDataset) → verify → short SePP-ID training
     → kNN evaluation → OUT/report.md. Takes under 10 minutes on a 2-core CPU; a rerun resumes.
     """
+    from rich.markup import escape
+
     from pairmine.demo import demo, short
 
     console.print("[bold]pairmine demo[/]: the full pipeline on 2,000 embedded CIFAR-10 images, "
                   "offline; under 10 minutes on a 2-core CPU, far less on a GPU.")
+    console.print(f"writing to {escape(str(out.resolve()))} (pairmine demo DIR writes elsewhere)",
+                  highlight=False)
     with progress_bar() as progress:
         result = demo(out, train_epochs=train_epochs, device=device, overwrite=overwrite,
                       progress=progress)
