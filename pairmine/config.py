@@ -45,7 +45,8 @@ class Setting:
     stage decide). ``minimum``/``maximum`` bound a number (inclusive). ``choices`` is a
     list or a function returning one (a registry's ``names``, read when first needed).
     ``kind`` names a special CLI type: ``"device"``, ``"path"``, ``"size"`` (bytes written
-    ``512M``, ``1G`` or ``none``) or ``"ints"`` (a tuple of integers written ``1,5,10``).
+    ``512M``, ``1G`` or ``none``), ``"ints"`` (a tuple of integers written ``1,5,10``) or
+    ``"list"`` (a tuple of strings, the option repeated).
     ``cli=False`` keeps a field out of the CLI (an API-only option)."""
 
     help: str

@@ -158,3 +158,62 @@ def test_a_label_file_without_usable_columns_says_which_are_needed(
     assert code == 1
     line = one_error_line(output)
     assert says in line and "rename its columns to key,label" in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# export after the images moved
+
+
+def test_export_after_the_images_moved_says_so_short_and_image_root_reads_them(
+        world: World, tmp_path: Path) -> None:
+    import shutil
+
+    old, new = tmp_path / "old" / "images", tmp_path / "new" / "images"
+    shutil.copytree(world.images, old)
+    emb, pairs = tmp_path / "emb", tmp_path / "pairs"
+    for argv in (["embed", str(old), str(emb), "--encoder", world.spec, "--workers", "0",
+                  "--device", "cpu"],
+                 ["match", str(emb), str(pairs), *BAND, "--device", "cpu"]):
+        code, output = run_cli(argv)
+        assert code == 0, output
+    new.parent.mkdir()
+    old.rename(new)
+
+    code, output = run_cli(["export", str(pairs), str(tmp_path / "spps")])
+    assert code == 1
+    line = one_error_line(output)
+    # short: a count, one example and the fix, not every path twice
+    assert len(line) < 2 * len(str(old)) + len(str(tmp_path)) + 300, line
+    assert line.startswith("Error: 30 source image(s) are gone since embed (first: "
+                           f"{old}/"), line
+    assert line.count(str(old)) == 2, line  # the example and the fix, once each
+    assert f"if they moved, add --image-root {old}=NEW_FOLDER" in line, line
+    assert "--skip-missing" in line
+
+    code, output = run_cli(["export", str(pairs), str(tmp_path / "spps"), "--image-root",
+                            f"{old}={new}", "--overwrite"])
+    assert code == 0, output
+    code, output = run_cli(["verify", str(tmp_path / "spps")])
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(("value", "says"), [("nowhere", "is not OLD=NEW"),
+                                             ("=/x", "is not OLD=NEW")])
+def test_a_bad_image_root_is_a_usage_error(world: World, tmp_path: Path, value: str,
+                                           says: str) -> None:
+    code, output = run_cli(["export", str(world.pairs), str(tmp_path / "o"), "--image-root",
+                            value])
+    assert code == 2 and says in one_error_line(output)
+    code, output = run_cli(["export", str(world.pairs), str(tmp_path / "o"), "--format",
+                            "parquet", "--image-root", "/a=/b"])
+    assert code == 2 and "use --format webdataset" in one_error_line(output)
+
+
+def test_image_roots_map_the_longest_recorded_prefix_on_a_folder_boundary() -> None:
+    from pairmine.export.fetch import ImageRoots
+
+    roots = ImageRoots.parse(["/data=/mnt/data", "/data/cifar/=/fast/cifar"])
+    assert roots.apply("/data/cifar/cat/1.png") == "/fast/cifar/cat/1.png"
+    assert roots.apply("/data/other/1.png") == "/mnt/data/other/1.png"
+    assert roots.apply("/database/1.png") == "/database/1.png"  # not a folder of /data
+    assert roots.apply("/elsewhere/1.png") == "/elsewhere/1.png"

@@ -91,6 +91,8 @@ def click_option(f: dataclasses.Field[Any], s: Setting) -> Callable[[F], F]:
     common: dict[str, Any] = {"help": s.help}
     if s.metavar is not None:
         common["metavar"] = s.metavar
+    if s.kind == "list":  # repeatable: --image-root A=B --image-root C=D -> a tuple
+        return click.option(flag, f.name, multiple=True, type=str, default=default, **common)
     if kind is bool and "/" in flag:  # --cos/--no-cos; None (no default shown): stage decides
         return click.option(flag, f.name, default=default,
                             show_default=s.show_default and default is not None, **common)

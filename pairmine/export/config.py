@@ -15,6 +15,7 @@ from typing import Any
 from pairmine import stores
 from pairmine.config import check_int, setting
 from pairmine.errors import ConfigError
+from pairmine.export.fetch import ImageRoots
 from pairmine.export.formats import EXPORT_FORMATS
 from pairmine.export.shards import RECORD, ShardLimits
 from pairmine.scale.options import ScaleSettings
@@ -52,6 +53,10 @@ class ExportConfig(ScaleSettings):
     skip_missing: bool = setting(
         False, help="Leave out samples whose source image changed or vanished since embed "
                     "(listed in the manifest) instead of failing.")
+    image_root: tuple[str, ...] = setting(
+        (), kind="list", metavar="OLD=NEW",
+        help="The images embed read under the folder OLD are now under NEW (moved or mounted "
+             "elsewhere): read them there, their hashes still checked. Repeatable.")
     license: str = setting(
         "other", metavar="ID",
         help="License of the dataset card (README.md): a Hugging Face license id, e.g. "
@@ -73,9 +78,19 @@ class ExportConfig(ScaleSettings):
         if self.max_shard_bytes is not None and self.max_shard_bytes < 2 * RECORD:
             raise ConfigError(f"--max-shard-bytes {self.max_shard_bytes} is too small",
                               f"give at least {2 * RECORD} bytes (tars grow in 10 KiB records)")
+        roots = self.image_roots()
+        if roots.moves and not self.shards:
+            raise ConfigError("--image-root reads moved images into tar shards; a parquet "
+                              "export points at the paths embed recorded",
+                              "use --format webdataset, or re-run embed where the images are "
+                              "now")
         if self.shuffle and not self.shards:
             raise ConfigError("--shuffle orders shard samples; spps.parquet is always ordered "
                               "by pair id", "drop --shuffle, or use --format webdataset")
+
+    def image_roots(self) -> ImageRoots:
+        """``image_root`` parsed (a bad OLD=NEW is a ConfigError)."""
+        return ImageRoots.parse(self.image_root)
 
     @property
     def shards(self) -> bool:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pairmine.errors import SourceError
+from pairmine.errors import ConfigError, SourceError
 from pairmine.export.layout import normalise_ext
 from pairmine.export.plan import Catalogue
 from pairmine.stores.export import Problem
@@ -23,6 +26,42 @@ log = logging.getLogger(__name__)
 MISSING = "missing"
 CHANGED = "changed"
 DEFAULT_CACHE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class ImageRoots:
+    """``--image-root OLD=NEW``: images recorded under the folder OLD at embed time are read
+    under NEW (a dataset moved or mounted elsewhere). The bytes are still checked against the
+    hashes embed recorded, so a wrong NEW shows up as changed or missing images, never as
+    other images exported silently."""
+
+    moves: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, values: Sequence[str]) -> ImageRoots:
+        moves = []
+        for value in values:
+            old, sep, new = str(value).partition("=")
+            if not sep or not old.strip() or not new.strip():
+                raise ConfigError(f"--image-root {value!r} is not OLD=NEW",
+                                  "e.g. --image-root /data/old/images=/mnt/images")
+            moves.append((_folder(old), _folder(new)))
+        # the longest OLD first: a nested move wins over its parent's
+        return cls(tuple(sorted(moves, key=lambda m: -len(m[0]))))
+
+    def apply(self, source: str) -> str:
+        """Where ``source`` (a path recorded at embed time) is now."""
+        for old, new in self.moves:
+            if source == old:
+                return new
+            if source.startswith(old + "/"):
+                return new + source[len(old):]
+        return source
+
+
+def _folder(path: str) -> str:
+    text = path.strip()
+    return text if text == "/" else text.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -43,9 +82,11 @@ class Fetcher:
     """
 
     def __init__(self, source_kind: str, images: Catalogue, *,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 roots: ImageRoots | None = None) -> None:
         self._read = _reader(source_kind)
         self._images = images
+        self._roots = roots or ImageRoots()
         self.problems: dict[int, Problem] = {}
         self._cache: OrderedDict[int, Original] = OrderedDict()
         self._cache_bytes = cache_bytes
@@ -61,12 +102,13 @@ class Fetcher:
             known = self.problems.get(image_id)
         if known is not None:
             return known
-        source = self._images.sources[image_id]
+        source = self._roots.apply(self._images.sources[image_id])
         member = self._images.members[image_id]
         try:
             data, ext = self._read(source, member)
         except Exception as exc:  # any failure to fetch one image is its problem
-            return self._problem(image_id, MISSING, f"{type(exc).__name__}: {exc}")
+            gone = not os.path.lexists(source)  # the common case, said in two words
+            return self._problem(image_id, MISSING, "not found" if gone else _failure(exc))
         digest = hashlib.sha256(data).hexdigest()
         if digest != self._images.sha256[image_id]:
             return self._problem(image_id, CHANGED,
@@ -90,7 +132,7 @@ class Fetcher:
 
     def _problem(self, image_id: int, reason: str, detail: str) -> Problem:
         problem = Problem(id=image_id, key=self._images.keys[image_id],
-                          source=self._images.sources[image_id],
+                          source=self._roots.apply(self._images.sources[image_id]),
                           member=self._images.members[image_id], reason=reason, detail=detail)
         with self._lock:
             self.problems[image_id] = problem
@@ -109,9 +151,47 @@ def _reader(kind: str) -> Any:
                           ) from None
 
 
-def describe_problems(problems: list[Problem], limit: int = 10) -> str:
-    """``"3 images: a.jpg (missing: ...), ..."`` for error messages and summaries."""
+def _failure(exc: Exception) -> str:
+    """Why an image could not be read, without its path (the problem records the path)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def describe_problems(problems: list[Problem], limit: int = 3) -> str:
+    """``"a.jpg (missing: No such file or directory); ...; and 7 more"`` for summaries."""
     shown = [f"{p.where()} ({p.reason}: {p.detail})" for p in problems[:limit]]
     more = len(problems) - len(shown)
     text = "; ".join(shown)
-    return text + (f"; and {more} more" if more > 0 else "")
+    return text + (f"; and {more:,} more" if more > 0 else "")
+
+
+def moved_from(problems: list[Problem]) -> str | None:
+    """The folder the missing images have in common (the OLD of ``--image-root OLD=NEW``), or
+    None when they share none or are members of archives (an archive moves as one file)."""
+    folders = {os.path.dirname(p.source) for p in problems if p.reason == MISSING}
+    if not folders:
+        return None
+    try:
+        common = os.path.commonpath(sorted(folders))
+    except ValueError:  # relative and absolute paths mixed
+        return None
+    return common if common not in ("", "/", ".") else None
+
+
+def problems_error(problems: list[Problem], listing: Path) -> SourceError:
+    """One short line for an export stopped by source images that moved, vanished or changed:
+    how many, the first one, then what to do (``--image-root`` first when they look moved)."""
+    gone = sum(p.reason == MISSING for p in problems)
+    changed = len(problems) - gone
+    what = (f"{gone:,} source image(s) are gone" if not changed else
+            f"{changed:,} source image(s) changed" if not gone else
+            f"{gone:,} source image(s) are gone and {changed:,} changed")
+    first = problems[0]
+    old = moved_from(problems)
+    fix = "restore them, or pass --skip-missing to leave out the samples that use them"
+    if old is not None:
+        fix = f"if they moved, add --image-root {old}=NEW_FOLDER; else {fix}"
+    return SourceError(f"{what} since embed (first: {first.where()}: {first.detail})",
+                       f"{fix}; list in {listing}; the export is unfinished (no manifest)")

@@ -20,7 +20,7 @@ from pairmine import stores
 from pairmine.errors import ConfigError, SourceError, StoreError
 from pairmine.export import layout as lay
 from pairmine.export.config import ExportConfig
-from pairmine.export.fetch import Fetcher, describe_problems
+from pairmine.export.fetch import Fetcher, ImageRoots, problems_error
 from pairmine.export.formats import EXPORT_FORMATS
 from pairmine.export.plan import WINDOW, Plan, StoreCatalogue, make_plan
 from pairmine.export.prefetch import Prefetcher
@@ -134,7 +134,8 @@ def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = Non
         if run.resumed:
             log.info("resuming the unfinished export in %s", out)
         layout = EXPORT_FORMATS.get(run_config.fmt)
-        fetcher = Fetcher(plan.source_kind, plan.images, cache_bytes=layout.cache_bytes)
+        fetcher = Fetcher(plan.source_kind, plan.images, cache_bytes=layout.cache_bytes,
+                          roots=run_config.image_roots())
         written = layout.write(out, plan, fetcher, run_config, run_config.skip_missing,
                                progress)
         seconds = time.perf_counter() - t0
@@ -200,11 +201,7 @@ def _stop(out: Path, plan: Plan, fetcher: Fetcher, start: int, progress: Progres
 def _problems_error(out: Path, problems: list[Problem]) -> SourceError:
     listing = out / stores.PARTIAL_DIR / lay.PROBLEMS_FILE
     stores.write_json_atomic(listing, [p.to_json() for p in problems])
-    return SourceError(
-        f"{len(problems)} source image(s) changed or vanished since embed: "
-        f"{describe_problems(problems)}",
-        f"restore them, or pass --skip-missing to leave out the samples that use them; full "
-        f"list in {listing}; the export is unfinished (no manifest)")
+    return problems_error(problems, listing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,6 +343,7 @@ class ExportJob:
     skip_missing: bool
     cache_bytes: int
     pairs_manifest_sha256: str
+    image_root: tuple[str, ...] = ()  # --image-root OLD=NEW: where moved images are now
 
 
 _OPENED: dict[tuple[Any, ...], tuple[Plan, Fetcher]] = {}  # per worker process: the last run's
@@ -360,7 +358,8 @@ def _opened(job: ExportJob) -> tuple[Plan, Fetcher]:
         _OPENED.clear()
         plan = make_plan(job.pairs, combined=job.combined, shuffle=job.shuffle, seed=job.seed)
         _OPENED[key] = (plan, Fetcher(plan.source_kind, plan.images,
-                                      cache_bytes=job.cache_bytes))
+                                      cache_bytes=job.cache_bytes,
+                                      roots=ImageRoots.parse(job.image_root)))
     return _OPENED[key]
 
 
@@ -412,7 +411,8 @@ def write_shards_on_ray(out: Path, plan: Plan, config: ExportConfig, *,
                     shuffle=bool(config.shuffle), seed=config.seed, limits=config.limits(),
                     skip_missing=config.skip_missing,
                     cache_bytes=EXPORT_FORMATS.get(config.fmt).cache_bytes,
-                    pairs_manifest_sha256=stores.sha256_file(plan.pairs_path / stores.MANIFEST))
+                    pairs_manifest_sha256=stores.sha256_file(plan.pairs_path / stores.MANIFEST),
+                    image_root=config.image_root)
     spec = Path(str(plan.source.get("spec", "")))
     read = [plan.pairs_path, plan.embeddings_path]
     see = [spec] if spec.is_absolute() and spec.exists() else []
