@@ -35,9 +35,9 @@ The fixture working directory (built once per test run of this module, offline, 
     resnet20.th                   the packaged CIFAR ResNet-20 checkpoint: encoder
                                   ``cifar-resnet:resnet20.th`` (64-D features)
     emb/                          pairmine embed data/train/ emb/ --encoder cifar-resnet:resnet20.th
-    pairs/                        pairmine match emb/ pairs/ --min 0.97 --max 0.99   (7 pairs)
+    pairs/                        pairmine match emb/ pairs/ --min 0.97 --max 0.99   (a few pairs)
     spps/                         pairmine export pairs/ spps/ --format webdataset --combined
-                                      --shard-size 80   (207 samples in 3 shards:
+                                      --shard-size 80   (~207 samples in 3 shards:
                                   spps/shards/spps-{000000..000002}.tar)
     EMB, PAIRS, SPPS              symlinks to emb/, pairs/, spps/ (the placeholders of the docs)
 
@@ -72,7 +72,7 @@ MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>\S+)\s*(?P<reason>.*?)\s*
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+)\s*(?P<lang>[^\s`]*)[^`]*$")
 # a line that is a command to type: in an unlabelled fence it must be labelled ```bash
 COMMAND_LINE = re.compile(r"^\s*(\$\s+)?(pairmine|python3?|pip3?|torchrun|ray|srun|sbatch)\s")
-DRIVER_TIMEOUT_S = 300
+DRIVER_TIMEOUT_S = 600  # ~25 s of CPU; minutes only on a machine shared with other jobs
 BASH_TIMEOUT_S = 120
 
 
@@ -218,7 +218,9 @@ def results(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     spec.write_text(json.dumps({"fixture": str(fixture_dir), "work": str(work),
                                 "blocks": [asdict(b) for b in RUN_BLOCKS]}), encoding="utf-8")
     env = {**os.environ, "PATH": f"{work / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+           "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg",
+           # offline, as the blocks must be (a docs block that needs the network is skipped)
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     (work / "bin").mkdir()
     for name in ("python", "python3"):
         (work / "bin" / name).symlink_to(sys.executable)
