@@ -179,3 +179,18 @@ def test_the_trainer_and_show_read_them(emb: Path, tmp_path: Path) -> None:
                for a, b in zip(data.a[sem], data.b[sem], strict=True))
     report = pairmine.quality.show(tmp_path / "ctl", tmp_path / "page")
     assert report.index.is_file() and report.shown == 12
+
+
+def test_like_a_store_mined_from_another_embeddings_store(emb: Path, tmp_path: Path) -> None:
+    # the same images embedded again (other vectors): classes are matched by name
+    other = build_embeddings(tmp_path / "images", tmp_path / "emb2", seed=1)
+    n = len(st.open_embeddings(other))
+    mined_list = random_pairs(n, 30, seed=5)
+    mined = build_pairs(other, tmp_path / "mined", mined_list)
+    labels, _ = labels_and_hashes(other)
+    names = st.open_embeddings(other).manifest["source"]["class_names"]
+    want = Counter(names[int(labels[min(p)])] for p in mined_list)
+    result = pairs_from_labels(emb, tmp_path / "cur", like=mined)
+    assert result.per_class == dict(sorted(want.items()))
+    record = st.open_pairs(tmp_path / "cur").manifest["curation"]["like"]
+    assert record["manifest_sha256"] == st.sha256_file(mined / "manifest.json")
