@@ -235,7 +235,9 @@ def eval_pairs(pairs: str | Path, config: EvalPairsConfig | None = None, *,
     timings["accuracy_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    baselines = knn_accuracy(emb.vectors, scope, lab.codes, config.ks, progress=progress)
+    # the quality tools read the whole matrix (a one-shard store: its memory map, no copy)
+    vectors = np.asarray(emb.vectors)
+    baselines = knn_accuracy(vectors, scope, lab.codes, config.ks, progress=progress)
     timings["neighbours_s"] = time.perf_counter() - t0
 
     rows: list[BandStats] = []
@@ -245,7 +247,7 @@ def eval_pairs(pairs: str | Path, config: EvalPairsConfig | None = None, *,
         floor = round(max(-1.0, lo - 0.05), 6) if grid_floor is None else grid_floor
         lows = sorted(set(bd.grid(floor, hi, config.grid_step)) | {lo})
         lows = [x for x in lows if x < hi] or [lo]
-        scored = bd.scan_scores(emb.vectors, floor, scope, engine=config.engine,
+        scored = bd.scan_scores(vectors, floor, scope, engine=config.engine,
                                 device=config.device, content=bd.duplicate_codes(emb.meta),
                                 progress=progress)
         rows = bd.band_table(scored, scope, lab.codes, bd.all_bands(lows, {hi, 1.0}))

@@ -108,7 +108,8 @@ def calibrate(emb: str | Path, config: CalibrateConfig | None = None, *,
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    scored = bd.scan_scores(store.vectors, config.floor, scope, engine=config.engine,
+    # the quality tools read the whole matrix (a one-shard store: its memory map, no copy)
+    scored = bd.scan_scores(np.asarray(store.vectors), config.floor, scope, engine=config.engine,
                             device=config.device, content=bd.duplicate_codes(store.meta),
                             max_pairs=config.max_pairs or bd.DEFAULT_MAX_PAIRS, progress=progress)
     timings["search_s"] = time.perf_counter() - t0
