@@ -229,9 +229,8 @@ def write_card(out: Path, info: ExportManifest, *,
 def _header(layout: CardLayout, facts: dict[str, Any], license: str) -> dict[str, Any]:
     header: dict[str, Any] = {"license": license}
     if license == DEFAULT_LICENSE:
-        # the Hub asks a name and a link for "other"; the images' own terms decide
+        # the Hub asks a name for "other": the images' own terms decide (the card's note)
         header["license_name"] = "source-images-license"
-        header["license_link"] = "LICENSE"
     header["pretty_name"] = "Semantic positive pairs (pairmine export)"
     header["task_categories"] = ["image-feature-extraction"]
     header["tags"] = ["self-supervised-learning", "semantic-positive-pairs", "webdataset",
