@@ -115,4 +115,7 @@ def cli(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None, **kwargs: Any) -> None:
+    from pairmine.runtime import prefer_passive_waits
+
+    prefer_passive_waits()  # before any command imports torch (OpenMP reads it once)
     cli.main(args=argv, prog_name="pairmine", **kwargs)

@@ -359,8 +359,14 @@ def test_embed_and_train_share_one_precision_policy(fast_bf16: bool,
 
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast_bf16)
     cpu = torch.device("cpu")
-    auto = "bf16" if fast_bf16 else "fp32"
-    assert runtime.resolve_precision("auto", "cpu") == _precision("auto", cpu) == auto
+    # without a trial auto is fp32 on every CPU; with native bf16 a timed trial decides
+    assert runtime.resolve_precision("auto", "cpu") == _precision("auto", cpu) == "fp32"
+    assert runtime.needs_trial("auto", "cpu") == fast_bf16
+    monkeypatch.setattr(runtime, "time_precisions",
+                        lambda step, names, repeats=3: {"fp32": 2.0, "bf16": 1.0})
+    trial = runtime.choose_precision("auto", "cpu", lambda name: None)
+    assert trial.precision == ("bf16" if fast_bf16 else "fp32")
+    assert (trial.trial is not None) == fast_bf16
     if fast_bf16:
         assert runtime.resolve_precision("bf16", "cpu") == _precision("bf16", cpu) == "bf16"
     else:

@@ -23,8 +23,9 @@ from pairmine.train.moco import MoCo, SplitBatchNorm2d
 from pairmine.train.trainer import LAST, load_training_checkpoint, train, train_step
 
 # a tiny but real setting: resnet18-cifar on 16-px crops, batch 16, a short queue
+# fp32 and one thread: no precision trial, the same on every CPU and on a busy machine
 TINY = {"arch": "resnet18-cifar", "image_size": 8, "batch_size": 16, "moco_k": 64,
-        "workers": 0, "bn_groups": 4}
+        "workers": 0, "bn_groups": 4, "precision": "fp32", "threads": 1}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -472,3 +473,271 @@ def test_cli_train(tmp_path: Path, tiny_folder: Path) -> None:
     bad = runner.invoke(cli, [*args[:3], "--lambda", "2", "--epochs", "1"])
     assert bad.exit_code == 2 and "lambda" in bad.output  # a refused value: usage error
     assert INSTANCE == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# LeOCLR
+
+
+def test_leoclr_loss_is_algorithm_1_on_fixed_tensors() -> None:
+    """Algorithm 1 written out per image: q = f_q(X), k¹ = f_k(X¹), k² = f_k(X²),
+    L = ℓ(q, k¹) + ℓ(q, k²), ℓ MoCo-v2's InfoNCE against the queue; the crops never meet."""
+    from pairmine.train.leoclr import keys_to_enqueue, leoclr_loss
+
+    gen = torch.Generator().manual_seed(4)
+    n, d, size, tau = 4, 6, 7, 0.2
+    q = F.normalize(torch.randn(n, d, generator=gen), dim=1)
+    k1 = F.normalize(torch.randn(n, d, generator=gen), dim=1)
+    k2 = F.normalize(torch.randn(n, d, generator=gen), dim=1)
+    queue = F.normalize(torch.randn(d, size, generator=gen), dim=0)
+
+    def ell(a: torch.Tensor, b: torch.Tensor) -> float:
+        pos = math.exp(float(a @ b) / tau)
+        neg = sum(math.exp(float(a @ queue[:, j]) / tau) for j in range(size))
+        return -math.log(pos / (pos + neg))
+
+    direct = sum(ell(q[i], k1[i]) + ell(q[i], k2[i]) for i in range(n)) / n
+    none = torch.zeros(n, dtype=torch.bool)
+    assert leoclr_loss(q, k1, k2, queue, tau, none, 1.0).item() == pytest.approx(direct,
+                                                                                 rel=1e-5)
+    # the crops are never attracted to each other: moving k² toward k¹ changes nothing but
+    # the ℓ(q, k²) term
+    assert leoclr_loss(q, k1, k1, queue, tau, none, 1.0).item() == pytest.approx(
+        sum(2 * ell(q[i], k1[i]) for i in range(n)) / n, rel=1e-5)
+    # semantic rows weigh λ, divided by the instance rows (SePP-ID's merged Eq. 2)
+    semantic = torch.tensor([False, False, True, True])
+    lam = 0.5
+    weighted = (sum(ell(q[i], k1[i]) + ell(q[i], k2[i]) for i in (0, 1))
+                + lam * sum(ell(q[i], k1[i]) + ell(q[i], k2[i]) for i in (2, 3))) / 2
+    assert leoclr_loss(q, k1, k2, queue, tau, semantic, lam).item() == pytest.approx(
+        weighted, rel=1e-5)
+    assert torch.equal(keys_to_enqueue(k1, k2, "k1"), k1)
+    assert torch.equal(keys_to_enqueue(k1, k2, "both"), torch.cat([k1, k2]))
+
+
+def test_leoclr_step_sends_the_original_to_the_query_encoder() -> None:
+    """train_step with x_k2: q = f_q(X), k¹ = f_k(X¹), k² = f_k(X²) (each crop with its own
+    key shuffle), the loss of Algorithm 1, then k¹ and k² (``both``) or k¹ (``k1``) enqueued."""
+    import copy
+
+    from pairmine.train.leoclr import leoclr_loss
+
+    for which, enqueued in (("both", 12), ("k1", 6)):
+        torch.manual_seed(0)
+        model = MoCo("resnet18-cifar", dim=16, k=32, m=0.99, bn_groups=2).train()
+        twin = copy.deepcopy(model)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        gen = torch.Generator().manual_seed(1)
+        x, x1, x2 = (torch.randn(6, 3, 8, 8, generator=gen) for _ in range(3))
+        queue = model.queue.clone()
+        semantic = torch.zeros(6, dtype=torch.bool)
+        loss = train_step(model, model, opt, x, x1, semantic, lam=1.0, temperature=0.1,
+                          shuffle=torch.Generator().manual_seed(2), x_k2=x2,
+                          leoclr_queue=which)
+        with torch.no_grad():
+            q = F.normalize(twin.encoder_q(x), dim=1)  # the original, through f_q
+            twin.momentum_update()
+            shuffle = torch.Generator().manual_seed(2)
+            k1, k2 = twin.keys(x1, shuffle), twin.keys(x2, shuffle)  # crops through f_k
+        assert loss.item() == pytest.approx(
+            leoclr_loss(q, k1, k2, queue, 0.1, semantic, 1.0).item(), rel=1e-5)
+        assert int(model.queue_ptr) == enqueued
+        keys = torch.cat([k1, k2]) if which == "both" else k1
+        assert torch.allclose(model.queue[:, :enqueued].T, keys, atol=1e-6)
+
+
+def test_leoclr_views_original_uncropped_and_crops_of_the_positive(tmp_path: Path) -> None:
+    """Instance item: X and the crops come from one image. Semantic item (a, b): X is a's
+    whole image (resized, never cropped), the crops are b's."""
+    from pairmine.sources import open_source
+    from pairmine.train.augment import moco_v2
+    from pairmine.train.data import OriginalAndCrops, SourceReader, TrainData
+
+    root = tmp_path / "two"
+    root.mkdir()
+    (root / "a.png").write_bytes(_png(np.full((16, 16, 3), 10, np.uint8)))
+    (root / "b.png").write_bytes(_png(np.full((16, 16, 3), 200, np.uint8)))
+    src = open_source(str(root), labels=False)
+    data = TrainData(SourceReader(src, str(root)), np.array([INSTANCE, SEMANTIC], np.int8),
+                     np.array([0, 0]), np.array([0, 1]))
+    views = OriginalAndCrops(data, moco_v2(8), seed=0)
+    x, x1, x2, kind = views[(0, 0)]
+    assert x.shape == x1.shape == x2.shape == (3, 8, 8) and kind == INSTANCE
+    assert int(x.float().mean()) == int(x1.float().mean()) == 10
+    x, x1, x2, kind = views[(0, 1)]
+    assert kind == SEMANTIC and int(x.float().mean()) == 10
+    assert int(x1.float().mean()) == int(x2.float().mean()) == 200
+    # never cropped: a left-half-dark image keeps both halves in the original view
+    half = np.zeros((16, 16, 3), np.uint8)
+    half[:, 8:] = 255
+    (root / "a.png").write_bytes(_png(half))
+    x, _, _, _ = views[(0, 0)]
+    assert float(x.float().mean()) == pytest.approx(127.5, abs=8)
+
+
+def test_leoclr_trains_resumes_and_records_its_queue(tmp_path: Path, tiny_folder: Path) -> None:
+    opts = {**TINY, "epochs": 2, "seed": 3, "method": "leoclr", "leoclr_queue": "k1"}
+    full = train(tiny_folder, tmp_path / "full", **opts)
+    train(tiny_folder, tmp_path / "part", stop_after=1, **opts)
+    with pytest.raises(ConfigError, match="leoclr_queue"):
+        train(tiny_folder, tmp_path / "part", resume=True, **{**opts, "leoclr_queue": "both"})
+    resumed = train(tiny_folder, tmp_path / "part", resume=True, **opts)
+    assert full.complete and resumed.complete
+    a, b = _state(tmp_path / "full" / LAST), _state(tmp_path / "part" / LAST)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    summary = json.loads((tmp_path / "full" / "train.json").read_text())
+    assert summary["config"]["method"] == "leoclr"
+    assert summary["config"]["leoclr_queue"] == "k1"
+    assert all(math.isfinite(r["loss"]) for r in full.history)
+
+
+def test_leoclr_with_spps_on_a_combined_export(tmp_path: Path) -> None:
+    root = _write_export(tmp_path / "spps", n_images=24, n_pairs=8)
+    result = train(root, tmp_path / "run", **{**TINY, "epochs": 1, "lam": 0.5,
+                                              "method": "leoclr"})
+    assert result.history[0]["semantic_items"] > 0 and math.isfinite(result.last_loss or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# --max-steps, precision by trial, threads, a failed run's folder
+
+
+def test_max_steps_ends_the_run_in_a_partial_epoch(tmp_path: Path, tiny_folder: Path) -> None:
+    result = train(tiny_folder, tmp_path / "run", **{**TINY, "epochs": 5, "max_steps": 1})
+    assert result.complete and result.steps == 1 and result.epochs_done == 1
+    record = result.history[0]
+    assert record["steps"] == 1 and record["partial"] and record["images"] == 16
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["stopped_at_max_steps"] and summary["steps"] == 1
+    assert (tmp_path / "run" / "checkpoint-0001.pt").exists()
+    # 3 steps over 2-step epochs: one whole epoch and one step of the next
+    longer = train(tiny_folder, tmp_path / "three", **{**TINY, "epochs": 5, "max_steps": 3})
+    assert [r["steps"] for r in longer.history] == [2, 1] and longer.steps == 3
+
+
+@pytest.mark.parametrize(("seconds", "chosen"), [({"fp32": 1.0, "bf16": 0.5}, "bf16"),
+                                                 ({"fp32": 1.0, "bf16": 0.95}, "fp32")])
+def test_auto_precision_on_a_bf16_cpu_is_a_timed_trial(
+        tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch,
+        seconds: dict[str, float], chosen: str) -> None:
+    from pairmine import runtime
+
+    calls: list[str] = []
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+
+    def timed(step: object, candidates: tuple[str, ...], repeats: int = 3) -> dict[str, float]:
+        assert callable(step)
+        for name in candidates:  # the trial step really runs in each precision
+            step(name)
+            calls.append(name)
+        return dict(seconds)
+
+    monkeypatch.setattr(runtime, "time_precisions", timed)
+    result = train(tiny_folder, tmp_path / "run", **{**TINY, "precision": "auto",
+                                                     "max_steps": 1})
+    assert calls == ["fp32", "bf16"] and result.precision == chosen
+    assert "timed trial" in result.precision_reason
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["precision"] == chosen
+    assert summary["run"]["precision"]["trial_seconds"] == seconds
+    assert result.history[0]["precision"] == chosen
+    raw = torch.load(tmp_path / "run" / LAST, weights_only=True)
+    assert raw["run"]["precision"]["precision"] == chosen
+
+
+def test_auto_precision_without_native_bf16_is_fp32_without_a_trial(
+        tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pairmine import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "time_precisions", lambda *a, **k: pytest.fail("no trial"))
+    result = train(tiny_folder, tmp_path / "run", **{**TINY, "precision": "auto",
+                                                     "max_steps": 1})
+    assert result.precision == "fp32" and "without native bf16" in result.precision_reason
+    with pytest.raises(ConfigError, match="no native bf16"):
+        train(tiny_folder, tmp_path / "bf16", **{**TINY, "precision": "bf16"})
+
+
+def test_threads_default_to_the_usable_cpus_minus_the_workers(
+        tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pairmine import runtime
+    from pairmine.train import trainer
+
+    seen: list[int] = []
+    real = trainer._Loop.run_epoch
+
+    def spy(self: object, *args: object, **kwargs: object) -> dict[str, object]:
+        seen.append(torch.get_num_threads())
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer._Loop, "run_epoch", spy)
+    monkeypatch.setattr(runtime, "cpu_count", lambda: 3)
+    before = torch.get_num_threads()
+    train(tiny_folder, tmp_path / "run", **{**TINY, "threads": None, "max_steps": 1})
+    assert seen == [3] and torch.get_num_threads() == before  # workers 0: 3 threads, restored
+    assert runtime.compute_threads(1) == 2 and runtime.compute_threads(5) == 1
+
+
+def test_a_failed_train_leaves_no_empty_folder(tmp_path: Path, tiny_folder: Path) -> None:
+    from pairmine.errors import SourceError
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(SourceError):
+        train(tmp_path / "no-such-images", out, **TINY)
+    assert not (tmp_path / "new").exists()
+    # a failure after the folder was made (too few items for a batch) removes it too
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        train(tiny_folder, out, **{**TINY, "batch_size": 64, "bn_groups": 4})
+    assert not (tmp_path / "new").exists()
+    # a folder that existed, or that holds anything, stays
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(SourceError):
+        train(tmp_path / "no-such-images", mine / "run", **TINY)
+    assert (mine / "notes.txt").read_text() == "keep" and not (mine / "run").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError):
+        train(tmp_path / "no-such-images", empty, **TINY)
+    assert empty.is_dir()  # the user's folder, not the run's to remove
+
+
+def test_a_crash_mid_training_keeps_the_last_checkpoint(tmp_path: Path, tiny_folder: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pairmine.train import trainer
+
+    real = trainer._Loop.run_epoch
+
+    def crash_in_epoch_2(self: trainer._Loop, epoch: int, *args: object) -> dict[str, object]:
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer._Loop, "run_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_folder, tmp_path / "run", **{**TINY, "epochs": 2})
+    assert (tmp_path / "run" / LAST).exists()  # epoch 1's work stays
+
+
+def test_cgroup_quota_caps_the_usable_cpus(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from pairmine import runtime
+
+    v2 = tmp_path / "v2"
+    (v2 / "job" / "step").mkdir(parents=True)
+    (v2 / "job" / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs on the parent
+    (v2 / "job" / "step" / "cpu.max").write_text("max 100000\n")
+    monkeypatch.setattr(runtime, "_own_cgroups", lambda: [(2, "", "/job/step")])
+    assert runtime.cgroup_cpu_quota(v2) == 1.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu" / "slurm").mkdir(parents=True)
+    (v1 / "cpu" / "slurm" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "slurm" / "cpu.cfs_period_us").write_text("100000\n")
+    monkeypatch.setattr(runtime, "_own_cgroups", lambda: [(1, "cpu,cpuacct", "/slurm")])
+    assert runtime.cgroup_cpu_quota(v1) == 3.0
+    (v1 / "cpu" / "slurm" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert runtime.cgroup_cpu_quota(v1) is None
+    monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda root=None: 0.5)
+    assert runtime.cpu_count() == 1  # a fraction of a CPU is still one thread

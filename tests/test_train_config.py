@@ -24,17 +24,17 @@ from pairmine.train.trainer import LAST, LOG, load_training_checkpoint
 # a tiny but real run: resnet18-cifar on 8-px crops, 32 images in batches of 16 (2 steps)
 TINY: dict[str, Any] = {"arch": "resnet18-cifar", "image_size": 8, "batch_size": 16,
                         "moco_k": 64, "workers": 0, "bn_groups": 4, "epochs": 1, "seed": 5,
-                        "lam": 0.5}
+                        "lam": 0.5, "precision": "fp32", "threads": 1}
 TINY_ARGS = ["--arch", "resnet18-cifar", "--image-size", "8", "--batch-size", "16",
              "--moco-k", "64", "--workers", "0", "--bn-groups", "4", "--epochs", "1",
-             "--seed", "5", "--lambda", "0.5"]
+             "--seed", "5", "--lambda", "0.5", "--precision", "fp32", "--threads", "1"]
 TIMINGS = ("seconds", "images_per_s", "time")
 # what a checkpoint's "config" has always held
 CHECKPOINT_CONFIG_KEYS = {
     "arch", "epochs", "batch_size", "lr", "weight_decay", "momentum", "cos", "moco_dim",
     "moco_k", "moco_m", "temperature", "lam", "image_size", "bn_groups", "augment",
     "pair_directions", "random_duplicates", "seed", "device", "precision", "workers",
-    "save_every"}
+    "save_every", "method", "leoclr_queue", "threads", "max_steps"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -144,6 +144,11 @@ def test_the_cli_makes_the_same_call(folder: Path, tmp_path: Path,
     ({"precision": "fp16"}, "unknown --precision 'fp16'"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
     ({"batch_size": 10, "bn_groups": 4}, "--batch-size 10 does not split into 4 batch-norm"),
+    ({"method": "simclr"}, "unknown --method 'simclr'"),
+    ({"leoclr_queue": "k2"}, "unknown --leoclr-queue 'k2'"),
+    ({"method": "leoclr", "augment": "device"}, "--method leoclr crops in the CPU workers"),
+    ({"threads": 0}, "--threads must be >= 1"),
+    ({"max_steps": 0}, "--max-steps must be >= 1"),
 ])
 def test_bad_values_are_config_errors(folder: Path, tmp_path: Path, fields: dict[str, Any],
                                       message: str) -> None:

@@ -39,13 +39,14 @@ def command(data: str, out: Path, config: TrainConfig, resume: bool,
     d = result.data
     common.out.print(summary_table(f"training → {result.out}", [
         ("epochs", f"{result.epochs_done} / {result.epochs}"
-                   + ("" if result.complete else " (paused: run again with --resume)")),
+                   + ("" if result.complete else " (paused: run again with --resume)")
+                   + (f" ({result.steps:,} steps: --max-steps)" if config.max_steps else "")),
         ("data", f"{d.get('kind')}: {d.get('instance', 0):,} instance + "
                  f"{d.get('semantic', 0):,} semantic + {d.get('duplicate', 0):,} duplicate "
                  "items"),
         ("last loss", "-" if result.last_loss is None else f"{result.last_loss:.4f}"),
         ("throughput", "-" if result.images_per_s is None
          else f"{result.images_per_s:,.0f} images/s"),
-        ("device", f"{result.device}, {result.precision}"),
+        ("device", f"{result.device}, {result.precision} ({result.precision_reason})"),
         ("checkpoint", str(result.checkpoint)),
     ]))

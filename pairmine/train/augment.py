@@ -120,6 +120,21 @@ def crop_flip(img: Image.Image, cfg: AugmentConfig, gen: torch.Generator) -> Ten
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+def resize_flip(img: Image.Image, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:
+    """LeOCLR's original view: the whole image resized to (S, S), never cropped, and the same
+    random horizontal flip as the crops → uint8 (3, S, S)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    flip = bool(torch.rand(1, generator=gen).item() < cfg.flip_p)
+    out = img.resize((cfg.size, cfg.size), Image.Resampling.BILINEAR)
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(out, dtype=np.uint8)  # (S, S, 3)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
 def batched_crop_flip(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:
     """Stage 1 on a batch of equal-size images on any device: (N, 3, H, W) uint8 or float in
     [0, 1] → float (N, 3, S, S). roi_align with adaptive sampling averages each output bin

@@ -217,8 +217,8 @@ def _add_duplicates(data: TrainData, count: int, seed: int) -> TrainData:
 # the torch dataset: (epoch, item) → two uint8 views
 
 
-class TwoViews:
-    """Map-style dataset over ``(epoch, item)`` keys → (view_q, view_k, kind).
+class ImageViews:
+    """Map-style dataset over ``(epoch, item)`` keys → the item's views and its kind.
 
     ``crop=True``: stage 1 of the augmentation (random resized crop + flip) here, views
     (3, S, S) uint8. ``crop=False``: the images only decoded and resized (short side) and
@@ -237,6 +237,20 @@ class TwoViews:
     def __len__(self) -> int:
         return len(self.data)
 
+    def _decode(self, ref: int) -> Image.Image:
+        from pairmine.images import ImageDecodeError, decode_rgb
+
+        data = self.data.reader.read(ref)
+        try:
+            return decode_rgb(data)
+        except ImageDecodeError as exc:
+            raise SourceError(f"training image {ref} of {self.data.reader.describe()['spec']} "
+                              f"cannot be decoded: {exc}", "remove or fix the image") from None
+
+
+class TwoViews(ImageViews):
+    """MoCo-v2's views: ``(epoch, item)`` → (view_q, view_k, kind)."""
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         from pairmine.train.augment import crop_flip, generator
 
@@ -250,15 +264,26 @@ class TwoViews:
         gen = generator(self.seed, "views", epoch, i)
         return crop_flip(img_a, self.cfg, gen), crop_flip(img_b, self.cfg, gen), kind
 
-    def _decode(self, ref: int) -> Image.Image:
-        from pairmine.images import ImageDecodeError, decode_rgb
 
-        data = self.data.reader.read(ref)
-        try:
-            return decode_rgb(data)
-        except ImageDecodeError as exc:
-            raise SourceError(f"training image {ref} of {self.data.reader.describe()['spec']} "
-                              f"cannot be decoded: {exc}", "remove or fix the image") from None
+class OriginalAndCrops(ImageViews):
+    """LeOCLR's views: ``(epoch, item)`` → (original, crop 1, crop 2, kind). The original is
+    the query image ``a`` resized whole to (S, S) (never cropped, flipped at random); the two
+    random resized crops come from the key image ``b`` (``a`` itself for an instance item, the
+    pair's other image for a semantic one). Colour, grayscale and blur follow, batched, on
+    all three views."""
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor,
+                                                         torch.Tensor, int]:
+        from pairmine.train.augment import crop_flip, generator, resize_flip
+
+        epoch, i = key
+        a, b = int(self.data.a[i]), int(self.data.b[i])
+        img_a = self._decode(a)
+        img_b = img_a if b == a else self._decode(b)
+        gen = generator(self.seed, "views", epoch, i)
+        original = resize_flip(img_a, self.cfg, gen)
+        return (original, crop_flip(img_b, self.cfg, gen), crop_flip(img_b, self.cfg, gen),
+                int(self.data.kind[i]))
 
 
 def _fixed(img: Image.Image, size: int) -> torch.Tensor:

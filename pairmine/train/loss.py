@@ -53,7 +53,12 @@ def sepp_id_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float, semant
     vanilla MoCo-v2's loss on the instance rows, and summed over an epoch (weighted by each
     batch's N_inst) it is N × Eq. 2 over the whole dataset (docs/training.md).
     """
-    losses = info_nce(q, k, queue, temperature)  # (N,)
+    return merged_eq2(info_nce(q, k, queue, temperature), semantic, lam)
+
+
+def merged_eq2(losses: Tensor, semantic: Tensor, lam: float) -> Tensor:
+    """Eq. 2's weighting of per-row losses (N,): instance rows weigh 1, semantic rows λ, the
+    sum divided by the number of instance rows (:func:`sepp_id_loss`)."""
     semantic = semantic.to(losses.device).bool()
     instance_sum = losses.masked_fill(semantic, 0.0).sum()
     semantic_sum = losses.masked_fill(~semantic, 0.0).sum()

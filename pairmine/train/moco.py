@@ -115,14 +115,18 @@ class MoCo(nn.Module):
         torch._foreach_mul_(params_k, self.m)
         torch._foreach_add_(params_k, params_q, alpha=1.0 - self.m)
 
-    def forward(self, im_q: Tensor, im_k: Tensor,
-                gen: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``gen`` (a CPU generator) draws the key shuffle; None = torch's global RNG."""
+    def forward(self, im_q: Tensor, im_k: Tensor, gen: torch.Generator | None = None,
+                im_k2: Tensor | None = None) -> tuple[Tensor, ...]:
+        """(q, k): the query and key features. With ``im_k2`` (LeOCLR's second crop),
+        (q, k, k2): both crops through the momentum encoder, each with its own key shuffle.
+        ``gen`` (a CPU generator) draws the key shuffles; None = torch's global RNG."""
         q = F.normalize(self.encoder_q(im_q), dim=1)  # (N, C)
         with torch.no_grad():
             self.momentum_update()
             k = self.keys(im_k, gen)  # (N, C)
-        return q, k
+            if im_k2 is None:
+                return q, k
+            return q, k, self.keys(im_k2, gen)
 
     @torch.no_grad()
     def keys(self, im_k: Tensor, gen: torch.Generator | None = None) -> Tensor:

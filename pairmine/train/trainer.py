@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,8 +30,11 @@ from pairmine.stores.checkpoint import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
+    from pairmine.runtime import PrecisionChoice
     from pairmine.train.moco import MoCo
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,9 @@ SUMMARY = "train.json"
 ARCH_CHOICES = tuple(BACKBONES)  # the trunks encoders/archs.py builds, the one list
 AUGMENT_CHOICES = ("cpu", "device")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
+# the objective → the dataset of pairmine.train.data that gives its views
+METHOD_VIEWS = {"moco": "TwoViews", "leoclr": "OriginalAndCrops"}
+LEOCLR_QUEUE_CHOICES = ("k1", "both")
 
 
 def arch_names() -> list[str]:
@@ -55,6 +61,13 @@ class TrainConfig(StageConfig):
     K 4096, m 0.99, τ 0.1, 32 px; ImageNet archs K 65536, m 0.999, τ 0.2, 224 px
     (:meth:`resolved` fills them in)."""
 
+    method: str = setting(
+        "moco", choices=tuple(METHOD_VIEWS),
+        help="moco: MoCo-v2 (two crops; SePP-ID on a combined export); leoclr: LeOCLR (the "
+             "whole image as the query, two crops as keys).")
+    leoclr_queue: str = setting(
+        "both", choices=LEOCLR_QUEUE_CHOICES,
+        help="LeOCLR: the keys that join the queue, k1 (the first crop's) or both.")
     arch: str = setting("resnet50", choices=arch_names,
                         help="Backbone; the -cifar variants have a 3x3 stem and no max-pool "
                              "(32 px).")
@@ -95,10 +108,22 @@ class TrainConfig(StageConfig):
         0, minimum=0,
         help="Add N randomly chosen images as extra two-view items (Table 6 control).")
     device: str = setting("auto", kind="device", help="Where the model trains.")
-    precision: str = setting("auto", choices=PRECISION_CHOICES,
-                             help="auto = bf16 autocast on GPU, fp32 on CPU.")
+    precision: str = setting(
+        "auto", choices=PRECISION_CHOICES,
+        help="auto: bf16 autocast on a GPU; fp32 on a CPU without native bf16; on a CPU with "
+             "native bf16 (AVX-512 BF16/AMX) a timed trial of the model's step in fp32 and "
+             "bf16 picks bf16 only if it is >10% faster. bf16 on a CPU without native bf16 "
+             "is refused.")
     workers: int | None = setting(
         None, minimum=0, help="Data-loading processes [default: up to 8 on GPU, 1 on CPU].")
+    threads: int | None = setting(
+        None, minimum=1,
+        help="torch CPU threads [default: the CPUs this process may use (affinity, cgroup "
+             "quota) minus --workers].")
+    max_steps: int | None = setting(
+        None, minimum=1,
+        help="End the run after N steps in all (a smoke run): the epoch it stops in is "
+             "saved as a partial epoch.")
     seed: int = setting(0, help="Seed of the weights, the augmentations and the item order.")
     save_every: int = setting(
         0, minimum=0,
@@ -114,7 +139,8 @@ class TrainConfig(StageConfig):
                             ("--seed", self.seed), ("--save-every", self.save_every)):
             check_int(flag, value)
         for flag, optional in (("--moco-k", self.moco_k), ("--image-size", self.image_size),
-                               ("--bn-groups", self.bn_groups), ("--workers", self.workers)):
+                               ("--bn-groups", self.bn_groups), ("--workers", self.workers),
+                               ("--threads", self.threads), ("--max-steps", self.max_steps)):
             check_int(flag, optional, optional=True)
         for flag, number in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
                              ("--momentum", self.momentum), ("--lambda", self.lam)):
@@ -123,6 +149,15 @@ class TrainConfig(StageConfig):
             if maybe is not None:
                 check_number(flag, maybe)
         checks = [
+            (self.method in METHOD_VIEWS, f"unknown --method {self.method!r}",
+             f"choose one of {', '.join(METHOD_VIEWS)}"),
+            (self.leoclr_queue in LEOCLR_QUEUE_CHOICES,
+             f"unknown --leoclr-queue {self.leoclr_queue!r}", "choose k1 or both"),
+            (self.method != "leoclr" or self.augment == "cpu",
+             "--method leoclr crops in the CPU workers (its original view is never cropped)",
+             "use --augment cpu"),
+            (self.threads is None or self.threads >= 1, "--threads must be >= 1", None),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1", None),
             (self.arch in ARCH_CHOICES, f"unknown --arch {self.arch!r}",
              f"choose one of {', '.join(ARCH_CHOICES)}"),
             (self.epochs >= 1, "--epochs must be >= 1", None),
@@ -174,9 +209,10 @@ class TrainConfig(StageConfig):
 
 
 # options that must not change when a run is resumed (the rest: device, workers, epochs...)
-RESUME_FIXED = ("arch", "batch_size", "lr", "weight_decay", "momentum", "cos", "moco_dim",
-                "moco_k", "moco_m", "temperature", "lam", "image_size", "bn_groups", "augment",
-                "pair_directions", "random_duplicates", "seed")
+RESUME_FIXED = ("method", "leoclr_queue", "max_steps", "arch", "batch_size", "lr",
+                "weight_decay", "momentum", "cos", "moco_dim", "moco_k", "moco_m",
+                "temperature", "lam", "image_size", "bn_groups", "augment", "pair_directions",
+                "random_duplicates", "seed")
 
 
 @dataclass
@@ -193,6 +229,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
     rank: int = 0  # this process under torchrun (0 = the one that writes and reports)
+    steps: int = 0  # optimizer steps of the whole run so far
+    precision_reason: str = ""  # why this precision (asked for, or auto's rule or trial)
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -213,9 +251,7 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
     continues from ``OUT/checkpoint-last.pt`` when there is one. ``stop_after`` ends this
     call after that many epochs (a later ``resume`` goes on): for time-limited machines.
     """
-    import torch
-
-    from pairmine.train.data import open_train_data
+    from pairmine.runtime import cpu_threads
 
     base = TrainConfig.build(config, options)
     check_int("--stop-after", stop_after, minimum=1, optional=True)
@@ -225,17 +261,36 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} does not split over {world} processes")
     device = _device(cfg.device, world, local_rank)
-    precision = _precision(cfg.precision, device)
+    _precision(cfg.precision, device)  # an impossible precision fails before anything runs
     out = Path(out)
-    last = out / LAST
     if out.exists() and not out.is_dir():
         raise StoreError(f"output {out} exists and is not a directory", "choose another path")
-    if last.exists() and not resume:
+    if (out / LAST).exists() and not resume:
         raise StoreError(f"{out} already holds a training run ({LAST})",
                          "pass --resume to continue it, or choose another output directory")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    workers = _workers(cfg.workers, device)
+    # the model's threads and the decode workers share the CPUs this process may use: more
+    # threads than free CPUs stall every operator on a descheduled thread (docs/training.md)
+    threads = cfg.threads or _threads_beside(workers)
+    created = _missing_folders(out) if rank == 0 else []
+    try:
+        with cpu_threads(threads):
+            return _train(data, out, cfg, resume=resume, stop_after=stop_after,
+                          progress=progress, rank=rank, world=world, device=device,
+                          workers=workers, threads=threads)
+    except BaseException:
+        _remove_if_empty(created)  # a failed run leaves no empty folder behind
+        raise
 
+
+def _train(data: str | Path, out: Path, cfg: TrainConfig, *, resume: bool,
+           stop_after: int | None, progress: Progress, rank: int, world: int,
+           device: torch.device, workers: int, threads: int) -> TrainResult:
+    import torch
+
+    from pairmine.train.data import open_train_data
+
+    last = out / LAST
     _seed_everything(cfg.seed)
     train_data = open_train_data(data, pair_directions=cfg.pair_directions,
                                  random_duplicates=cfg.random_duplicates, seed=cfg.seed)
@@ -249,26 +304,43 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
                  bn_groups=cfg.bn_groups).to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    choice = _choose_precision(cfg, model, device)
+    precision = choice.precision
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     start_epoch, history = 0, list[dict[str, Any]]()
     if resume and last.exists():
         start_epoch, history = _restore(last, cfg, train_data.describe(), model, optimizer)
         log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, cfg.epochs)
     if rank == 0:
         _trim_log(out / LOG, start_epoch)
+    log.info("training on %s, %s (%s), %d torch threads, %d decode workers", device,
+             precision, choice.reason, threads, workers)
 
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    loop = _Loop(cfg, model, net, optimizer, train_data, device, precision, rank, world)
+    loop = _Loop(cfg, model, net, optimizer, train_data, device, precision, rank, world,
+                 workers)
+    run_info = {"precision": choice.describe(), "threads": threads, "workers": workers}
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    steps_done = sum(int(h["steps"]) for h in history)
+    stopped = cfg.max_steps is not None and steps_done >= cfg.max_steps
     for epoch in range(start_epoch, end):
-        record = loop.run_epoch(epoch, progress)
+        if stopped:
+            break
+        limit = None if cfg.max_steps is None else cfg.max_steps - steps_done
+        record = loop.run_epoch(epoch, progress, limit)
+        steps_done += record["steps"]
+        stopped = cfg.max_steps is not None and steps_done >= cfg.max_steps
         history.append(record)
         if rank == 0:
             state = _checkpoint(cfg, model, optimizer, epoch + 1, train_data.describe(), history)
+            state["run"] = _plain(run_info)
             _save(out / LAST, state)
-            if (cfg.save_every and (epoch + 1) % cfg.save_every == 0) or epoch + 1 == cfg.epochs:
+            if ((cfg.save_every and (epoch + 1) % cfg.save_every == 0)
+                    or epoch + 1 == cfg.epochs or stopped):
                 _save(out / f"checkpoint-{epoch + 1:04d}.pt", state)
             with open(out / LOG, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record, sort_keys=True) + "\n")
@@ -277,20 +349,42 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
 
             dist.barrier()
     done = history[-1]["epoch"] if history else start_epoch
-    complete = done >= cfg.epochs
+    complete = done >= cfg.epochs or stopped
     result = TrainResult(out=out, epochs_done=done, epochs=cfg.epochs, checkpoint=last,
                          last_loss=history[-1]["loss"] if history else None,
                          images_per_s=history[-1]["images_per_s"] if history else None,
                          device=str(device), precision=precision,
                          data=train_data.describe(), history=history, complete=complete,
-                         rank=rank)
+                         rank=rank, steps=steps_done, precision_reason=choice.reason)
     if rank == 0 and complete:
         write_json_atomic(out / SUMMARY, {
             "format": "pairmine/train", "complete": True, "epochs": cfg.epochs,
+            "steps": steps_done, "stopped_at_max_steps": stopped,
             "config": asdict(cfg), "data": result.data, "device": str(device),
-            "precision": precision, "last_loss": result.last_loss, "checkpoint": LAST,
-            "history": history})
+            "precision": precision, "run": run_info, "last_loss": result.last_loss,
+            "checkpoint": LAST, "history": history})
     return result
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders a run would create for ``out``, deepest first (none if it exists)."""
+    missing = []
+    out = out.absolute()
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this run created, deepest first, while they are empty: a folder that
+    holds anything (a checkpoint of an earlier epoch, a user's file) stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only ever removes an empty folder
+        except OSError:
+            return
 
 
 class _Loop:
@@ -298,11 +392,12 @@ class _Loop:
 
     def __init__(self, cfg: TrainConfig, model: MoCo, net: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, data: Any, device: torch.device,
-                 precision: str, rank: int, world: int) -> None:
+                 precision: str, rank: int, world: int, workers: int) -> None:
         from torch.utils.data import DataLoader, Dataset
 
+        from pairmine.train import data as views_module
         from pairmine.train.augment import DeviceAugment, moco_v2
-        from pairmine.train.data import EpochBatches, TwoViews
+        from pairmine.train.data import EpochBatches
 
         assert cfg.image_size is not None
         self.cfg, self.model, self.net, self.optimizer = cfg, model, net, optimizer
@@ -313,16 +408,17 @@ class _Loop:
         load = cfg.image_size if cfg.cifar else round(cfg.image_size * 256 / 224)
         self.augment = DeviceAugment(self.aug_cfg, geometric=on_device)
         self.batches = EpochBatches(len(data), cfg.batch_size, cfg.seed, rank=rank, world=world)
-        workers = _workers(cfg.workers, device)
-        views = TwoViews(data, self.aug_cfg, cfg.seed, crop=not on_device, load_size=load)
+        views_class = getattr(views_module, METHOD_VIEWS[cfg.method])
+        views = views_class(data, self.aug_cfg, cfg.seed, crop=not on_device, load_size=load)
         self.loader: DataLoader[Any] = DataLoader(
             cast("Dataset[Any]", views),
             batch_sampler=self.batches, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None)
-        self.images = len(self.batches) * cfg.batch_size
 
-    def run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
+    def run_epoch(self, epoch: int, progress: Progress,
+                  max_steps: int | None = None) -> dict[str, Any]:
+        """One epoch, or its first ``max_steps`` steps (``--max-steps``: a partial epoch)."""
         import torch
 
         from pairmine.train.augment import generator
@@ -334,22 +430,24 @@ class _Loop:
             group["lr"] = lr
         self.batches.epoch = epoch
         self.net.train()
+        planned = len(self.batches) if max_steps is None else min(len(self.batches), max_steps)
         if self.rank == 0:
-            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", total=self.images, unit="images")
+            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", total=planned * cfg.batch_size,
+                           unit="images")
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         n_semantic = 0
         shown: float | None = None
         t0 = time.perf_counter()
         steps = 0
-        for step, (vq, vk, kind) in enumerate(self.loader):
+        for step, (*views, kind) in enumerate(self.loader):
             gen = generator(cfg.seed, "step", epoch, step, self.rank)
-            vq = vq.to(self.device, non_blocking=True)
-            vk = vk.to(self.device, non_blocking=True)
-            x_q, x_k = self.augment(vq, gen), self.augment(vk, gen)
+            x = [self.augment(v.to(self.device, non_blocking=True), gen) for v in views]
             semantic = (kind != INSTANCE).to(self.device)  # weighted λ (pairs, duplicates)
-            loss = train_step(self.model, self.net, self.optimizer, x_q, x_k, semantic,
+            loss = train_step(self.model, self.net, self.optimizer, x[0], x[1], semantic,
                               lam=cfg.lam, temperature=float(cfg.temperature or 0.0),
-                              precision=self.precision, shuffle=gen)
+                              precision=self.precision, shuffle=gen,
+                              x_k2=x[2] if len(x) > 2 else None,
+                              leoclr_queue=cfg.leoclr_queue)
             total += loss.detach().double()
             n_semantic += int((kind != INSTANCE).sum())
             steps += 1
@@ -359,6 +457,8 @@ class _Loop:
                 rate = steps * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
                 progress.advance(cfg.batch_size, loss=round(shown or 0.0, 4), lr=f"{lr:.4g}",
                                  img_s=round(rate, 1))
+            if steps == planned:
+                break  # --max-steps: the loader's remaining batches are never decoded
         seconds = time.perf_counter() - t0
         if self.rank == 0:
             progress.finish()
@@ -366,29 +466,42 @@ class _Loop:
         if not math.isfinite(mean):
             raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean})",
                                 "lower --lr, or use --precision fp32")
-        return {"epoch": epoch + 1, "loss": mean, "lr": lr, "steps": steps,
-                "images": steps * cfg.batch_size, "semantic_items": n_semantic,
-                "seconds": round(seconds, 3),
-                "images_per_s": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "loss": mean, "lr": lr, "steps": steps,
+            "images": steps * cfg.batch_size, "semantic_items": n_semantic,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
+            "precision": self.precision, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if steps < len(self.batches):
+            record["partial"] = True
+        return record
 
 
 def train_step(model: MoCo, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
                x_q: torch.Tensor, x_k: torch.Tensor, semantic: torch.Tensor, *,
                lam: float, temperature: float, precision: str = "fp32",
-               shuffle: torch.Generator | None = None, enqueue: bool = True) -> torch.Tensor:
-    """One MoCo-v2/SePP-ID step: forward, Eq. 2 against the queue (``semantic`` marks the
-    λ-weighted rows), SGD step, then the keys join the queue. ``net`` is ``model`` or its DDP
-    wrapper."""
+               shuffle: torch.Generator | None = None, enqueue: bool = True,
+               x_k2: torch.Tensor | None = None, leoclr_queue: str = "both") -> torch.Tensor:
+    """One step: forward, the loss against the queue (``semantic`` marks the λ-weighted rows),
+    SGD step, then the keys join the queue. MoCo-v2/SePP-ID: ``x_q``, ``x_k`` two views, Eq. 2.
+    LeOCLR (``x_k2`` given): ``x_q`` the original X, ``x_k``/``x_k2`` the crops X¹/X²,
+    ℓ(X, X¹) + ℓ(X, X²) (pairmine.train.leoclr), ``leoclr_queue`` the keys enqueued. ``net``
+    is ``model`` or its DDP wrapper."""
     import torch
 
+    from pairmine.train.leoclr import keys_to_enqueue, leoclr_loss
     from pairmine.train.loss import sepp_id_loss
 
     with torch.autocast(device_type=x_q.device.type, dtype=torch.bfloat16,
                         enabled=precision == "bf16"):
-        q, k = net(x_q, x_k, shuffle)
+        q, k, *more = net(x_q, x_k, shuffle, x_k2)
     # the queue as it was before this step's keys join it (MoCo's clone().detach())
-    loss = sepp_id_loss(q, k, model.queue.clone().detach(), temperature, semantic, lam)
+    queue = model.queue.clone().detach()
+    if more:
+        loss = leoclr_loss(q, k, more[0], queue, temperature, semantic, lam)
+        k = keys_to_enqueue(k, more[0], leoclr_queue)
+    else:
+        loss = sepp_id_loss(q, k, queue, temperature, semantic, lam)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
@@ -443,8 +556,10 @@ def _restore(path: Path, cfg: TrainConfig, data: dict[str, Any], model: MoCo,
              optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
     ckpt = load_training_checkpoint(path)
     saved = ckpt["config"]
-    changed = [f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in RESUME_FIXED
-               if saved.get(k) != getattr(cfg, k)]
+    # an option a checkpoint predates had its default then
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    changed = [f"{k}: {saved.get(k, defaults[k])!r} → {getattr(cfg, k)!r}" for k in RESUME_FIXED
+               if saved.get(k, defaults[k]) != getattr(cfg, k)]
     if changed:
         raise ConfigError(f"cannot resume {path.parent} with other settings: "
                           + "; ".join(changed), "use the options of the first run")
@@ -578,8 +693,54 @@ def _device(device: str, world: int, local_rank: int) -> torch.device:
 def _precision(precision: str, device: torch.device) -> str:
     from pairmine.runtime import resolve_precision
 
-    # the policy embed uses: bf16 on a CPU only where it runs natively
+    # the policy embed uses, without a trial: explicit values checked, auto → fp32 on a CPU
     return resolve_precision(precision, str(device), choices=PRECISION_CHOICES)
+
+
+def _choose_precision(cfg: TrainConfig, model: MoCo, device: torch.device) -> PrecisionChoice:
+    """``--precision``, or for ``auto`` on a CPU with native bf16 a timed trial of this run's
+    own step (:func:`pairmine.runtime.choose_precision`). Under torchrun rank 0's choice is
+    every process's."""
+    from pairmine.runtime import PrecisionChoice, choose_precision, needs_trial
+
+    step = _trial_step(cfg, model, device) if needs_trial(cfg.precision, str(device)) else None
+    choice = choose_precision(cfg.precision, str(device), step, choices=PRECISION_CHOICES)
+    from pairmine.train.moco import _distributed
+
+    if _distributed():
+        import torch.distributed as dist
+
+        shared: list[Any] = [choice]
+        dist.broadcast_object_list(shared, src=0)
+        choice = cast(PrecisionChoice, shared[0])
+    return choice
+
+
+def _trial_step(cfg: TrainConfig, model: MoCo, device: torch.device) -> Callable[[str], None]:
+    """One training step of a copy of the run's model (weights, batch-norm statistics and
+    queue of the run untouched) on a fixed random batch of up to 64 items, in a precision."""
+    import copy
+
+    import torch
+
+    assert cfg.bn_groups is not None and cfg.image_size is not None
+    trial = copy.deepcopy(model)
+    optimizer = torch.optim.SGD([p for p in trial.parameters() if p.requires_grad], lr=cfg.lr,
+                                momentum=cfg.momentum)
+    n = cfg.bn_groups * max(1, min(cfg.batch_size, 64) // cfg.bn_groups)
+    gen = torch.Generator().manual_seed(0)
+    size = cfg.image_size
+    views = [torch.randn(n, 3, size, size, generator=gen).to(device)
+             for _ in range(3 if cfg.method == "leoclr" else 2)]
+    semantic = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def step(precision: str) -> None:
+        train_step(trial, trial, optimizer, views[0], views[1], semantic, lam=cfg.lam,
+                   temperature=float(cfg.temperature or 0.1), precision=precision,
+                   shuffle=gen, x_k2=views[2] if len(views) > 2 else None,
+                   leoclr_queue=cfg.leoclr_queue)
+
+    return step
 
 
 def _workers(workers: int | None, device: torch.device) -> int:
@@ -589,6 +750,12 @@ def _workers(workers: int | None, device: torch.device) -> int:
         return workers
     # on a CPU run the workers compete with the model for the cores: keep one for decoding
     return min(8, cpu_count()) if device.type == "cuda" else min(1, cpu_count() - 1)
+
+
+def _threads_beside(workers: int) -> int:
+    from pairmine.runtime import compute_threads
+
+    return compute_threads(workers)
 
 
 def _mean_over_processes(total: torch.Tensor, steps: int) -> float:
