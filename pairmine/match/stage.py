@@ -42,7 +42,6 @@ DEFAULT_MEMORY_BUDGET = 2 << 30  # the engines' default (pairmine.engines.DEFAUL
 
 if TYPE_CHECKING:
     import numpy as np
-    import pyarrow as pa
 
     from pairmine.engines import Problem, Tile, TileShape
     from pairmine.scale import RayOptions
@@ -199,7 +198,7 @@ def _run(run: Run, config: MatchConfig, job: MatchJob, store: Embeddings,
     out, plan = run.out, job.plan
     n = len(store)
     k = n if anchors is None else len(anchors)
-    write_parquet_atomic(out / SUBSET_FILE, _id_table(anchors, n))
+    write_subset(out / SUBSET_FILE, anchors, n)
 
     # --- search, tile by tile (here, or as Ray tasks: the same unit function either way)
     t_search = time.perf_counter()
@@ -305,12 +304,25 @@ def _check_store(store: Embeddings) -> None:
         store.matrix(k)  # raises "is damaged: ..." for a shard that does not match
 
 
-def _id_table(ids: np.ndarray | None, n: int) -> pa.Table:
+ID_CHUNK = 1 << 20  # rows of subset.parquet written at once (also Arrow's row group size)
+
+
+def write_subset(path: Path, ids: np.ndarray | None, n: int) -> None:
+    """``subset.parquet``: the anchors' ids; for every image, streamed in row groups of
+    ``ID_CHUNK`` so that no O(N) array is built (the same bytes as one table of them)."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    if ids is None:  # every image: written in pieces of bounded size
-        return pa.table({"id": pa.chunked_array(
-            [pa.array(np.arange(s, min(s + (1 << 22), n), dtype=np.int64))
-             for s in range(0, n, 1 << 22)] or [pa.array([], pa.int64())], type=pa.int64())})
-    return pa.table({"id": pa.array(ids, type=pa.int64())})
+    from pairmine.stores import atomic_path
+
+    if ids is not None or n <= ID_CHUNK:
+        all_ids = np.arange(n, dtype=np.int64) if ids is None else ids
+        write_parquet_atomic(path, pa.table({"id": pa.array(all_ids, type=pa.int64())}))
+        return
+    schema = pa.schema([("id", pa.int64())])
+    with atomic_path(path) as tmp, pq.ParquetWriter(
+            tmp, schema, compression="zstd", write_statistics=True, store_schema=True) as writer:
+        for s in range(0, n, ID_CHUNK):
+            part = np.arange(s, min(s + ID_CHUNK, n), dtype=np.int64)
+            writer.write_table(pa.table({"id": part}, schema=schema))
