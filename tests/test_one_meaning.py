@@ -414,3 +414,30 @@ def test_one_architecture_list() -> None:
     arch = next(p for p in train.params if p.name == "arch")
     assert isinstance(arch.type, click.Choice)
     assert list(arch.type.choices) == list(ARCH_CHOICES) == BACKBONES
+
+
+def test_embed_auto_precision_times_the_encoder_on_a_bf16_cpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """embed's auto on a CPU with native bf16: the encoder's own forward pass, timed in fp32
+    and bf16 (timings fixed here), decides; on CUDA and explicit values no trial runs."""
+    from pairmine import runtime
+    from pairmine.demo import ENCODER
+    from pairmine.embed.runner import choose_embed_precision
+    from pairmine.encoders import load_encoder
+
+    enc = load_encoder(ENCODER)
+    ran: list[str] = []
+
+    def timed(step: Any, names: tuple[str, ...], repeats: int = 3) -> dict[str, float]:
+        for name in names:
+            step(name)
+            ran.append(name)
+        return {"fp32": 1.0, "bf16": 0.5}
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "time_precisions", timed)
+    choice = choose_embed_precision(enc, "cpu", "auto", batch_size=8)
+    assert choice.precision == "bf16" and ran == ["fp32", "bf16"]
+    assert choice.describe()["trial_seconds"] == {"fp32": 1.0, "bf16": 0.5}
+    assert choose_embed_precision(enc, "cpu", "fp32", batch_size=8).precision == "fp32"
+    assert ran == ["fp32", "bf16"]  # an explicit precision runs no trial

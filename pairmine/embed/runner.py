@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from pairmine.embed.reader import LoadedBatch
     from pairmine.encoders import Encoder
+    from pairmine.runtime import PrecisionChoice
     from pairmine.sources import ImageSource
 
 
@@ -76,7 +77,16 @@ class ShardEncoder:
         return cls(job, src, refs, enc)
 
     def run(self, shards: list[int], progress: Progress) -> int:
-        """Encode and write ``shards``; returns the number of images encoded."""
+        """Encode and write ``shards``; returns the number of images encoded. On the CPU the
+        model's threads leave the decode workers their CPUs (pairmine.runtime.compute_threads)."""
+        from pairmine.runtime import compute_threads, cpu_threads, device_kind
+
+        if device_kind(self.job.device) != "cpu":
+            return self._run(shards, progress)
+        with cpu_threads(compute_threads(self.job.workers)):
+            return self._run(shards, progress)
+
+    def _run(self, shards: list[int], progress: Progress) -> int:
         r = self.job.record
         computed = 0
         for k, batches in shard_batches(self.src, self.enc, shards, r.shard_size,
@@ -172,3 +182,30 @@ class DeviceEncoder:
         dim = self.enc.dim
         vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=self.dtype)
         return vectors, ok_rows, bad_rows
+
+
+def choose_embed_precision(enc: Encoder, device: str, precision: str,
+                           batch_size: int) -> PrecisionChoice:
+    """embed's ``--precision``: as :func:`pairmine.runtime.choose_precision`, where ``auto`` on
+    a CPU with native bf16 times this encoder's forward pass (inference mode, a fixed random
+    batch of up to 64 images at its input size) in fp32 and in bf16 autocast."""
+    from pairmine.runtime import choose_precision, needs_trial
+
+    step = _forward_trial(enc, device, batch_size) if needs_trial(precision, device) else None
+    return choose_precision(precision, device, step)
+
+
+def _forward_trial(enc: Encoder, device: str, batch_size: int) -> Callable[[str], None]:
+    import torch
+
+    crop = enc.preprocess.crop
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (min(batch_size, 64), 3, crop, crop), generator=gen,
+                           dtype=torch.uint8)
+    encoders = {name: DeviceEncoder(enc, device=device, precision=name, dtype="float32")
+                for name in ("fp32", "bf16")}
+
+    def step(name: str) -> None:
+        encoders[name].encode(pixels)
+
+    return step
