@@ -125,6 +125,10 @@ def _keep_best(keep: Kept, a: np.ndarray, b: np.ndarray, score: np.ndarray, rank
     the same rows however the pairs fall into shards)."""
     import numpy as np
 
+    if rank.size > n:  # the shard's own n best first (and every tie of the n-th): a cheap cut
+        cut = np.partition(rank, n - 1)[n - 1]
+        few = rank <= cut
+        a, b, score, rank = a[few], b[few], score[few], rank[few]
     a, b = np.concatenate([keep[0], a]), np.concatenate([keep[1], b])
     score, rank = np.concatenate([keep[2], score]), np.concatenate([keep[3], rank])
     order = np.lexsort((b, a, rank))[:n]
