@@ -285,9 +285,12 @@ def _body(layout: CardLayout, facts: dict[str, Any], license: str) -> str:
         "",
         "```python",
         "import datasets",
-        f"pairs = datasets.load_dataset(\"path/to/this/folder\", split=\"{SPLIT}\")"
+        f"{'merged' if layout.default == CONFIG_COMBINED else 'pairs'} = "
+        f"datasets.load_dataset(\"path/to/this/folder\", split=\"{SPLIT}\")"
         f"  # config {layout.default!r}",
     ]
+    if layout.default == CONFIG_COMBINED:  # pairs and images share the shards
+        lines.append("pairs = merged.filter(lambda row: row[\"json\"][\"kind\"] == \"pair\")")
     if CONFIG_COMBINED in layout.configs and layout.default != CONFIG_COMBINED:
         lines.append(f"merged = datasets.load_dataset(\"path/to/this/folder\", "
                      f"\"{CONFIG_COMBINED}\", split=\"{SPLIT}\")")
