@@ -37,6 +37,7 @@ from pairmine.export.shards import (
 )
 from pairmine.export.tables import write_images_table, write_pairs_table
 from pairmine.progress import NullProgress, Progress
+from pairmine.scale.cluster import connect
 from pairmine.scale.executor import execute
 from pairmine.scale.options import RayOptions
 from pairmine.stores.export import (
@@ -416,23 +417,24 @@ def write_shards_on_ray(out: Path, plan: Plan, config: ExportConfig, *,
     spec = Path(str(plan.source.get("spec", "")))
     read = [plan.pairs_path, plan.embeddings_path]
     see = [spec] if spec.is_absolute() and spec.exists() else []
-    bounds = _plan_bounds(job, plan.samples, options, progress, read, see)
-
     records: dict[int, ShardRecord] = {}
-    for number, (_, stop) in enumerate(bounds):
-        found = finished_shard(job.out, number)
-        if found is not None and found.next_position == stop:
-            records[number] = found
-    resumed = len(records)
 
     def finished(unit: tuple[int, int, int], result: dict[str, Any]) -> None:
         records[unit[0]] = result["record"]
 
-    todo = [(k, start, stop) for k, (start, stop) in enumerate(bounds) if k not in records]
-    report = execute(todo, shard_unit, job, options, progress, stage="export",
-                     unit_label="shards", total=len(bounds), done=resumed, on_done=finished,
-                     read=read, write=job.out, see=see, unit_name="export shard",
-                     memory_hint=EXPORT_MEMORY_HINT)
+    # one connection for both passes (--ray local starts its cluster once)
+    with connect(options):
+        bounds = _plan_bounds(job, plan.samples, options, progress, read, see)
+        for number, (_, stop) in enumerate(bounds):
+            found = finished_shard(job.out, number)
+            if found is not None and found.next_position == stop:
+                records[number] = found
+        resumed = len(records)
+        todo = [(k, start, stop) for k, (start, stop) in enumerate(bounds) if k not in records]
+        report = execute(todo, shard_unit, job, options, progress, stage="export",
+                         unit_label="shards", total=len(bounds), done=resumed,
+                         on_done=finished, read=read, write=job.out, see=see,
+                         unit_name="export shard", memory_hint=EXPORT_MEMORY_HINT)
     assert report is not None
     remove_strays(job.out, len(bounds))
     return [records[k] for k in range(len(bounds))], resumed, report.to_json()
