@@ -20,9 +20,10 @@ in the manifest (``unclassed_pairs``).
 
 Each class is drawn with its own generator, ``default_rng((seed, class code))``, so a class's
 pairs do not depend on the other classes; a class's draw holds O(pairs of that class) in
-memory, never the class's m(m-1)/2 candidate pairs. The score of a pair is the cosine of the
-stored vectors computed as match computes it (float64 dot of the stored rows, stored as
-float32: ``pairmine.engines`` ``exact_band``).
+memory (numpy's draw without replacement enumerates the candidates only when more than 1/50
+of them are asked), never all m(m-1)/2 candidate pairs of a large class. The score of a pair
+is the cosine of the stored vectors computed as match computes it (float64 dot of the stored
+rows, stored as float32: ``pairmine.engines.band.exact_band``).
 """
 
 from __future__ import annotations
