@@ -274,11 +274,10 @@ def export_and_verify(pairs: Path, out: Path, ray: bool) -> None:
     pairmine.verify(out / "export")
 
 
-def memory(rows: list[int], n_pairs: int, real: int, work: Path, ray: bool) -> str:
-    """Peak RSS of every process of export + verify at each store size, via measure.py."""
+def memory(rows: list[int], n_pairs: int, real: int, work: Path, modes: list[str]) -> str:
+    """Peak RSS of every process of export + verify at each store size, via measure.py; the
+    table lists every run found in ``work`` (so the local and Ray runs can be made apart)."""
     measure = ROOT.parent / "shared" / "tools" / "measure.py"
-    lines = ["| rows | shards | pairs | mode | wall s | driver peak RSS MiB | "
-             "Ray workers' peak RSS MiB |", "| ---: | ---: | ---: | --- | ---: | ---: | --- |"]
     for n in rows:
         store = work / f"n{n}"
         pairs = store / "pairs"
@@ -286,27 +285,32 @@ def memory(rows: list[int], n_pairs: int, real: int, work: Path, ray: bool) -> s
             t = time.perf_counter()
             build_scale_stores(store, n, n_pairs, real)
             print(f"built {n} rows in {time.perf_counter() - t:.0f} s", flush=True)
-        for mode in (["local", "ray"] if ray else ["local"]):
+        for mode in modes:
             out = store / f"out-{mode}"
-            label = f"export-n{n}-{mode}"
             env = {**os.environ, "MEASURE_RUNS": str(work / "runs"),
                    "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
             shutil.rmtree(out, ignore_errors=True)
-            subprocess.run([sys.executable, str(measure), "--label", label, "--",
-                            sys.executable, __file__, "--child", str(pairs), str(out),
+            subprocess.run([sys.executable, str(measure), "--label", f"export-n{n}-{mode}",
+                            "--", sys.executable, __file__, "--child", str(pairs), str(out),
                             *(["--ray"] if mode == "ray" else [])], check=True, env=env)
-            got = json.loads((work / "runs" / f"{label}.json").read_text())
+    lines = ["| rows | embeddings shards | pairs | mode | wall s | driver peak RSS MiB | "
+             "Ray workers' peak RSS MiB (those that ran units) | tree peak RSS MiB |",
+             "| ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |"]
+    mib = 1 << 20
+    for mode in ("local", "ray"):
+        for n in rows:
+            found = work / "runs" / f"export-n{n}-{mode}.json"
+            if not found.exists():
+                continue
+            got = json.loads(found.read_text())
             procs = got.get("processes", [])
-            driver = next((p for p in procs if p["kind"] == "driver"), {})
+            driver = next((p for p in procs if p["kind"] == "driver"), {"peak_rss": 0})
             workers = [p for p in procs if p["kind"] == "ray-worker"
-                       and p["peak_rss"] > 100 << 20]  # the workers that ran units
-            mib = 1 << 20
+                       and p["peak_rss"] > 150 * mib]  # the idle pool is ~100 MiB each
             lines.append(f"| {n:,} | {-(-n // SHARD_ROWS)} | {n_pairs:,} | {mode} | "
-                         f"{got.get('wall_s', 0):.1f} | "
-                         f"{driver.get('peak_rss', 0) / mib:,.0f} | "
-                         + (", ".join(f"{p.get('peak_rss', 0) / mib:,.0f}" for p in workers)
-                            or "–") + " |")
-            print(lines[-1], flush=True)
+                         f"{got['wall_s']:.1f} | {driver['peak_rss'] / mib:,.0f} | "
+                         + (" / ".join(f"{p['peak_rss'] / mib:,.0f}" for p in workers) or "–")
+                         + f" | {got['peak_tree_rss'] / mib:,.0f} |")
     return "\n".join(lines)
 
 
@@ -342,6 +346,9 @@ def main() -> None:
     ap.add_argument("--real-images", type=int, default=20_000,
                     help="with --memory-rows: image files the pairs use, spread over the store")
     ap.add_argument("--ray", action="store_true", help="with --memory-rows: also on --ray local")
+    ap.add_argument("--ray-only", action="store_true",
+                    help="with --memory-rows: only on --ray local (the table keeps the local "
+                         "runs already in --work)")
     ap.add_argument("--work", type=Path, help="with --memory-rows: keep the stores here")
     ap.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -350,12 +357,16 @@ def main() -> None:
         return
     if args.memory_rows:
         work = args.work or Path(tempfile.mkdtemp(prefix="pairmine-bench-export-mem-"))
-        table = memory(args.memory_rows, args.pairs, args.real_images, work, args.ray)
+        modes = ["ray"] if args.ray_only else ["local", "ray"] if args.ray else ["local"]
+        table = memory(args.memory_rows, args.pairs, args.real_images, work, modes)
         text = (f"Machine: {machine()}; other helpers were loading it; date "
                 f"{time.strftime('%Y-%m-%d')}; command: `python benchmarks/export.py "
                 f"{' '.join(sys.argv[1:])}`. `pairmine export --format webdataset` then "
-                "`pairmine verify`, one process tree measured by ../shared/tools/measure.py "
-                "(peak RSS of each process).\n\n" + table)
+                "`pairmine verify` in one process (with Ray: `--ray local --ray-workers 2`, the "
+                "cluster started by the command), the tree measured by "
+                "../shared/tools/measure.py (peak RSS of each process). The pairs use "
+                f"{args.real_images:,} distinct image files spread over every embeddings shard; "
+                "the other rows point at files never read.\n\n" + table)
         print(text)
         if not args.no_write:
             update_section(ROOT / "docs" / "benchmarks.md", "export-memory",
