@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,13 @@ def command(pairs: Path, top: int | None, sample: int | None, seed: int, key: st
     from pairmine.quality import list_pairs
 
     listing = list_pairs(pairs, top=top, sample=sample, seed=seed, key=key)
-    RENDERERS[fmt](listing)
+    try:
+        RENDERERS[fmt](listing)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `pairmine pairs ... | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
 
 
 def _table(listing: PairListing) -> None:
@@ -70,7 +77,6 @@ def _text(label: str | int | None) -> str:
 
 def _csv(listing: PairListing) -> None:
     import csv
-    import sys
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(listing.columns)
@@ -80,7 +86,6 @@ def _csv(listing: PairListing) -> None:
 
 def _json(listing: PairListing) -> None:
     import json
-    import sys
 
     json.dump([row.to_json() for row in listing.rows], sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
