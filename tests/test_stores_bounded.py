@@ -190,6 +190,29 @@ def test_damage_is_found_when_the_shard_is_first_read(tmp_path: Path) -> None:
         store.take([4], ["key"])
 
 
+def test_the_shard_writer_refuses_what_is_not_a_shard(tmp_path: Path) -> None:
+    vec = np.zeros((3, 4), np.float16)
+    with pytest.raises(ValueError, match="2 metadata rows for 3 vectors"):
+        stores.write_embedding_shard(tmp_path, 0, vec, _meta(0, 2))
+    with pytest.raises(ValueError, match="no column sha256"):
+        stores.write_embedding_shard(tmp_path, 0, vec, _meta(0, 3).drop_columns(["sha256"]))
+    with pytest.raises(ValueError, match="float16/float32 matrix"):
+        stores.write_embedding_shard(tmp_path, 0, vec.astype(np.int8), _meta(0, 3))
+    assert not any(tmp_path.rglob("*.npy"))  # nothing was written
+    shard = stores.write_embedding_shard(tmp_path, 7, vec, _meta(0, 3), id_start=40)
+    assert shard.to_json() == {"emb": "emb/emb-00007.npy", "meta": "meta/meta-00007.parquet",
+                               "codes": "codes/codes-00007.npy", "rows": 3, "id_start": 40}
+
+
+def test_reading_every_row_copies_only_when_asked(tmp_path: Path) -> None:
+    store = stores.open_embeddings(write_store(tmp_path / "e", [6]))
+    mapped = np.asarray(store.vectors)  # one shard: its memory map, read-only
+    assert not mapped.flags.writeable
+    copied = np.array(store.vectors, copy=True)
+    assert copied.flags.writeable and np.array_equal(copied, mapped)
+    assert np.asarray(store.vectors, dtype=np.float32).dtype == np.float32
+
+
 def test_a_store_pickles_as_its_path(tmp_path: Path) -> None:
     import pickle
 

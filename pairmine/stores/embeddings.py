@@ -169,8 +169,10 @@ class RowView:
         return rows[(slice(None), *rest)] if rest else rows
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        rows = self._store.read_rows(0, len(self))
-        return rows if dtype is None else rows.astype(dtype, copy=False)
+        rows = self._store.read_rows(0, len(self))  # a one-shard store: its memory map
+        if dtype is not None:
+            return rows.astype(dtype, copy=bool(copy))
+        return rows.copy() if copy else rows
 
     def astype(self, dtype: Any, copy: bool = True) -> np.ndarray:
         """Every row as ``dtype`` (O(N): small stores only)."""
