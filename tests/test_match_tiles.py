@@ -142,6 +142,19 @@ def test_duplicates_in_passes_equal_the_whole_table(emb: Path, tmp_path: Path,
     assert ok.all()
 
 
+def test_plan_counts_the_engine_plan_sample(tmp_path: Path) -> None:
+    # >= 4096 targets and D > 16: the engine plan is fitted from a sample the driver reads
+    emb = make_store(tmp_path / "emb", clustered(5000, 24, seed=3, clusters=30),
+                     dtype="float16")
+    opts: dict[str, Any] = {"min_score": 0.97, "max_score": 0.99, "block_rows": 1024,
+                            "tile_rows": 2048, "device": "cpu"}
+    plan = match(emb, tmp_path / "out", dry_run=True, **opts).unit_plan
+    assert plan is not None and plan["bytes"]["sample"] > 0
+    r = match(emb, tmp_path / "out", **opts)
+    assert plan["bytes"]["vectors"] == r.bytes_read
+    assert "survivor_rate" in pairmine.open_pairs(tmp_path / "out").manifest["engine"]["pruning"]
+
+
 def test_plan_predicts_the_bytes_and_the_tile_time(emb: Path, tmp_path: Path) -> None:
     opts: dict[str, Any] = {"min_score": 0.9, "max_score": 0.995, "subset": 100, "seed": 4,
                             "against": "all", "block_rows": 16, "tile_rows": 64,
@@ -150,7 +163,7 @@ def test_plan_predicts_the_bytes_and_the_tile_time(emb: Path, tmp_path: Path) ->
     assert plan is not None and not (tmp_path / "out").exists()
     r = match(emb, tmp_path / "out", **opts)
     assert plan["tiles"] == plan["tiles_todo"] == r.tiles == r.tiles_run
-    # every vector byte the run read, the driver's sample included, was predicted
+    # every vector byte the run read (its tiles; no sample below 4096 targets) was predicted
     assert plan["bytes"]["vectors"] == r.bytes_read
     assert plan["bytes"]["tiles"] == sum(plan["bytes_per_tile"])
     assert plan["bytes"]["codes"] == 240 * 8

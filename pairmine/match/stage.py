@@ -77,7 +77,7 @@ class MatchResult:
     blocks_skipped: int = 0
     cluster: dict[str, Any] | None = None  # with Ray: units per node, retried units, nodes
     unit_plan: dict[str, Any] | None = None  # a dry run's plan (nothing was written)
-    bytes_read: int = 0  # vector bytes the tiles of this run read (what --plan predicts)
+    bytes_read: int = 0  # vector bytes this run read: its tiles and the engine plan's sample
     tiles: int = 0  # tiles of the whole search
     tiles_run: int = 0  # tiles this run computed (the others were done before)
 
@@ -160,10 +160,11 @@ def match(emb: str | Path, out: str | Path, config: MatchConfig | None = None, *
 
 
 def prepare_tiles(job: MatchJob, store: Embeddings, anchors: np.ndarray | None
-                  ) -> tuple[Problem, TileShape]:
+                  ) -> tuple[Problem, TileShape, int]:
     """The run's tile shape and engine plan, from the work folder when an earlier run wrote
     them (a resumed run keeps them), else chosen for the device and fitted here, once, from a
-    seeded sample of rows; written to the work folder for every tile."""
+    seeded sample of rows; written to the work folder for every tile. Also returns the vector
+    bytes the sample read."""
     from pairmine.engines import EnginePlan, TileShape, default_tile_shape, make_problem
     from pairmine.engines import plan_engine as fit_engine
     from pairmine.engines.band import Band
@@ -184,9 +185,10 @@ def prepare_tiles(job: MatchJob, store: Embeddings, anchors: np.ndarray | None
         engine_plan = fit_engine(problem, Band.checked(lo, hi), *job.resolved,
                                  job.memory_budget)
         engine_plan.save(job.block_dir)
+    sample_bytes = problem.reader.bytes_read
     problem = make_problem(store.vectors, anchors, engine_against(job.plan), job.block_rows,
                            engine_plan)
-    return problem, shape
+    return problem, shape, sample_bytes
 
 
 def _run(run: Run, config: MatchConfig, job: MatchJob, store: Embeddings,
@@ -202,7 +204,7 @@ def _run(run: Run, config: MatchConfig, job: MatchJob, store: Embeddings,
 
     # --- search, tile by tile (here, or as Ray tasks: the same unit function either way)
     t_search = time.perf_counter()
-    problem, shape = prepare_tiles(job, store, anchors)
+    problem, shape, bytes_read = prepare_tiles(job, store, anchors)
     tiles = plan_tiles(problem, shape)
     groups: dict[int, list[Tile]] = {}
     for t in tiles:
@@ -226,7 +228,6 @@ def _run(run: Run, config: MatchConfig, job: MatchJob, store: Embeddings,
         todo.extend(missing)
     if skipped:
         log.info("resuming: %d of %d blocks already done", skipped, job.n_blocks)
-    bytes_read = 0
 
     def finished(tile: Tile, result: dict[str, Any]) -> None:
         nonlocal bytes_read
