@@ -217,3 +217,56 @@ def test_image_roots_map_the_longest_recorded_prefix_on_a_folder_boundary() -> N
     assert roots.apply("/data/other/1.png") == "/mnt/data/other/1.png"
     assert roots.apply("/database/1.png") == "/database/1.png"  # not a folder of /data
     assert roots.apply("/elsewhere/1.png") == "/elsewhere/1.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# tables at 80 columns
+
+
+def test_band_tables_keep_every_number_whole_at_80_columns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,600 images in two tight clusters: about 640,000 pairs above the floor, so the counts
+    have six digits and more, as a real store's have."""
+    import re
+
+    import numpy as np
+    from test_quality import clustered, write_emb, write_pairs
+
+    x, y = clustered(1600, 8, 2, 0.1, seed=3)
+    emb = write_emb(tmp_path / "emb", x, y, class_names=["cat", "dog"])
+    pairs = write_pairs(tmp_path / "pairs", emb, 0.97, 0.99)
+    monkeypatch.setenv("COLUMNS", "80")
+    for argv in (["calibrate", str(emb), "--device", "cpu", "--step", "0.01"],
+                 ["eval-pairs", str(pairs), "--device", "cpu", "--k", "1,5"]):
+        code, output = invoke(*argv)
+        assert code == 0, output
+        assert "…" not in output, output  # nothing cut short
+        assert max(len(line) for line in output.splitlines()) <= 80, output
+        # every count in a table cell is whole: 1,234,567, never 1,234,…
+        counts = re.findall(r"\b\d{1,3}(?:,\d{3})+\b", output)
+        assert any(len(c) >= 7 for c in counts), output
+        # a band is one cell on one line: [0.97, 0.99], never [0.97, / 0.99]
+        assert not re.search(r"\[[\d.]+,\s*$", output, re.M), output
+    assert np.unique(y).size == 2
+
+
+def test_a_table_too_wide_for_80_columns_is_stacked_with_its_numbers_whole() -> None:
+    from rich.console import Console
+
+    from pairmine.commands.common import fitted, number_table
+    from pairmine.quality import BAND_HEADERS
+
+    table = number_table("bands", BAND_HEADERS, left=("band",))
+    row = ("[0.925, 0.99]", "1,234,567,890", "799.661", "100.0%", "1,234,567,890", "99.95%",
+           "99.9–100.0%")
+    table.add_row(*row)
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(fitted(table, 80))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for value in row:
+        assert value in text, text  # every cell whole, on one line
+    small = number_table("bands", BAND_HEADERS, left=("band",))
+    small.add_row("[0.97, 0.99]", "1,256,000", "0.628", "45.1%", "1,256,000", "91.20%",
+                  "90.1–92.3%")
+    assert fitted(small, 80) is small  # fits: the table itself

@@ -511,7 +511,7 @@ def test_cli_eval_pairs_and_calibrate_print_tables(blobs: tuple[Path, np.ndarray
     assert json.loads((tmp_path / "c.json").read_text())["suggestion"] is not None
     res = runner.invoke(cli, ["calibrate", str(emb), "--target-precision", "0.9",
                               "--target-yield", "1"])
-    assert res.exit_code == 1 and "alternatives" in res.output
+    assert res.exit_code == 2 and "alternatives" in res.output  # contradicting options
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import console, known_errors, out, progress_bar
+from pairmine.commands.common import (
+    console,
+    fitted,
+    known_errors,
+    number_table,
+    out,
+    progress_bar,
+)
 from pairmine.commands.options import config_options
 from pairmine.quality import CalibrateConfig
 
@@ -22,7 +29,6 @@ def command(emb: Path, config: CalibrateConfig) -> None:
     The paper's [0.97, 0.99] suits its encoder; this makes the band a measured choice.
     """
     from rich.markup import escape
-    from rich.table import Table
 
     from pairmine import quality
     from pairmine.quality import BAND_HEADERS, format_row
@@ -37,16 +43,13 @@ def command(emb: Path, config: CalibrateConfig) -> None:
     pick = result.suggestion
     his = sorted({max_cap} | ({pick.hi} if pick is not None else set()))
     for hi in his:
-        table = Table(title=escape(f"bands [lo, {hi:g}] — {result.anchors:,} of "
-                                   f"{result.n_rows:,} images, {result.pairs_above_floor:,} "
-                                   f"pairs >= {floor:g}"), title_justify="left")
-        for name in BAND_HEADERS:
-            table.add_column(name, justify="left" if name == "band" else "right",
-                             no_wrap=name in ("band", "95% CI"))
+        table = number_table(escape(f"bands [lo, {hi:g}] — {result.anchors:,} of "
+                                    f"{result.n_rows:,} images, {result.pairs_above_floor:,} "
+                                    f"pairs >= {floor:g}"), BAND_HEADERS, left=("band",))
         for row in result.column(hi):
             chosen = pick is not None and (row.lo, row.hi) == (pick.lo, pick.hi)
             table.add_row(*format_row(row), style="bold green" if chosen else None)
-        out.print(table)
+        out.print(fitted(table))
     if result.labels is None:
         console.print("no labels: precision not measured"
                       + (" (pass --labels FILE)" if config.use_labels else ""))

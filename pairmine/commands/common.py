@@ -247,6 +247,54 @@ def warn_empty_band(pairs_count: int, *, emb: str | Path | None = None,
     console.print(f"[yellow]{escape(empty_band_warning(emb, band))}[/]", soft_wrap=True)
 
 
+def number_table(title: str, headers: Sequence[str], *, left: Sequence[str] = ()) -> Table:
+    """A table of numbers that keeps every number whole at 80 columns (a Slurm log, a CI
+    page): no vertical rules, one space of padding, headers of two words on two lines, cells
+    never wrapped. The band table of calibrate and eval-pairs (7 columns) fits 80 columns with
+    counts up to 9,999,999; print it through :func:`fitted`, which stacks the rows of a table
+    too wide for the console instead of letting rich cut its numbers to "…".
+    ``left`` names the columns aligned left (labels); the others are numbers, right-aligned."""
+    from rich import box
+
+    # as wide as its title (up to the console's width): a title wraps only when it must
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 0, 0, 1),  # 2 spaces between columns
+                  min_width=min(Text.from_markup(title).cell_len, console.width))
+    for name in headers:
+        # no cell is wrapped (rich would break [0.97, 0.99] at its space, or shrink the
+        # widest column below its numbers); a header of two words takes two lines instead
+        header = name if name in left else name.replace(" ", "\n", 1)
+        table.add_column(header, justify="left" if name in left else "right", no_wrap=True,
+                         overflow="fold")
+    return table
+
+
+def fitted(table: Table, width: int | None = None) -> Any:
+    """``table`` when its cells fit ``width`` (default: the console's) whole; else its rows
+    stacked, one block per row of ``header value`` pairs that wraps between pairs, never
+    inside a number (a count of 1,234,567,890 at 80 columns)."""
+    from rich.console import Group
+
+    width = width or out.width
+    columns = table.columns
+    cells = [[str(cell) for cell in column.cells] for column in columns]
+
+    def cell_width(text: str) -> int:
+        return max((Text.from_markup(line).cell_len for line in text.splitlines()), default=0)
+
+    widths = [max([cell_width(str(column.header))] + [cell_width(c) for c in column_cells])
+              for column, column_cells in zip(columns, cells, strict=True)]
+    gaps = 2 * (len(columns) - 1)  # number_table's padding
+    if sum(widths) + gaps <= width:
+        return table
+    lines: list[Any] = [] if table.title is None else [Text.from_markup(str(table.title))]
+    names = [" ".join(str(column.header).split()) for column in columns]
+    for row in zip(*cells, strict=True):
+        pairs = [f"{name} [bold]{value}[/]" for name, value in zip(names, row, strict=True)]
+        lines.append(Text.from_markup("  ".join(pairs)))
+    return Group(*lines)
+
+
 def summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from pairmine.commands.common import known_errors, out, progress_bar, summary_table
+from pairmine.commands.common import (
+    fitted,
+    known_errors,
+    number_table,
+    out,
+    progress_bar,
+    summary_table,
+)
 from pairmine.commands.options import config_options
 from pairmine.quality import EvalPairsConfig
 
@@ -27,7 +34,6 @@ def command(pairs: Path, config: EvalPairsConfig) -> None:
     anchor. The baselines and the grid use the same embeddings and the same images.
     """
     from rich.markup import escape
-    from rich.table import Table
 
     from pairmine.quality import BAND_HEADERS, eval_pairs, format_row
 
@@ -52,32 +58,26 @@ def command(pairs: Path, config: EvalPairsConfig) -> None:
                              f"{report.against})"),
         ("labels", report.labels),
     ]))
-    base = Table(title="the band against neighbour baselines (same images)",
-                 title_justify="left")
-    for name in ("positives", "per image", "accuracy"):
-        base.add_column(name, justify="right" if name != "positives" else "left")
+    base = number_table("the band against neighbour baselines (same images)",
+                        ("positives", "per image", "accuracy"), left=("positives",))
     base.add_row(f"band [{lo:g}, {hi:g}]", f"{acc.per_image:.3f}", _pct(acc.ordered))
     for nb in report.baselines:
         base.add_row("nearest neighbour (NNCLR)" if nb.k == 1 else f"top-{nb.k} neighbours",
                      f"{nb.k}", _pct(nb.accuracy))
-    out.print(base)
-    classes = Table(title="per class (ordered pairs by the anchor's label)",
-                    title_justify="left")
-    for name in ("class", "anchors", "share p_c", "ordered pairs", "accuracy"):
-        classes.add_column(name, justify="left" if name == "class" else "right")
+    out.print(fitted(base))
+    classes = number_table("per class (ordered pairs by the anchor's label)",
+                           ("class", "anchors", "share p_c", "ordered pairs", "accuracy"),
+                           left=("class",))
     for c in acc.per_class:
         classes.add_row(c.name, f"{c.anchors:,}", f"{c.share:.2%}", f"{c.ordered:,}",
                         _pct(c.accuracy))
-    out.print(classes)
+    out.print(fitted(classes))
     if report.bands:
-        grid = Table(title=escape(f"precision–yield over bands [lo, {hi:g}] and [lo, 1]"),
-                     title_justify="left")
-        for name in BAND_HEADERS:
-            grid.add_column(name, justify="left" if name == "band" else "right",
-                            no_wrap=name in ("band", "95% CI"))
+        grid = number_table(escape(f"precision–yield over bands [lo, {hi:g}] and [lo, 1]"),
+                            BAND_HEADERS, left=("band",))
         for row in sorted(report.bands, key=lambda r: (r.hi, r.lo)):
             style = "bold" if (row.lo, row.hi) == (lo, hi) else None
             grid.add_row(*format_row(row), style=style)
-        out.print(grid)
+        out.print(fitted(grid))
     if config.out is not None:
         out.print(f"written: {config.out}")
