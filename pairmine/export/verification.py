@@ -301,65 +301,64 @@ def _table_ok(out: Path, name: str, files: dict[str, ExportFile],
     return True
 
 
-def _read_table(out: Path, name: str, files: dict[str, ExportFile],
-                result: VerifyResult) -> pa.Table | None:
-    import pyarrow.parquet as pq
-
-    path = out / name
-    if name not in files:
-        result.problems.append(f"the manifest does not list {name}")
-        return None
-    if not path.exists():
-        result.problems.append(f"{path} is missing")
-        return None
-    if stores.sha256_file(path) != files[name].sha256:
-        result.problems.append(f"{name} does not match the manifest's sha256")
-        return None
-    table = pq.read_table(path)
-    if table.num_rows != files[name].rows:
-        result.problems.append(f"{name} has {table.num_rows} rows, the manifest says "
-                               f"{files[name].rows}")
-    return table
-
-
 # ---------------------------------------------------------------------------------------------
 # parquet
 
 
 def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
                     progress: Progress) -> None:
+    """Every source image the tables point at, once, re-read and hashed: the tables are read
+    a row group at a time; what is kept across groups is the set of image ids already
+    checked (at most two a pair), never a table of the store."""
+    import pyarrow.parquet as pq
+
     info = ExportManifest.from_json(manifest, out)
     files = info.files
-    spps = _read_table(out, lay.SPPS_FILE, files, result)
-    images = _read_table(out, lay.IMAGES_FILE, files, result) if lay.IMAGES_FILE in files \
-        else None
-    if spps is None or (lay.IMAGES_FILE in files and images is None):
+    ok = _table_ok(out, lay.SPPS_FILE, files, result)
+    if lay.IMAGES_FILE in files:
+        ok = _table_ok(out, lay.IMAGES_FILE, files, result) and ok
+    if not ok:
         return
-    result.pairs = spps.num_rows
-    result.images = 0 if images is None else images.num_rows
+    result.pairs = files[lay.SPPS_FILE].rows
+    result.images = files[lay.IMAGES_FILE].rows if lay.IMAGES_FILE in files else 0
     result.samples = result.pairs + result.images
     if result.pairs != info.counts.pairs or result.images != info.counts.images:
         result.problems.append("the tables do not hold the counts the manifest records")
 
-    # every source image the export points at, once, re-read and hashed
-    refs: dict[int, tuple[str, str, str | None, str]] = {}
-    cols = spps.to_pydict()
-    for side in ("a", "b"):
-        for i, key, src, member, sha in zip(cols[side], cols[f"key_{side}"],
-                                            cols[f"source_{side}"], cols[f"member_{side}"],
-                                            cols[f"sha256_{side}"], strict=True):
-            refs[i] = (key, src, member, sha)
-    if images is not None:
-        icols = images.to_pydict()
-        for i, key, src, member, sha in zip(icols["id"], icols["key"], icols["source"],
-                                            icols["member"], icols["sha256"], strict=True):
-            refs[i] = (key, src, member, sha)
+    seen: set[int] = set()
+    problems: list[tuple[int, str]] = []
+    progress.start("verify sources", total=None, unit="images")
+    for batch in pq.ParquetFile(out / lay.SPPS_FILE).iter_batches():
+        cols = batch.to_pydict()
+        refs: dict[int, tuple[str, str, str | None, str]] = {}
+        for side in ("a", "b"):
+            for i, key, src, member, sha in zip(cols[side], cols[f"key_{side}"],
+                                                cols[f"source_{side}"], cols[f"member_{side}"],
+                                                cols[f"sha256_{side}"], strict=True):
+                if i not in seen:
+                    refs[i] = (key, src, member, sha)
+        seen.update(refs)
+        _check_sources(info.source_kind, refs, result, problems, progress)
+    if lay.IMAGES_FILE in files:
+        for batch in pq.ParquetFile(out / lay.IMAGES_FILE).iter_batches():
+            cols = batch.to_pydict()
+            refs = {i: (key, src, member, sha) for i, key, src, member, sha in zip(
+                cols["id"], cols["key"], cols["source"], cols["member"], cols["sha256"],
+                strict=True) if i not in seen}  # each image once in images.parquet
+            _check_sources(info.source_kind, refs, result, problems, progress)
+    progress.finish()
+    result.problems.extend(text for _, text in sorted(problems))
+
+
+def _check_sources(kind: str, refs: dict[int, tuple[str, str, str | None, str]],
+                   result: VerifyResult, problems: list[tuple[int, str]],
+                   progress: Progress) -> None:
+    """Re-read and hash the images ``refs`` (id -> key, source, member, sha256)."""
     ids = sorted(refs)
     catalogue = ListCatalogue(keys=[refs[i][0] for i in ids], sources=[refs[i][1] for i in ids],
-                          members=[refs[i][2] for i in ids], labels=[None] * len(ids),
-                          sha256=[refs[i][3] for i in ids])
-    fetcher = Fetcher(info.source_kind, catalogue, cache_bytes=0)
-    progress.start("verify sources", total=len(ids), unit="images")
+                              members=[refs[i][2] for i in ids], labels=[None] * len(ids),
+                              sha256=[refs[i][3] for i in ids])
+    fetcher = Fetcher(kind, catalogue, cache_bytes=0)
     with Prefetcher(fetcher.get, 0, len(ids)) as ahead:
         for local in range(len(ids)):
             got = ahead.get(local)
@@ -367,7 +366,5 @@ def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
                 result.bytes += len(got.data)
                 result.sources += 1
             progress.advance(1)
-    progress.finish()
-    result.problems.extend(f"{p.where()} ({p.reason}: {p.detail})"
-                           for p in sorted(fetcher.problems.values(), key=lambda p: p.id))
-
+    problems.extend((ids[p.id], f"{p.where()} ({p.reason}: {p.detail})")
+                    for p in fetcher.problems.values())
