@@ -38,9 +38,11 @@ def command(data: str, out: Path, config: TrainConfig, resume: bool,
         return  # under torchrun, process 0 reports
     d = result.data
     common.out.print(summary_table(f"training → {result.out}", [
-        ("epochs", f"{result.epochs_done} / {result.epochs}"
-                   + ("" if result.complete else " (paused: run again with --resume)")
-                   + (f" ({result.steps:,} steps: --max-steps)" if config.max_steps else "")),
+        ("epochs", f"stopped by --max-steps after {result.steps:,} steps, in epoch "
+                   f"{result.epochs_done} of {result.epochs}"
+         if config.max_steps is not None and result.steps >= config.max_steps
+         else f"{result.epochs_done} / {result.epochs}"
+                   + ("" if result.complete else " (paused: run again with --resume)")),
         ("data", f"{d.get('kind')}: {d.get('instance', 0):,} instance + "
                  f"{d.get('semantic', 0):,} semantic + {d.get('duplicate', 0):,} duplicate "
                  "items"),
