@@ -415,6 +415,36 @@ def test_an_allocation_failure_is_never_a_damaged_store(
         store.vectors[0:2]
 
 
+def test_pair_shards_are_read_one_at_a_time_and_oom_is_not_damage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "pairs"
+    run = stores.begin_run(out, stores.PAIRS_FORMAT, {}, overwrite=False)
+    names = []
+    for k in range(3):
+        name = f"{stores.PAIRS_DIR}/{stores.shard_name('pairs', k, '.parquet')}"
+        stores.write_parquet_atomic(out / name, pa.table(
+            {"a": pa.array([k], pa.int64()), "b": pa.array([k + 1], pa.int64()),
+             "score": pa.array([0.98], pa.float32())}, schema=stores.PAIRS_SCHEMA()))
+        names.append(name)
+    stores.write_parquet_atomic(out / stores.SUBSET_FILE, pa.table({"id": pa.array(
+        range(4), pa.int64())}))
+    run.finish({"min": 0.97, "max": 0.99, "shards": names,
+                "subset": {"count": 4, "of": 4, "seed": 0},
+                "inputs": {"embeddings": {"path": str(tmp_path / "emb")}}})
+    pairs = stores.open_pairs(out)
+    assert [t.column("a").to_pylist() for t in pairs.iter_shards()] == [[0], [1], [2]]
+    assert pairs.table.num_rows == 3 and pairs.subset_ids().tolist() == [0, 1, 2, 3]
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise pa.ArrowMemoryError("realloc of size 1048576 failed")
+
+    monkeypatch.setattr(pq, "read_table", fails)
+    with pytest.raises(OutOfMemory, match=r"pairs-00000\.parquet"):
+        next(stores.open_pairs(out).iter_shards())
+
+
 @pytest.mark.parametrize(("command", "module", "function"), [
     ("embed", "pairmine.embed", "embed"), ("match", "pairmine.match", "match"),
     ("export", "pairmine.export", "export"), ("verify", "pairmine.export", "verify"),

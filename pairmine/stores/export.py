@@ -590,7 +590,12 @@ def _read_table(store: Path, name: str, schema: pa.Schema) -> pa.Table:
         raise damaged(store, name, "missing", EXPORT_FORMAT)
     try:
         table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, MemoryError) as exc:
+        from pairmine.errors import is_out_of_memory, out_of_memory
+
+        if is_out_of_memory(exc):  # an allocation that failed is not a damaged file
+            raise out_of_memory(f"reading {path}", "give the process more memory, or fewer "
+                                "workers per node") from None
         raise damaged(store, name, f"not a Parquet file ({str(exc)[:80]})",
                       EXPORT_FORMAT) from None
     missing = [f.name for f in schema if f.name not in table.schema.names]
