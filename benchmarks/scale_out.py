@@ -252,7 +252,8 @@ def search_seconds(store: Path) -> float:
 # the runs
 
 
-def memory_runs(n: int, work: Path, runs: Path, limits: list[str]) -> dict[str, Any]:
+def memory_runs(n: int, work: Path, runs: Path, limits: list[str],
+                ray_limits: list[str]) -> dict[str, Any]:
     tag = f"{n // 1_000_000}M"
     src = generate_layout(work / f"src-{tag}", n)
     emb = work / f"emb-{tag}"
@@ -273,7 +274,7 @@ def memory_runs(n: int, work: Path, runs: Path, limits: list[str]) -> dict[str, 
     rows["ray"] = measured_lowest(
         f"match-{tag}-ray2",
         pairmine_argv("match", str(emb), str(ray), *band, "--ray", "local",
-                      "--ray-workers", "2"), runs, limits, ray)
+                      "--ray-workers", "2"), runs, ray_limits, ray)
     rows["identical"] = rows["one"].ok and rows["ray"].ok and same_files(one, ray)
     rows["pairs"] = pair_count(one) if rows["one"].ok else -1
     rows["search_s"] = search_seconds(one) if rows["one"].ok else float("nan")
@@ -439,11 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1M,4M")
     ap.add_argument("--limits", default="1G,1.5G,2G,3G",
                     help="memory caps to try, lowest first")
+    ap.add_argument("--ray-limits", default=None,
+                    help="caps to try for the Ray runs [default: --limits]")
     ap.add_argument("--compute-rows", type=int, default=300_000,
                     help="rows of the compute-bound full self-band (0: skip)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/pm-scale-out"))
     ap.add_argument("--reuse-memory", action="store_true",
-                    help="report the memory runs saved by an earlier invocation")
+                    help="keep the memory runs saved by an earlier invocation (sizes "
+                         "already there are not run again)")
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)
     if not MEASURE.is_file():
@@ -463,14 +467,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.reuse_memory:  # the memory runs of an earlier invocation (e.g. to redo compute)
         mem = [{k: (Measured(**v) if isinstance(v, dict) and "label" in v else v)
                 for k, v in r.items()} for r in json.loads(saved.read_text())]
-    for size in ([] if args.reuse_memory else args.sizes.split(",")):
+    for size in args.sizes.split(","):
         n = parse_count(size)
-        mem.append(memory_runs(n, args.work, runs, limits))
+        if any(r["n"] == n for r in mem):
+            continue
+        ray_limits = limits if args.ray_limits is None else \
+            [x.strip() for x in args.ray_limits.split(",") if x.strip()]
+        mem.append(memory_runs(n, args.work, runs, limits, ray_limits))
         print(f"[{time.perf_counter() - started:,.0f} s] {size} done", flush=True)
         saved.write_text(json.dumps(
             [{k: (v.__dict__ if isinstance(v, Measured) else v) for k, v in r.items()}
              for r in mem], indent=1))
-    compute = compute_runs(args.compute_rows, args.work, runs) if args.compute_rows else None
+    compute_file = args.work / "compute.json"
+    compute: dict[str, Any] | None = None
+    if args.compute_rows and args.reuse_memory and compute_file.exists():
+        compute = {k: (Measured(**v) if isinstance(v, dict) and "label" in v else v)
+                   for k, v in json.loads(compute_file.read_text()).items()}
+        if compute.get("n") != args.compute_rows:
+            compute = None
+    if args.compute_rows and compute is None:
+        compute = compute_runs(args.compute_rows, args.work, runs)
+        compute_file.write_text(json.dumps(
+            {k: (v.__dict__ if isinstance(v, Measured) else v) for k, v in compute.items()},
+            indent=1))
     body = report(mem, compute, commit, args)
     print(body)
     if not args.no_docs:
