@@ -275,7 +275,9 @@ WRITERS: dict[str, tuple[str, ...]] = {
                   "{out}/calibration.json"),
     "eval-pairs": ("eval-pairs", "{pairs}", "--no-grid", "--k", "1", "--device", "cpu",
                    "--out", "{out}/accuracy.json"),
-    "train": ("train", "{export}", "{out}", "--arch", "resnet18-cifar", "--epochs", "1",
+    # an image folder (MoCo-v2): the world's export holds pair samples only, which SePP-ID
+    # training refuses before it looks at OUT
+    "train": ("train", "{images}", "{out}", "--arch", "resnet18-cifar", "--epochs", "1",
               "--batch-size", "4", "--bn-groups", "2", "--device", "cpu", "--workers", "0"),
     "eval": ("eval", "{spec}", "--train", "{images}", "--test", "{images}", "--no-linear",
              "--k", "3", "--device", "cpu", "--workers", "0", "--out", "{out}/eval.json"),
@@ -287,7 +289,8 @@ READERS: dict[str, dict[str, tuple[str, ...]]] = {
             "show": WRITERS["show"]},
     "pairs": {"export": WRITERS["export"], "eval-pairs": WRITERS["eval-pairs"],
               "show": WRITERS["show"]},
-    "export": {"verify": ("verify", "{export}"), "train": WRITERS["train"]},
+    "export": {"verify": ("verify", "{export}"),
+               "train": ("train", "{export}", *WRITERS["train"][2:])},
 }
 
 NOT_WRITABLE = "read-only file system"
