@@ -243,6 +243,15 @@ def compute_threads(decode_workers: int = 0) -> int:
     return max(1, cpu_count() - max(0, decode_workers))
 
 
+def default_threads(decode_workers: int = 0) -> int:
+    """:func:`compute_threads`, never above torch's current count: a limit set before the
+    stage runs (``OMP_NUM_THREADS``, a Ray task's CPUs, a caller's ``torch.set_num_threads``)
+    still holds."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), compute_threads(decode_workers)))
+
+
 @contextlib.contextmanager
 def cpu_threads(n: int) -> Iterator[int]:
     """torch's CPU kernels on ``n`` threads for a while, the caller's count restored after."""

@@ -431,15 +431,19 @@ def test_on_device_augmentation_path(tmp_path: Path, tiny_folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_under_torchrun_on_cpu(tmp_path: Path, tiny_folder: Path) -> None:
-    """DDP with gloo: keys shuffled across processes, one checkpoint, one log."""
+@pytest.mark.parametrize("method", ["moco", "leoclr"])
+def test_two_processes_under_torchrun_on_cpu(tmp_path: Path, tiny_folder: Path,
+                                             method: str) -> None:
+    """DDP with gloo: keys shuffled across processes, one checkpoint, one log; the precision
+    trial's choice is rank 0's on every process."""
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
            "pairmine", "train", str(tiny_folder), str(tmp_path / "run"), "--arch",
            "resnet18-cifar", "--epochs", "1", "--batch-size", "16", "--image-size", "8",
-           "--moco-k", "64", "--workers", "0", "--device", "cpu"]
+           "--moco-k", "64", "--workers", "0", "--device", "cpu", "--method", method,
+           "--threads", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
@@ -674,8 +678,15 @@ def test_threads_default_to_the_usable_cpus_minus_the_workers(
     monkeypatch.setattr(trainer._Loop, "run_epoch", spy)
     monkeypatch.setattr(runtime, "cpu_count", lambda: 3)
     before = torch.get_num_threads()
-    train(tiny_folder, tmp_path / "run", **{**TINY, "threads": None, "max_steps": 1})
-    assert seen == [3] and torch.get_num_threads() == before  # workers 0: 3 threads, restored
+    torch.set_num_threads(4)  # the machine's default, above the 3 usable CPUs
+    try:
+        train(tiny_folder, tmp_path / "run", **{**TINY, "threads": None, "max_steps": 1})
+        torch.set_num_threads(2)  # a limit set before the run (OMP_NUM_THREADS, Ray) holds
+        train(tiny_folder, tmp_path / "two", **{**TINY, "threads": None, "max_steps": 1})
+        assert torch.get_num_threads() == 2  # restored after the run
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [3, 2]  # workers 0: the 3 usable CPUs; then the caller's 2
     assert runtime.compute_threads(1) == 2 and runtime.compute_threads(5) == 1
 
 

@@ -68,7 +68,7 @@ class ShardEncoder:
         r = job.record
         src = open_source(r.source, labels=r.labels, kind=r.source_kind,
                           max_image_bytes=r.max_image_bytes, root=r.root)
-        refs = src.refs()
+        refs = src.refs_listing()  # on disk for a file list: every actor stays bounded
         if refs.num_rows != job.n_items:
             raise SourceError(f"source {r.source} lists {refs.num_rows} items on this worker, "
                               f"{job.n_items} on the driver",
@@ -78,12 +78,12 @@ class ShardEncoder:
 
     def run(self, shards: list[int], progress: Progress) -> int:
         """Encode and write ``shards``; returns the number of images encoded. On the CPU the
-        model's threads leave the decode workers their CPUs (pairmine.runtime.compute_threads)."""
-        from pairmine.runtime import compute_threads, cpu_threads, device_kind
+        model's threads leave the decode workers their CPUs (pairmine.runtime.default_threads)."""
+        from pairmine.runtime import cpu_threads, default_threads, device_kind
 
         if device_kind(self.job.device) != "cpu":
             return self._run(shards, progress)
-        with cpu_threads(compute_threads(self.job.workers)):
+        with cpu_threads(default_threads(self.job.workers)):
             return self._run(shards, progress)
 
     def _run(self, shards: list[int], progress: Progress) -> int:

@@ -119,7 +119,7 @@ class TrainConfig(StageConfig):
     threads: int | None = setting(
         None, minimum=1,
         help="torch CPU threads [default: the CPUs this process may use (affinity, cgroup "
-             "quota) minus --workers].")
+             "quota) minus --workers, at most torch's count (OMP_NUM_THREADS)].")
     max_steps: int | None = setting(
         None, minimum=1,
         help="End the run after N steps in all (a smoke run): the epoch it stops in is "
@@ -753,9 +753,9 @@ def _workers(workers: int | None, device: torch.device) -> int:
 
 
 def _threads_beside(workers: int) -> int:
-    from pairmine.runtime import compute_threads
+    from pairmine.runtime import default_threads
 
-    return compute_threads(workers)
+    return default_threads(workers)
 
 
 def _mean_over_processes(total: torch.Tensor, steps: int) -> float:
