@@ -79,6 +79,12 @@ def open_inputs(job: MatchJob, engine_plan: EnginePlan | None = None) -> Opened:
     return _OPENED[key]
 
 
+def forget_inputs() -> None:
+    """Drop the inputs this process opened for an earlier run (the driver, at a run's start:
+    the run's own engine plan is read afresh)."""
+    _OPENED.clear()
+
+
 def engine_against(plan: MatchPlan) -> str:
     return "anchors" if plan.against == "subset" else "all"
 

@@ -20,6 +20,7 @@ from pairmine.match.search import (
     assemble_group,
     collect_stats,
     engine_against,
+    forget_inputs,
     match_tile,
 )
 from pairmine.match.stats import count_record, degrees, per_anchor
@@ -204,6 +205,7 @@ def _run(run: Run, config: MatchConfig, job: MatchJob, store: Embeddings,
 
     # --- search, tile by tile (here, or as Ray tasks: the same unit function either way)
     t_search = time.perf_counter()
+    forget_inputs()
     problem, shape, bytes_read = prepare_tiles(job, store, anchors)
     tiles = plan_tiles(problem, shape)
     groups: dict[int, list[Tile]] = {}
