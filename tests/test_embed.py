@@ -226,3 +226,34 @@ def test_resnet20_cifar10_nearest_neighbour(cifar_test_folder: Path, tmp_path: P
     np.fill_diagonal(sims, -np.inf)
     same = labels[sims.argmax(axis=1)] == labels
     assert same.mean() >= expected - 0.015, same.mean()
+
+
+def test_a_long_file_list_is_planned_in_memory_independent_of_its_length(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list is streamed to a listing on disk: no list of every path in memory (issue 22).
+    Small groups here stand in for 65,536-row groups of a list of millions."""
+    import tracemalloc
+
+    from pairmine.sources import filelist, listing
+
+    monkeypatch.setattr(listing, "CHUNK", 2048)
+    monkeypatch.setattr(filelist, "CHUNK", 2048)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "real.jpg").write_bytes(b"\xff\xd8\xff")
+    growth = {}
+    for n in (1_000, 5_000, 50_000):
+        path = tmp_path / f"list{n}.txt"
+        path.write_text("img/real.jpg\n" + "".join(f"img/{i:09d}.jpg\n" for i in range(n)))
+        tracemalloc.start()
+        src = filelist.ListSource(path)
+        refs = src.refs_listing()
+        assert (len(src), refs.num_rows) == (n + 1, n + 1)
+        assert src.read(0) == b"\xff\xd8\xff"  # item 0 read back from the listing
+        assert refs.take([n, 0]).column("key").to_pylist() == [f"img/{n - 1:09d}.jpg",
+                                                               "img/real.jpg"]
+        growth[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del src, refs
+    # 45,000 more entries: the hashes of the duplicate check (8 to 16 bytes each), not the
+    # paths (a list of them is over 100 bytes an entry)
+    assert growth[50_000] - growth[5_000] < 24 * 45_000, growth

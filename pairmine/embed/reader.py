@@ -64,7 +64,7 @@ class ImageDataset:
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
-        return int(self.source.refs().num_rows)
+        return len(self.source)
 
     def __getitem__(self, index: int) -> LoadedItem:
         try:

@@ -95,8 +95,9 @@ def embed(source: str | Path, out: str | Path, config: EmbedConfig | None = None
     if ignored:
         log.info("source %s: %d entries ignored (%s)", source, sum(ignored.values()),
                  ", ".join(f"{n} {reason}" for reason, n in ignored.items()))
-    refs = src.refs()
-    n_items = refs.num_rows
+    # the refs as a listing: a file list of millions of entries stays on disk
+    refs = src.refs_listing()
+    n_items = int(refs.num_rows)
     if n_items == 0:
         raise SourceError(f"no images found in {source}")
     enc = load_encoder(config.encoder, arch=config.arch, features=config.features)

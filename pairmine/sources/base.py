@@ -75,6 +75,12 @@ class ImageSource(ABC):
         """One row per image: key (stable, unique), source (absolute path of the file holding
         it), member (where inside that file; null for plain files), label (nullable int)."""
 
+    def refs_listing(self) -> Any:
+        """The refs as the embed stage reads them: ``num_rows``, ``take(indices)``,
+        ``column(name)``, ``slice(offset, length)``. The refs table itself by default; a
+        source of millions of entries returns a listing on disk (``sources.listing``)."""
+        return self.refs()
+
     @abstractmethod
     def read(self, index: int) -> bytes:
         """The original encoded bytes of image ``index`` (array sources: lossless PNG)."""

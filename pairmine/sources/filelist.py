@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,54 +28,71 @@ from pairmine.sources.base import (
     register_source,
 )
 from pairmine.sources.files import read_file
+from pairmine.sources.listing import CHUNK, ListingWriter, SpilledListing, spill_folder
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-# what a list file holds: the paths as written, and their labels (None: no label column)
-Listing = tuple[list[str], "list[int | None] | None"]
+# what a list file holds, a batch at a time: the paths as written, and their labels (None:
+# no label column)
+Batch = tuple[list[str], "list[int | None] | None"]
 
 
-def _read_txt(path: str) -> Listing:
-    paths = []
+def _read_txt(path: str) -> Iterator[Batch]:
+    paths: list[str] = []
     with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first path
         for line in f:
             entry = line.strip()
             if entry and not entry.startswith("#"):
                 paths.append(entry)
-    return paths, None
+                if len(paths) == CHUNK:
+                    yield paths, None
+                    paths = []
+    if paths:
+        yield paths, None
 
 
-def _read_csv(path: str) -> Listing:
+def _read_csv(path: str) -> Iterator[Batch]:
     import pyarrow as pa
     from pyarrow import csv
 
     options = csv.ConvertOptions(column_types={"path": pa.string(), "label": pa.int64()},
                                  strings_can_be_null=False)
     try:
-        table = csv.read_csv(path, convert_options=options)
+        reader = csv.open_csv(path, convert_options=options)
+        row = 0
+        for batch in reader:
+            yield _columns(pa.Table.from_batches([batch]), path, row)
+            row += batch.num_rows
     except pa.ArrowInvalid as exc:
         raise SourceError(f"cannot read file list {path}: {exc}",
                           "it must be a CSV with a header row, a `path` column and an optional "
                           "integer `label` column") from None
-    return _columns(table, path)
 
 
-def _read_parquet(path: str) -> Listing:
+def _read_parquet(path: str) -> Iterator[Batch]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         names = pq.read_schema(path).names
-        table = pq.read_table(path, columns=[c for c in ("path", "label") if c in names])
+        file = pq.ParquetFile(path)
+        if "path" not in names:
+            yield _columns(file.schema_arrow.empty_table(), path, 0)
+            return
+        row = 0
+        for batch in file.iter_batches(batch_size=CHUNK,
+                                       columns=[c for c in ("path", "label") if c in names]):
+            yield _columns(pa.Table.from_batches([batch]), path, row)
+            row += batch.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"cannot read file list {path}: {exc}") from None
-    return _columns(table, path)
 
 
-def _columns(table: pa.Table, path: str) -> Listing:
+def _columns(table: pa.Table, path: str, first_row: int) -> Batch:
     import pyarrow as pa
 
     if "path" not in table.column_names:
@@ -89,8 +106,8 @@ def _columns(table: pa.Table, path: str) -> Listing:
     paths: list[Any] = col.cast(pa.string()).to_pylist()
     bad = [i for i, p in enumerate(paths) if not p]
     if bad:
-        raise SourceError(f"file list {path} has {len(bad)} rows with an empty path "
-                          f"(first at row {bad[0]})", "remove them or fill them in")
+        raise SourceError(f"file list {path} has rows with an empty path (first at row "
+                          f"{first_row + bad[0]})", "remove them or fill them in")
     labels = None
     if "label" in table.column_names:
         lab = table.column("label")
@@ -101,12 +118,17 @@ def _columns(table: pa.Table, path: str) -> Listing:
     return paths, labels
 
 
-READERS: dict[str, Callable[[str], Listing]] = {
+READERS: dict[str, Callable[[str], Iterator[Batch]]] = {
     ".txt": _read_txt, ".csv": _read_csv, ".parquet": _read_parquet,
 }
 
 
 class ListSource(ImageSource):
+    """The list is streamed once into a listing on disk (``sources.listing``): the source
+    holds no list of its entries, so a list of millions of images is planned into shards in
+    memory independent of its length (8 to 16 bytes an entry while duplicates are looked
+    for)."""
+
     kind = "list"
 
     def __init__(self, list_path: str | Path, *, labels: bool = True) -> None:
@@ -117,57 +139,93 @@ class ListSource(ImageSource):
                               f"give a {', '.join(READERS)} file")
         if not os.path.isfile(self.list_path):
             raise SourceError(f"file list {self.list_path} does not exist")
-        keys, label_values = READERS[suffix](self.list_path)
-        if not keys:
+        self.suffix = suffix
+        self.labels = labels
+        self.listing, self.label_column = self._stream(READERS[suffix](self.list_path))
+        log.info("file list %s: %d images", self.list_path, self.listing.num_rows)
+
+    def _stream(self, batches: Iterator[Batch]) -> tuple[SpilledListing, bool]:
+        import numpy as np
+
+        base = os.path.dirname(self.list_path)
+        writer = ListingWriter(spill_folder())
+        hashes: list[np.ndarray] = []
+        label_column = False
+        first: str | None = None
+        found = False
+        try:
+            for keys, label_values in batches:
+                label_column = label_column or label_values is not None
+                # abspath, not resolve(): keep the user's spelling, symlinks included
+                paths = [os.path.abspath(os.path.join(base, k)) for k in keys]
+                first = first or paths[0]
+                # A missing file is the embed stage's to record (errors.parquet); a list where
+                # none exists is a wrong list or a wrong base folder. Stop looking at the
+                # first file that exists (isfile: a stat, never an open, so a FIFO or device
+                # named in the list is harmless)
+                found = found or any(os.path.isfile(p) for p in paths)
+                hashes.append(np.fromiter((hash(k) for k in keys), dtype=np.int64,
+                                          count=len(keys)))
+                writer.add(refs_table(keys, paths, None,
+                                      label_values if self.labels else None))
+            listing = writer.finish()
+        except BaseException:
+            writer.abandon()
+            raise
+        if listing.num_rows == 0:
             raise no_images(self.list_path, "the list names no files")
-        dup = [(k, n) for k, n in Counter(keys).items() if n > 1]
+        joined = np.concatenate(hashes)
+        hashes.clear()
+        self._check_unique(listing, joined)
+        if not found:
+            raise SourceError(f"none of the {listing.num_rows} files listed in "
+                              f"{self.list_path} is an existing regular file (e.g. {first})",
+                              "relative paths resolve against the list's own folder")
+        return listing, label_column
+
+    def _check_unique(self, listing: SpilledListing, hashes: np.ndarray) -> None:
+        """Each path listed once: equal hashes first, then the keys of those few."""
+        import numpy as np
+
+        hashes.sort()  # in place: the only copy
+        twice = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        if twice.size == 0:
+            return
+        suspects = set(twice.tolist())
+        counts: Counter[str] = Counter()
+        for number in range(-(-listing.num_rows // CHUNK)):
+            for key in listing.group(number).column("key").to_pylist():
+                if hash(key) in suspects:
+                    counts[key] += 1
+        dup = [(k, n) for k, n in counts.items() if n > 1]
         if dup:
             examples = ", ".join(f"{k!r} ({n}×)" for k, n in dup[:5])
             raise SourceError(f"file list {self.list_path} names {len(dup)} paths more than "
                               f"once, e.g. {examples}", "each image must be listed once")
-        base = os.path.dirname(self.list_path)
-        # abspath, not resolve(): keep the user's spelling, symlinks included
-        self.paths = [os.path.abspath(os.path.join(base, k)) for k in keys]
-        # A missing file is the embed stage's to record (errors.parquet); a list where none
-        # exists is a wrong list or a wrong base folder. Stop at the first file that exists.
-        # (isfile: a stat, never an open, so a FIFO or device named in the list is harmless)
-        if not any(os.path.isfile(p) for p in self.paths):
-            raise SourceError(f"none of the {len(keys)} files listed in {self.list_path} is an "
-                              f"existing regular file (e.g. {self.paths[0]})",
-                              "relative paths resolve against the list's own folder")
-        self.keys = keys
-        self.suffix = suffix
-        self.labels = labels
-        self._labels = label_values if labels else None
-        self._refs: pa.Table | None = None
-        log.info("file list %s: %d images", self.list_path, len(keys))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_refs"] = None
-        return state
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.listing.num_rows
 
     def refs(self) -> pa.Table:
-        if self._refs is None:
-            self._refs = refs_table(self.keys, self.paths, None, self._labels)
-        return self._refs
+        """Every entry (O(N)): the embed stage reads :meth:`listing` instead."""
+        return self.listing.table()
+
+    def refs_listing(self) -> SpilledListing:
+        return self.listing
 
     def read(self, index: int) -> bytes:
-        return read_file(self.paths[index], max_bytes=self.max_image_bytes,
+        return read_file(self.listing.value("source", index), max_bytes=self.max_image_bytes,
                          root=self.confine_to)
 
     def ext(self, index: int) -> str:
-        return file_ext(self.paths[index])
+        return file_ext(self.listing.value("source", index))
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "list": self.list_path, "format": self.suffix[1:],
-                "images": len(self.keys), "ignored": self.ignored(), "labels": self.labels,
-                "label_column": self._labels is not None,
-                "labelled": (sum(v is not None for v in self._labels)
-                             if self._labels is not None else 0)}
+                "images": self.listing.num_rows, "ignored": self.ignored(),
+                "labels": self.labels,
+                "label_column": self.label_column and self.labels,
+                "labelled": self.listing.labelled}
 
 
 register_source(SourceKind(
