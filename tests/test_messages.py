@@ -196,6 +196,14 @@ def test_export_after_the_images_moved_says_so_short_and_image_root_reads_them(
     code, output = run_cli(["verify", str(tmp_path / "spps")])
     assert code == 0, output
 
+    # show reads the images too: without --image-root it says how to point it at them
+    code, output = run_cli(["show", str(pairs), str(tmp_path / "report"), "--per-view", "3"])
+    assert code == 0, output
+    assert "could not be read" in output and "pass --image-root OLD=NEW" in output, output
+    code, output = run_cli(["show", str(pairs), str(tmp_path / "report"), "--per-view", "3",
+                            "--image-root", f"{old}={new}", "--overwrite"])
+    assert code == 0 and "could not be read" not in output, output
+
 
 @pytest.mark.parametrize(("value", "says"), [("nowhere", "is not OLD=NEW"),
                                              ("=/x", "is not OLD=NEW")])
@@ -207,10 +215,14 @@ def test_a_bad_image_root_is_a_usage_error(world: World, tmp_path: Path, value: 
     code, output = run_cli(["export", str(world.pairs), str(tmp_path / "o"), "--format",
                             "parquet", "--image-root", "/a=/b"])
     assert code == 2 and "use --format webdataset" in one_error_line(output)
+    code, output = run_cli(["show", str(world.pairs), str(tmp_path / "r"), "--image-root",
+                            value])
+    assert code == 2 and says in one_error_line(output)
+    assert not (tmp_path / "r").exists()
 
 
 def test_image_roots_map_the_longest_recorded_prefix_on_a_folder_boundary() -> None:
-    from pairmine.export.fetch import ImageRoots
+    from pairmine.sources.roots import ImageRoots
 
     roots = ImageRoots.parse(["/data=/mnt/data", "/data/cifar/=/fast/cifar"])
     assert roots.apply("/data/cifar/cat/1.png") == "/fast/cifar/cat/1.png"

@@ -10,6 +10,18 @@ from pairmine.commands import common
 from pairmine.commands.common import console, known_errors, progress_bar, summary_table
 
 
+def _checked_roots(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--image-root`` checked at parse time: a bad OLD=NEW is a usage error (exit 2)."""
+    from pairmine.errors import ConfigError
+    from pairmine.sources.roots import ImageRoots
+
+    try:
+        ImageRoots.parse(values)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return values
+
+
 @click.command("show")
 @click.argument("pairs", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
@@ -32,11 +44,15 @@ from pairmine.commands.common import console, known_errors, progress_bar, summar
                    "summary and per-class table still cover the whole store.")
 @click.option("--key", "only_key", default=None, metavar="KEY",
               help="Only the pairs of the image KEY (its key in the embeddings store).")
+@click.option("--image-root", "image_root", multiple=True, metavar="OLD=NEW",
+              callback=lambda ctx, param, value: _checked_roots(value),
+              help="The images embed read under the folder OLD are now under NEW (moved or "
+                   "mounted elsewhere): read them there. Repeatable.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier report at OUT.")
 @known_errors
 def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int,
             inline: bool, labels: Path | None, seed: int, only_class: str | None,
-            only_key: str | None, overwrite: bool) -> None:
+            only_key: str | None, image_root: tuple[str, ...], overwrite: bool) -> None:
     """Write a static HTML report of the pairs store PAIRS to OUT/index.html.
 
     Pairs side by side with thumbnails of the original images, scores, keys and labels
@@ -44,12 +60,15 @@ def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int
     or key; per-class pair accuracy; a histogram of scores with the band's bounds. No network
     resources: open it from disk in any browser.
     """
+    from rich.markup import escape
+
     from pairmine.quality import show
 
     with progress_bar() as progress:
         result = show(pairs, out, per_view=per_view, page_size=page_size, seed=seed,
                       thumb_px=thumb_px, inline=inline, labels=labels, overwrite=overwrite,
-                      only_class=only_class, only_key=only_key, progress=progress)
+                      only_class=only_class, only_key=only_key, image_root=image_root,
+                      progress=progress)
     rows: list[tuple[str, object]] = [
         ("pairs in the store", result.pairs),
         ("pairs in the report", result.shown),
@@ -64,4 +83,5 @@ def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int
     common.warn_empty_band(result.pairs, pairs=pairs)
     if result.missing:
         console.print(f"[yellow]{len(result.missing)} images could not be read (e.g. "
-                      f"{result.missing[0]}); they show as missing[/]")
+                      f"{escape(result.missing[0])}); they show as missing: if they moved, "
+                      "pass --image-root OLD=NEW[/]", soft_wrap=True)

@@ -15,10 +15,10 @@ from typing import Any
 from pairmine import stores
 from pairmine.config import check_int, setting
 from pairmine.errors import ConfigError
-from pairmine.export.fetch import ImageRoots
 from pairmine.export.formats import EXPORT_FORMATS
 from pairmine.export.shards import RECORD, ShardLimits
 from pairmine.scale.options import ScaleSettings
+from pairmine.sources.roots import ImageRoots
 
 DEFAULT_SHARD_SIZE = 10_000
 DEFAULT_MAX_SHARD_BYTES = 1 << 30  # WebDataset's advice: shards of a few hundred MB to ~1 GB

@@ -11,14 +11,14 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairmine.errors import ConfigError, SourceError
+from pairmine.errors import SourceError
 from pairmine.export.layout import normalise_ext
 from pairmine.export.plan import Catalogue
+from pairmine.sources.roots import ImageRoots
 from pairmine.stores.export import Problem
 
 log = logging.getLogger(__name__)
@@ -26,42 +26,6 @@ log = logging.getLogger(__name__)
 MISSING = "missing"
 CHANGED = "changed"
 DEFAULT_CACHE_BYTES = 256 << 20
-
-
-@dataclass(frozen=True)
-class ImageRoots:
-    """``--image-root OLD=NEW``: images recorded under the folder OLD at embed time are read
-    under NEW (a dataset moved or mounted elsewhere). The bytes are still checked against the
-    hashes embed recorded, so a wrong NEW shows up as changed or missing images, never as
-    other images exported silently."""
-
-    moves: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def parse(cls, values: Sequence[str]) -> ImageRoots:
-        moves = []
-        for value in values:
-            old, sep, new = str(value).partition("=")
-            if not sep or not old.strip() or not new.strip():
-                raise ConfigError(f"--image-root {value!r} is not OLD=NEW",
-                                  "e.g. --image-root /data/old/images=/mnt/images")
-            moves.append((_folder(old), _folder(new)))
-        # the longest OLD first: a nested move wins over its parent's
-        return cls(tuple(sorted(moves, key=lambda m: -len(m[0]))))
-
-    def apply(self, source: str) -> str:
-        """Where ``source`` (a path recorded at embed time) is now."""
-        for old, new in self.moves:
-            if source == old:
-                return new
-            if source.startswith(old + "/"):
-                return new + source[len(old):]
-        return source
-
-
-def _folder(path: str) -> str:
-    text = path.strip()
-    return text if text == "/" else text.rstrip("/")
 
 
 @dataclass(frozen=True)

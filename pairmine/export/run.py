@@ -20,7 +20,7 @@ from pairmine import stores
 from pairmine.errors import ConfigError, SourceError, StoreError
 from pairmine.export import layout as lay
 from pairmine.export.config import ExportConfig
-from pairmine.export.fetch import Fetcher, ImageRoots, problems_error
+from pairmine.export.fetch import Fetcher, problems_error
 from pairmine.export.formats import EXPORT_FORMATS
 from pairmine.export.plan import WINDOW, Plan, StoreCatalogue, make_plan
 from pairmine.export.prefetch import Prefetcher
@@ -40,6 +40,7 @@ from pairmine.progress import NullProgress, Progress
 from pairmine.scale.cluster import connect
 from pairmine.scale.executor import execute
 from pairmine.scale.options import RayOptions
+from pairmine.sources.roots import ImageRoots
 from pairmine.stores.export import (
     ExportCounts,
     ExportFile,

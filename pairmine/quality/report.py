@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from pairmine.errors import ConfigError, PairmineError, SourceError, StoreError
 from pairmine.quality.page import CSS, JS, TEMPLATE, html_attr, html_text, script_json
+from pairmine.sources.roots import ImageRoots
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
     from pairmine.progress import Progress
@@ -55,7 +58,7 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
          seed: int = 0, thumb_px: int = 128, inline: bool = False,
          labels: str | Path | None = None, overwrite: bool = False,
          only_class: str | None = None, only_key: str | None = None,
-         progress: Progress | None = None) -> ShowResult:
+         image_root: Sequence[str] = (), progress: Progress | None = None) -> ShowResult:
     """Write ``OUT/index.html``: pairs side by side, views, paging, score histogram, summary,
     per-class pair accuracy. ``only_class`` / ``only_key`` keep the pairs with an image of that
     class (its name or number) / with that key in the views; the summary, the per-class table
@@ -70,6 +73,7 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
         raise ConfigError("--per-view and --page-size must be >= 1")
     if not 16 <= thumb_px <= 1024:
         raise ConfigError(f"--thumb {thumb_px} is outside [16, 1024] pixels")
+    roots = ImageRoots.parse(image_root)  # where moved images are now (checked before OUT)
     store = stores.open_pairs(pairs)
     emb = stores.open_pairs_embeddings(store)
     lab = load_labels(emb, labels, required=False)
@@ -91,7 +95,7 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
 
     thumbs_dir = out / THUMBS
     images, missing = _thumbnails(emb, image_ids, lab, thumbs_dir, thumb_px=thumb_px,
-                                  inline=inline, progress=progress)
+                                  inline=inline, progress=progress, roots=roots)
     data = {
         "pageSize": page_size,
         "pairs": [[int(a[p]), int(b[p]), float(score[p]),
@@ -236,8 +240,8 @@ def _views(score: np.ndarray, same: np.ndarray, per_view: int, seed: int,
 
 
 def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Path, *,
-                thumb_px: int, inline: bool,
-                progress: Progress | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+                thumb_px: int, inline: bool, progress: Progress | None,
+                roots: ImageRoots) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """One thumbnail per image id; returns the page's image table and the keys not read."""
     from pairmine.sources import ref_reader
 
@@ -256,7 +260,7 @@ def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Pa
     for i, row in zip(ids.tolist(), meta, strict=True):
         src: str | None
         try:
-            data, ext = read(row["source"], row["member"])
+            data, ext = read(roots.apply(row["source"]), row["member"])
             data, ext = make_thumbnail(data, ext, thumb_px)
         except PairmineError as exc:
             log.warning("no thumbnail for %s: %s", row["key"], exc)
