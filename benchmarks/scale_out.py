@@ -401,8 +401,23 @@ def report(mem: list[dict[str, Any]], compute: dict[str, Any] | None, commit: st
                 f"| {r['n'] / 1e6:g}M | {r['store_bytes'] / 1e9:,.2f} GB | {name}{status} | "
                 f"{m.limit}{failed} | {m.wall_s:,.1f} | {_mib(m.cgroup_max)} | "
                 f"{_procs(m, 'driver')} | {_procs(m, 'ray-worker')} | {pairs} | {same} |")
-    lines += ["", "Ray's own processes (raylet, GCS, dashboard agent) are in the cgroup and "
-              "its peak, not in the driver/worker columns."]
+    def anon(m: Measured, kind: str) -> str:
+        values = [p["anon"] for p in m.processes if p["kind"] == kind
+                  and (kind != "ray-worker" or p.get("busy"))]
+        return _mib(max(values)) if values else "–"
+
+    sizes = ", ".join(f"{r['n'] / 1e6:g}M" for r in mem)
+    lines += [
+        "", f"Peak RssAnon against N ({sizes}): import "
+        f"{', '.join(anon(r['import'], 'driver') for r in mem)} MiB; match in one process "
+        f"{', '.join(anon(r['one'], 'driver') for r in mem)} MiB; on Ray the driver "
+        f"{', '.join(anon(r['ray'], 'driver') for r in mem)} MiB and the largest worker "
+        f"{', '.join(anon(r['ray'], 'ray-worker') for r in mem)} MiB. RSS grows with N "
+        "only by the pages of the memory-mapped store a process touched, which the kernel "
+        "drops under the cap (a one-process run passes a cap smaller than its store). "
+        "Ray's own processes (raylet, GCS, dashboard agent: a few hundred MiB) are inside "
+        "the cap and its peak, not in the driver/worker columns; a Ray run that needs a "
+        "larger cap lost workers to the OOM killer at the smaller one (they were retried)."]
     rate = float("nan")
     if compute is not None:
         one, ray2, ray1 = compute["one"], compute["ray2"], compute["ray1"]
