@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PASS_ROWS = 1 << 24  # rows' codes a pass keeps at most, on average (16 bytes each)
+# rows' codes a pass keeps, on average: 16 bytes each plus the sort's temporaries, ~200 MiB
+# at most; each pass reads every shard's codes (8 bytes a row), so 100M rows take 24 passes
+PASS_ROWS = 1 << 22
 
 
 def hash_column(store: Embeddings) -> str | None:
