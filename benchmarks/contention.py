@@ -102,8 +102,9 @@ def _renice() -> None:
 def _run(cmd: list[str], code: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(code)}
     env.pop("OMP_WAIT_POLICY", None)  # each tree's own choice
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
-                          preexec_fn=_renice)
+    # run in the tree: `python -m` puts the working directory first on sys.path
+    proc = subprocess.run(cmd, env=env, cwd=code, capture_output=True, text=True,
+                          check=False, preexec_fn=_renice)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
 
