@@ -16,8 +16,8 @@ from pairmine.commands.common import (
     warn_empty_band,
 )
 from pairmine.commands.options import config_options, overwrite_option
-from pairmine.match import MatchConfig
-from pairmine.scale.cli import cluster_rows, plan_table
+from pairmine.match import MatchConfig, plan_summary
+from pairmine.scale.cli import cluster_rows
 
 # the sweep is printed as a min x max matrix up to this many grid points; beyond that only the
 # column of the run's --max is printed (the full matrix is always in the manifest)
@@ -25,8 +25,9 @@ _SWEEP_MATRIX_MAX = 11
 
 # the command's own switches, not options of a run: listed before the Ray options, as always
 _PLAN = click.option("--plan", "dry_run", is_flag=True,
-                     help="Dry run: print the blocks (units) to compute, the bytes each reads "
-                          "and a time estimate from one block measured here; write nothing.")
+                     help="Dry run: print the tiles (units) to compute, the bytes each reads, "
+                          "the peak memory of a worker and a time estimate from one tile "
+                          "measured here (warm); write nothing.")
 
 
 @click.command("match")
@@ -43,7 +44,7 @@ def command(emb: str, out_dir: str, config: MatchConfig, overwrite: bool,
         result = match(emb, out_dir, config, overwrite=overwrite, progress=bar,
                        dry_run=dry_run)
     if result.unit_plan is not None:
-        out.print(plan_table(result.unit_plan))
+        out.print(summary_table("match plan", plan_summary(result.unit_plan)))
         return
     pa_ = result.per_anchor
     rows: list[tuple[str, Any]] = [
@@ -58,6 +59,7 @@ def command(emb: str, out_dir: str, config: MatchConfig, overwrite: bool,
         ("duplicates (same hash)", result.duplicates),
         ("engine", f"{result.engine} on {result.device}"),
         ("blocks", f"{result.blocks} ({result.blocks_skipped} resumed)"),
+        ("tiles", f"{result.tiles:,} ({result.tiles_run:,} computed by this run)"),
         ("time", f"{result.seconds:.1f} s"),
         ("store", str(result.path)),
         *cluster_rows(result.cluster),

@@ -24,6 +24,8 @@ from pairmine.match.config import MatchConfig
 from pairmine.match.plan import MatchJob, MatchPlan, Sweep, draw_anchors, engine_anchors
 from pairmine.match.search import assemble_group, collect_stats, match_tile
 from pairmine.match.stage import MatchResult, match
+from pairmine.match.unitplan import plan_summary
 
 __all__ = ["MatchConfig", "MatchJob", "MatchPlan", "MatchResult", "Sweep", "assemble_group",
-           "collect_stats", "draw_anchors", "engine_anchors", "match", "match_tile"]
+           "collect_stats", "draw_anchors", "engine_anchors", "match", "match_tile",
+           "plan_summary"]

@@ -147,3 +147,37 @@ def plan_run(job: MatchJob, store: Embeddings, anchors: np.ndarray | None, worke
         "engine": {k: v for k, v in engine_plan.info.items()
                    if k in ("kernel", "dims", "margin_rel", "precision")},
     }
+
+
+def plan_summary(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """``match --plan`` as (label, value) rows for the command's summary table."""
+    mib = 1 << 20
+    reads = plan["bytes_per_tile"]
+    total = plan["bytes"]
+    mem = plan["memory"]
+    shape = plan["tile_shape"]
+    rows = [
+        ("blocks", f"{plan['blocks']:,} of {plan['block_rows']:,} anchor rows "
+                   f"({plan['blocks_done']:,} already done)"),
+        ("tiles (units)", f"{plan['tiles_todo']:,} to compute of {plan['tiles']:,} "
+                          f"({shape['anchor_blocks']} block(s) of anchors x "
+                          f"{shape['target_rows']:,} target rows)"),
+        ("bytes per tile", "none" if not reads else
+         f"{min(reads) / mib:,.1f} to {max(reads) / mib:,.1f} MiB"),
+        ("bytes read in all", f"{total['total'] / mib:,.1f} MiB (tiles "
+                              f"{total['tiles'] / mib:,.1f}, engine sample "
+                              f"{total['sample'] / mib:,.1f}, content codes "
+                              f"{total['codes'] / mib:,.1f})"),
+        ("peak memory per worker", f"{mem['worker_peak_bytes'] / mib:,.0f} MiB (a tile "
+                                   f"{mem['tile_bytes'] / mib:,.0f} MiB on {mem['threads']} "
+                                   f"thread(s), the process "
+                                   f"{mem['process_baseline_bytes'] / mib:,.0f} MiB)"
+         + (f", device {mem['device_bytes'] / mib:,.0f} MiB" if mem["device_bytes"] else "")),
+        ("comparisons", f"{sum(plan['comparisons_per_tile']):,}"),
+        ("measured", "nothing to measure" if plan["measured_tile"] < 0 else
+         f"tile {plan['measured_tile']} warm in {plan['measured_seconds']:.3f} s "
+         f"({plan['comparisons_per_second']:,.0f} comparisons/s, its reads included)"),
+        ("estimate", f"{plan['estimate_seconds']:,.1f} s of tiles on {plan['workers']} "
+                     "worker(s) like this machine"),
+    ]
+    return rows
