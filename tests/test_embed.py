@@ -257,3 +257,47 @@ def test_a_long_file_list_is_planned_in_memory_independent_of_its_length(
     # 45,000 more entries: the hashes of the duplicate check (8 to 16 bytes each), not the
     # paths (a list of them is over 100 bytes an entry)
     assert growth[50_000] - growth[5_000] < 24 * 45_000, growth
+
+
+def test_a_folder_is_listed_in_sorted_order_with_imagefolder_labels(tmp_path: Path) -> None:
+    """The folder walk streams paths in sorted order; the labels are the class folders'
+    ranks by name, also where the walk meets them in another order ("a.b/" before "a/")."""
+    from pairmine.sources.folder import FolderSource
+
+    for rel in ("a/x.jpg", "a/sub/y.png", "a.b/z.jpg", "a0.jpg", "b/w.jpg", "a-c/v.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"\xff\xd8\xff")
+    src = FolderSource(tmp_path)
+    refs = src.refs_listing()
+    keys = refs.slice(0).column("key").to_pylist()
+    assert keys == sorted(keys) == ["a-c/v.jpg", "a.b/z.jpg", "a/sub/y.png", "a/x.jpg",
+                                    "a0.jpg", "b/w.jpg"]
+    assert src.class_names() == ["a", "a-c", "a.b", "b"]
+    assert refs.column("label").to_pylist() == [1, 2, 0, 0, None, 3]
+    assert src.describe()["extensions"] == {"jpg": 5, "png": 1}
+
+
+def test_a_big_folder_is_listed_in_memory_independent_of_its_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    from pairmine.sources import folder, listing
+
+    monkeypatch.setattr(listing, "CHUNK", 1024)
+    monkeypatch.setattr(folder, "CHUNK", 1024)
+    peaks = {}
+    for n in (500, 2_000, 20_000):
+        root = tmp_path / f"f{n}"
+        for c in range(10):  # ten classes
+            (root / f"c{c}").mkdir(parents=True)
+        for i in range(n):
+            (root / f"c{i % 10}" / f"{i:07d}.jpg").touch()
+        tracemalloc.start()
+        src = folder.FolderSource(root)
+        assert len(src) == n and src.refs_listing().num_rows == n
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del src
+    # 18,000 more images: a class folder's entries (2,000 here) and 8 bytes an image, not
+    # a list of every path (over 100 bytes an image)
+    assert peaks[20_000] - peaks[2_000] < 60 * 18_000, peaks

@@ -195,3 +195,27 @@ def spill_folder() -> str | None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
     return folder or None
+
+
+def relabel(listing: SpilledListing, mapping: list[int]) -> SpilledListing:
+    """A copy of ``listing`` whose labels ``i`` are ``mapping[i]`` (nulls stay null), written
+    a group at a time; the old listing's file goes with it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = np.asarray(mapping, dtype=np.int64)
+    writer = ListingWriter(os.path.dirname(os.path.dirname(listing.path)) or None)
+    try:
+        for number in range(-(-listing.num_rows // CHUNK)):
+            group = listing.group(number)
+            labels = group.column("label").combine_chunks()
+            valid = pc.is_valid(labels).to_numpy(zero_copy_only=False)
+            values = table[pc.fill_null(labels, 0).to_numpy(zero_copy_only=False)]
+            mapped = pa.array(values, type=pa.int64(), mask=~valid)
+            writer.add(group.set_column(group.schema.get_field_index("label"), "label",
+                                        mapped))
+        return writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
