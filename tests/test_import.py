@@ -192,7 +192,7 @@ def test_images_from_metadata_are_read_back_and_match_runs(tmp_path: Path) -> No
     data, ext = read(rows[0]["source"], None)
     assert ext == "jpg" and hashlib.sha256(data).hexdigest() == rows[0]["sha256"]
     assert rows[1]["source"] is None
-    with pytest.raises(SourceError, match="without an image path"):
+    with pytest.raises(SourceError, match="imported without an image file"):
         read(rows[1]["source"], None)
     errors = pq.read_table(tmp_path / "emb" / "errors.parquet").to_pylist()
     assert [e["source"] for e in errors] == [str(images / "1_3.jpg")]

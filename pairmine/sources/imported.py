@@ -24,10 +24,9 @@ def imported_reader() -> RefReader:
 
     def read(source: str | None, member: str | None) -> tuple[bytes, str]:
         if not source:
-            raise SourceError("no image file: this row was imported from precomputed "
-                              "embeddings without an image path",
-                              "import with metadata that names the image files "
-                              "(--image-column), or export without images (--format parquet)")
+            # short: export lists this once per image it could not read
+            raise SourceError("imported without an image file",
+                              "`pairmine pairs PAIRS --format csv` lists the pairs by key")
         return read_file(source, member)
 
     return read
