@@ -99,7 +99,7 @@ def _out_of_memory_line() -> str:
 
 
 # commands whose stores keep their finished shards and resume when run again
-RESUMES = frozenset({"embed", "match", "export", "train"})
+RESUMES = frozenset({"embed", "match", "export", "train", "import"})
 # commands that write only at the very end, atomically (or never): interrupted, nothing is left
 WRITES_AT_END = frozenset({"eval", "calibrate", "eval-pairs", "verify", "encoders"})
 
