@@ -36,6 +36,9 @@ from pairmine.errors import PairmineError
 from pairmine.progress import Progress as ProgressReport
 
 console = Console(stderr=True)
+# off a terminal (a Slurm log, CI) a message stays one line, however long: a log is read with
+# grep, not at a fixed width (tables are laid out at the width all the same)
+console.soft_wrap = not console.is_terminal
 out = Console()
 
 P = ParamSpec("P")
