@@ -20,8 +20,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 # (module, names) in the order a reader meets them: the stages, then the stores
 SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("Stages", "pairmine", ("embed", "match", "export", "verify")),
-    ("Results", "pairmine", ("EmbedResult", "MatchResult", "ExportResult", "VerifyResult")),
+    ("Stages", "pairmine", ("embed", "match", "export", "verify", "import_embeddings")),
+    ("Results", "pairmine", ("EmbedResult", "MatchResult", "ExportResult", "VerifyResult",
+                               "ImportResult")),
     ("Stores", "pairmine.stores", ("open_embeddings", "Embeddings", "EmbeddingsManifest",
                                    "open_pairs", "Pairs", "PairsManifest", "SubsetRecord",
                                    "draw_subset", "begin_run", "Run")),
@@ -34,6 +35,7 @@ CONFIGS: tuple[tuple[str, str], ...] = (
     ("pairmine", "EmbedConfig"), ("pairmine", "MatchConfig"), ("pairmine", "ExportConfig"),
     ("pairmine.train", "TrainConfig"), ("pairmine.quality", "EvalConfig"),
     ("pairmine.quality", "CalibrateConfig"), ("pairmine.quality", "EvalPairsConfig"),
+    ("pairmine", "ImportConfig"),
 )
 
 
