@@ -9,6 +9,7 @@ loss for training).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +53,7 @@ def interval_from(value: str | None) -> float:
         seconds = float(value)
     except ValueError:
         return DEFAULT_INTERVAL
-    return seconds if seconds >= 0 and seconds == seconds else DEFAULT_INTERVAL
+    return seconds if math.isfinite(seconds) and seconds >= 0 else DEFAULT_INTERVAL
 
 
 class IntervalProgress:

@@ -74,7 +74,9 @@ def test_records_come_at_the_interval_even_when_the_stage_is_quiet() -> None:
 @pytest.mark.parametrize(("value", "seconds"), [(None, DEFAULT_INTERVAL), ("", DEFAULT_INTERVAL),
                                                 ("0.5", 0.5), ("0", 0.0),
                                                 ("soon", DEFAULT_INTERVAL),
-                                                ("-1", DEFAULT_INTERVAL)])
+                                                ("-1", DEFAULT_INTERVAL),
+                                                ("inf", DEFAULT_INTERVAL),
+                                                ("nan", DEFAULT_INTERVAL)])
 def test_the_interval_variable(value: str | None, seconds: float) -> None:
     assert interval_from(value) == seconds
 
