@@ -350,6 +350,8 @@ def main() -> None:
                     help="with --memory-rows: only on --ray local (the table keeps the local "
                          "runs already in --work)")
     ap.add_argument("--work", type=Path, help="with --memory-rows: keep the stores here")
+    ap.add_argument("--report-only", action="store_true",
+                    help="with --memory-rows and --work: only write the table of the runs there")
     ap.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -357,10 +359,14 @@ def main() -> None:
         return
     if args.memory_rows:
         work = args.work or Path(tempfile.mkdtemp(prefix="pairmine-bench-export-mem-"))
-        modes = ["ray"] if args.ray_only else ["local", "ray"] if args.ray else ["local"]
+        modes = ([] if args.report_only else ["ray"] if args.ray_only
+                 else ["local", "ray"] if args.ray else ["local"])
         table = memory(args.memory_rows, args.pairs, args.real_images, work, modes)
-        text = (f"Machine: {machine()}; other helpers were loading it; date "
-                f"{time.strftime('%Y-%m-%d')}; command: `python benchmarks/export.py "
+        text = (f"Machine: {machine()} (AVX-512 BF16); other helpers were loading it, so "
+                "read wall times as rough; date "
+                f"{time.strftime('%Y-%m-%d')}; each row is a run of `python "
+                "benchmarks/export.py --memory-rows ROWS --pairs 200000 --work DIR` (local) or "
+                "the same with `--ray-only`, this table written by `python benchmarks/export.py "
                 f"{' '.join(sys.argv[1:])}`. `pairmine export --format webdataset` then "
                 "`pairmine verify` in one process (with Ray: `--ray local --ray-workers 2`, the "
                 "cluster started by the command), the tree measured by "
