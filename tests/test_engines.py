@@ -487,19 +487,22 @@ def test_fused_kernel_under_triton_interpreter() -> None:
         import numpy as np
         from test_engines import collect, make_vectors, oracle
         from pairmine.engines import BandSearch
-        from pairmine.engines.band import Band, make_problem
+        from pairmine.engines.band import Band, TileShape, make_problem
         from pairmine.engines.triton_band import FusedEngine
         from pairmine.progress import NullProgress
-        cases = [("planted", 90, 20, "float16", 0.5, 1.0, None, "anchors", 40),
-                 ("grid", 70, 16, "float32", 0.0625, 0.25, None, "anchors", 33),
-                 ("clustered", 80, 33, "float16", 0.7, 0.95, np.arange(0, 80, 3), "all", 16)]
-        for kind, n, d, dtype, lo, hi, anchors, against, rows in cases:
+        # one tile each, and (last two) several tiles: rectangles and rest tiles too
+        cases = [("planted", 90, 20, "float16", 0.5, 1.0, None, "anchors", 40, None),
+                 ("grid", 70, 16, "float32", 0.0625, 0.25, None, "anchors", 33, 40),
+                 ("clustered", 80, 33, "float16", 0.7, 0.95, np.arange(0, 80, 3), "all", 16,
+                  24)]
+        for kind, n, d, dtype, lo, hi, anchors, against, rows, tile in cases:
             v = make_vectors(kind, n, d, 1, dtype)
             p = make_problem(v, anchors, against, rows)
             band = Band(lo, hi)
             eng = FusedEngine(p, band, 1 << 26, device="cpu", block=(32, 32))
-            eng.capacity = 4  # forces the overflow relaunch
-            got, _ = collect(BandSearch(p, band, eng, (), NullProgress()))
+            eng.capacity = 1  # forces the overflow relaunch
+            shape = None if tile is None else TileShape(1, tile)
+            got, _ = collect(BandSearch(p, band, eng, (), NullProgress(), shape))
             want = oracle(v, lo, hi, anchors, against)
             assert got == want, (kind, len(got), len(want))
             assert len(want) > 4 and eng.info["relaunches"] >= 1, (kind, len(want))
