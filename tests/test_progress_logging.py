@@ -117,7 +117,8 @@ def test_train_with_v_off_a_terminal_talks_and_shows_the_loss(world: World,
                                                                 tmp_path: Path) -> None:
     run = run_piped(["-v", "train", str(world.images), str(tmp_path / "run"), "--arch",
                      "resnet18-cifar", "--epochs", "1", "--batch-size", "4", "--bn-groups", "2",
-                     "--device", "cpu", "--workers", "0"])
+                     "--device", "cpu", "--workers", "0", "--precision", "fp32",
+                     "--max-steps", "6"])
     assert run.returncode == 0, run.stderr
     found = [m for m in records(run.stderr) if m["what"].startswith("epoch 1/1")]
     assert found, run.stderr
