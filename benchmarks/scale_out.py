@@ -376,7 +376,8 @@ def report(mem: list[dict[str, Any]], compute: dict[str, Any] | None, commit: st
         f"{platform.platform()}; **other helpers were loading the machine at the same "
         f"time**, so read wall times as ratios. Date {date.today()}; pairmine at commit "
         f"`{commit}`; command: `python benchmarks/scale_out.py --sizes {args.sizes} "
-        f"--limits {args.limits} --compute-rows {args.compute_rows}`.", "",
+        f"--limits {args.limits} --compute-rows {args.compute_rows}`."
+        + (f" {args.note}" if args.note else ""), "",
         "Stores: N x 128 float16 unit vectors, generated as a clip-retrieval layout (1M rows "
         "a partition, 1% of rows planted near another row) and made a store by `pairmine "
         "import` (65,536-row shards). Each command ran in a fresh memory cgroup (v1) of the "
@@ -435,7 +436,10 @@ def report(mem: list[dict[str, Any]], compute: dict[str, Any] | None, commit: st
             f"{one.wall_s / ray2.wall_s:.2f}x | {same} |",
             f"| `--ray local --ray-workers 1` | {ray1.wall_s:,.1f} | "
             f"{one.wall_s / ray1.wall_s:.2f}x | |",
-            "", f"2 workers against 1: {ray1.wall_s / ray2.wall_s:.2f}x. Measured rate of "
+            "", "Each path ran once, one after the other, while other helpers' jobs came "
+            "and went on the same 2 cores: read each figure as one sample (a swing of the "
+            "load between two runs can be as large as the differences).", "",
+            f"2 workers against 1: {ray1.wall_s / ray2.wall_s:.2f}x. Measured rate of "
             f"the one-process run: {rate:,.3g} comparisons/s (wall time, start-up included; "
             f"the search alone: {comparisons / compute.get('search_s', one.wall_s):,.3g}/s).",
         ]
@@ -463,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-memory", action="store_true",
                     help="keep the memory runs saved by an earlier invocation (sizes "
                          "already there are not run again)")
+    ap.add_argument("--note", default="", help="a sentence added to the report's header "
+                    "(e.g. how the reused runs were made)")
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args(argv)
     if not MEASURE.is_file():

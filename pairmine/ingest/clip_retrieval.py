@@ -122,8 +122,7 @@ def open_clip_retrieval(spec: str, config: ImportConfig) -> ClipRetrievalSource:
     elif config.key_column or config.label_column or config.image_column:
         raise InputError(f"{root} has no metadata folder, so no --key-column, --label-column "
                          "or --image-column", "drop those options")
-    assert dim is not None
-    return ClipRetrievalSource(str(root), parts, dim, columns)
+    return ClipRetrievalSource(str(root), parts, int(dim or 0), columns)
 
 
 register_layout(Layout(
