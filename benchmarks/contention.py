@@ -62,6 +62,11 @@ def code_tree(rev: str, into: Path) -> Path:
     return into
 
 
+def short_hash(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def subset(n: int, into: Path) -> Path:
     """The first ``n`` images of the sample as a folder source (train's BEFORE code has no
     --max-steps: a smaller source gives it the same number of steps)."""
@@ -130,7 +135,7 @@ def cpu_model() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE)
-    ap.add_argument("--after", default="HEAD")
+    ap.add_argument("--after", default="HEAD")  # recorded as its short commit hash
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--stage", action="append", choices=("train", "embed"))
@@ -139,13 +144,24 @@ def main() -> None:
                          "(negative needs root): on a machine other users load, -20 gives "
                          "them most of the CPU, so 'alone' is close to a quiet machine")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--from-log", type=Path, default=None,
+                    help="write the section from the printed output of an earlier run "
+                         "(its first line: the start time and load; then one line per run)")
     args = ap.parse_args()
+    if args.from_log is None:
+        args.before, args.after = short_hash(args.before), short_hash(args.after)
     global NICE
     NICE = args.nice
     stages = args.stage or ["train", "embed"]
     flags = set(Path("/proc/cpuinfo").read_text().split())
+    if args.from_log is not None:
+        started, load_start, results, load_end = read_log(args.from_log)
+        stages = [st for st in stages if any(key[0] == st for key in results)]
+        write_section(args, stages, flags, started, load_start, load_end, results)
+        return
     load_start = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"start {started} load {load_start[0]:.1f}", flush=True)
     results: dict[tuple[str, str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="pairmine-contention-") as tmp:
         work = Path(tmp)
@@ -168,15 +184,43 @@ def main() -> None:
                         results.setdefault((stage, name, cond), []).append(value)
                         print(f"rep {rep + 1} {stage:5s} {name:6s} {cond:5s} "
                               f"{value:7.1f} img/s  load {os.getloadavg()[0]:.1f}", flush=True)
-    load_end = os.getloadavg()
-    rows = ["| stage | code | alone img/s | beside one busy process | ratio |",
-            "| --- | --- | ---: | ---: | ---: |"]
+    write_section(args, stages, flags, started, load_start, os.getloadavg(), results)
+
+
+def read_log(path: Path) -> tuple[str, tuple[float, ...], dict[tuple[str, str, str], list[float]],
+                                  tuple[float, ...]]:
+    """(start time, start load, runs, last load) from the lines this script printed."""
+    started, load_start, load_end = "?", (0.0,), (0.0,)
+    results: dict[tuple[str, str, str], list[float]] = {}
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["start"]:
+            started, load_start = " ".join(words[1:-2]), (float(words[-1]),)
+        elif words[:1] == ["rep"] and len(words) == 9:
+            results.setdefault((words[2], words[3], words[4]), []).append(float(words[5]))
+            load_end = (float(words[8]),)
+    return started, load_start, results, load_end
+
+
+def write_section(args: argparse.Namespace, stages: list[str], flags: set[str], started: str,
+                  load_start: tuple[float, ...], load_end: tuple[float, ...],
+                  results: dict[tuple[str, str, str], list[float]]) -> None:
+    rows = ["| stage | code | alone img/s | beside one busy process | ratio | runs alone; "
+            "busy |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    busy_of: dict[tuple[str, str], float] = {}
     for stage in stages:
         for name in ("before", "after"):
-            alone = statistics.median(results[(stage, name, "alone")])
-            busy = statistics.median(results[(stage, name, "busy")])
-            rows.append(f"| {stage} | {name} | {alone:.1f} | {busy:.1f} | {busy / alone:.2f}x |")
+            alone_runs = results[(stage, name, "alone")]
+            busy_runs = results[(stage, name, "busy")]
+            alone, busy = statistics.median(alone_runs), statistics.median(busy_runs)
+            busy_of[(stage, name)] = busy
+            runs = (", ".join(f"{v:.0f}" for v in alone_runs) + "; "
+                    + ", ".join(f"{v:.0f}" for v in busy_runs))
+            rows.append(f"| {stage} | {name} | {alone:.1f} | {busy:.1f} | {busy / alone:.2f}x "
+                        f"| {runs} |")
     table = "\n".join(rows)
+    gains = "; ".join(f"{stage} {busy_of[(stage, 'after')] / busy_of[(stage, 'before')]:.1f}x"
+                      for stage in stages)
     niced = (f" (the measured commands and the competitor ran at niceness {args.nice}, which "
              "leaves the other sessions' processes a small share of the CPU)" if args.nice
              else "")
@@ -194,6 +238,10 @@ img/s of the training steps; embed: the CIFAR ResNet-20 on the 2,000-image sampl
 images / seconds of the call.
 
 {table}
+
+Beside one busy process, after / before: {gains}. The spread of the before rows is the
+failure itself: two torch threads plus a decode worker are three busy tasks on two CPUs, so
+any other process (ours, or another session's) stalls the team, alone or not.
 
 Load average (1 min) {load_start[0]:.1f} at the start and {load_end[0]:.1f} at the end: other
 sessions were using this machine during the runs, so "alone" means without *our* competitor,
