@@ -33,7 +33,8 @@ from pairmine.errors import ConfigError, InputError
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 EMBED: dict[str, Any] = {"encoder": f"cifar-resnet:{CHECKPOINT}", "batch_size": 8, "shard_size": 16,
          "workers": 0, "device": "cpu", "precision": "fp32"}
-MATCH: dict[str, Any] = {"min_score": 0.9, "max_score": 0.995, "block_rows": 4, "device": "cpu"}
+MATCH: dict[str, Any] = {"min_score": 0.9, "max_score": 0.995, "block_rows": 4, "tile_rows": 8,
+                         "device": "cpu"}
 # a byte limit so that the export's sizing pass plans the shard cuts
 EXPORT: dict[str, Any] = {"fmt": "webdataset", "combined": True, "shard_size": 20,
                           "max_shard_bytes": 60_000}
@@ -98,7 +99,8 @@ def test_match_on_ray_is_byte_identical(ray_local: Path,
     pairs = tmp_path / "pairs"
     result = pairmine.match(reference["emb"], pairs, **MATCH, ray="local")
     same_bytes(reference["pairs"], pairs)
-    assert result.cluster is not None and result.cluster["units_run"] == 15
+    assert result.cluster is not None
+    assert result.cluster["units_run"] == result.tiles_run == result.tiles > 3
     assert result.pairs == pairmine.open_pairs(reference["pairs"]).manifest["counts"][
         "unordered"]
 
@@ -130,7 +132,7 @@ def test_a_worker_killed_mid_unit_is_retried(fault: Path, reference: dict[str, P
 def test_retries_exhausted_is_one_clear_error(fault: Path, reference: dict[str, Path],
                                               tmp_path: Path) -> None:
     fault.write_text("match:0")
-    with pytest.raises(pairmine.PairmineError, match="match block 0 failed"):
+    with pytest.raises(pairmine.PairmineError, match="match tile 0 failed"):
         pairmine.match(reference["emb"], tmp_path / "pairs", **MATCH, ray="local",
                        max_retries=0)
     # the rerun (no fault) resumes the unfinished store into the same bytes
@@ -187,10 +189,7 @@ def test_plan_is_a_dry_run(reference: dict[str, Path], tmp_path: Path) -> None:
     result = pairmine.match(reference["emb"], tmp_path / "pairs", **MATCH, dry_run=True)
     plan = result.unit_plan
     assert plan is not None and plan["blocks"] == 15 and plan["todo"] == list(range(15))
-    # block i reads every row once (set-up) and the rows from its first anchor on
-    row = 64 * 2  # 64-D float16
-    assert plan["bytes_per_block"][0] == 2 * 60 * row
-    assert plan["bytes_per_block"][14] == (60 + 4) * row
+    assert plan["tiles"] == plan["tiles_todo"] == len(plan["bytes_per_tile"]) > 1
     assert plan["comparisons_per_second"] > 0 and plan["estimate_seconds"] > 0
     assert not (tmp_path / "pairs").exists()
 
@@ -220,7 +219,8 @@ NODE_LOSS = textwrap.dedent('''
     removed_at = len(list((out / "pairs").glob("pairs-*.parquet")))
     cluster.remove_node(nodes[0])
     run.join()
-    print("RESULT=" + json.dumps({"removed_at": removed_at, **result["r"].cluster}))
+    print("RESULT=" + json.dumps({"removed_at": removed_at, "tiles": result["r"].tiles,
+                                  **result["r"].cluster}))
     ray.shutdown()
     cluster.shutdown()
 ''')
@@ -243,7 +243,7 @@ def test_a_node_removed_mid_run_completes_identically(reference: dict[str, Path]
     assert run.returncode == 0, run.stderr[-3000:]
     got = _json_line(run.stdout)
     assert got["removed_at"] < 30  # the node went while units were left
-    assert got["units_run"] == 30
+    assert got["units_run"] == got["tiles"]
     pairmine.match(reference["emb"], tmp_path / "single", **match)
     same_bytes(tmp_path / "single", out)
 
@@ -254,7 +254,8 @@ def test_driver_killed_mid_run_resumes_only_missing_units(ray_local: Path,
                                                           tmp_path: Path) -> None:
     out = tmp_path / "pairs"
     cmd = [sys.executable, "-m", "pairmine", "match", str(reference["emb"]), str(out),
-           "--min", "0.9", "--max", "0.995", "--block-rows", "2", "--device", "cpu",
+           "--min", "0.9", "--max", "0.995", "--block-rows", "2", "--tile-rows", "8",
+           "--device", "cpu",
            "--ray", "local", "--ray-workers", "1"]
     # a session of its own: the driver and the local cluster it starts die together
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -270,9 +271,9 @@ def test_driver_killed_mid_run_resumes_only_missing_units(ray_local: Path,
     assert not (out / "manifest.json").exists()  # killed mid-run, not after
     finished = len(list((out / "pairs").glob("pairs-*.parquet")))
     result = pairmine.match(reference["emb"], out, **{**MATCH, "block_rows": 2}, ray="local")
-    assert result.blocks_skipped >= finished >= 3
+    assert finished >= 3 and result.tiles_run < result.tiles  # the finished tiles resumed
     assert result.cluster is not None
-    assert result.cluster["units_run"] == 30 - result.blocks_skipped
+    assert result.cluster["units_run"] == result.tiles_run < result.tiles
     pairmine.match(reference["emb"], tmp_path / "single", **{**MATCH, "block_rows": 2})
     same_bytes(tmp_path / "single", out)
 
@@ -295,108 +296,8 @@ def test_match_plan_command_prints_the_units(reference: dict[str, Path], tmp_pat
 
     res = CliRunner().invoke(cli, ["match", str(reference["emb"]), str(tmp_path / "pairs"),
                                     "--min", "0.9", "--max", "0.995", "--block-rows", "4",
-                                    "--device", "cpu", "--plan"])
+                                    "--tile-rows", "8", "--device", "cpu", "--plan"])
     assert res.exit_code == 0, res.output
-    assert "match plan: 15 blocks of 4 anchor rows" in res.output
-    assert "block 14" in res.output and "estimate" in res.output
+    assert "15 of 4 anchor rows" in res.output and "tiles (units)" in res.output
+    assert "estimate" in res.output
     assert not (tmp_path / "pairs").exists()
-
-
-# ---------------------------------------------------------------------------------------------
-# the executor itself (pairmine.scale.executor): a unit function here and on Ray
-
-
-def _scaled(payload: dict[str, int], unit: int) -> dict[str, Any]:
-    """A unit function: what it computes, and the threads it was allowed."""
-    from pairmine.runtime import cpu_count
-
-    if unit == payload.get("fail_with_memory_error"):
-        raise MemoryError("unable to allocate 8.0 GiB")
-    return {"value": unit * payload["k"], "cpus": cpu_count(),
-            "omp": os.environ.get("OMP_NUM_THREADS")}
-
-
-class _Counter:
-    """A stateful unit (built once per worker): how many units this instance ran."""
-
-    def __init__(self, payload: dict[str, int]) -> None:
-        self.k, self.seen = payload["k"], 0
-
-    def __call__(self, unit: int) -> dict[str, Any]:
-        self.seen += 1
-        return {"value": unit * self.k, "seen": self.seen}
-
-
-@pytest.fixture
-def by_value() -> None:
-    """Ray's workers cannot import this test module: ship its functions by value."""
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def test_the_executor_runs_units_here_and_on_ray_alike(ray_local: Path, by_value: None,
-                                                       tmp_path: Path) -> None:
-    from pairmine.scale.executor import execute
-    from pairmine.scale.options import RayOptions
-
-    here: dict[int, dict[str, Any]] = {}
-    assert execute(range(6), _scaled, {"k": 3}, None, stage="test",
-                   on_done=lambda u, r: here.__setitem__(u, r)) is None
-    on_ray: dict[int, dict[str, Any]] = {}
-    out = tmp_path / "out"
-    out.mkdir()
-    report = execute(range(6), _scaled, {"k": 3}, RayOptions("local", workers=2), stage="test",
-                     on_done=lambda u, r: on_ray.__setitem__(u, r), write=out)
-    assert report is not None and report.units == 6 and report.retried == []
-    assert {u: r["value"] for u, r in on_ray.items()} == {u: r["value"]
-                                                          for u, r in here.items()}
-    # one CPU per task: one thread, whatever the machine has (cpu_count and OpenMP agree)
-    assert {(r["threads"], r["cpus"], r["omp"]) for r in on_ray.values()} == {(1, 1, "1")}
-    assert report.to_json()["threads_per_unit"] == {"1": 6}
-    two = execute([0], _scaled, {"k": 1}, RayOptions("local", cpus_per_worker=2), stage="test",
-                  on_done=lambda u, r: on_ray.__setitem__(u, r))
-    assert two is not None and (on_ray[0]["threads"], on_ray[0]["cpus"]) == (2, 2)
-
-
-def test_the_executor_builds_a_stateful_unit_once_per_worker(ray_local: Path, by_value: None
-                                                             ) -> None:
-    from pairmine.scale.executor import execute
-    from pairmine.scale.options import RayOptions
-
-    for options in (None, RayOptions("local", workers=1)):
-        got: dict[int, dict[str, Any]] = {}
-        execute(range(4), _Counter, {"k": 2}, options, stage="test", actor=True,
-                on_done=got.__setitem__)
-        assert {u: r["value"] for u, r in got.items()} == {0: 0, 1: 2, 2: 4, 3: 6}
-        assert sorted(r["seen"] for r in got.values()) == [1, 2, 3, 4]  # one instance
-
-
-def test_a_unit_out_of_memory_on_ray_is_diagnosed(ray_local: Path, by_value: None,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
-
-    from pairmine.errors import OutOfMemory
-    from pairmine.scale import executor
-    from pairmine.scale.options import RayOptions
-
-    # a MemoryError inside the unit, on a real worker
-    with pytest.raises(OutOfMemory, match="export shard 2 ran out of memory") as raised:
-        executor.execute(range(4), _scaled, {"k": 1, "fail_with_memory_error": 2},
-                         RayOptions("local", workers=1, max_retries=0), stage="test",
-                         unit_name="export shard", memory_hint="lower --max-shard-bytes")
-    assert raised.value.hint == "lower --max-shard-bytes"
-    # the worker killed by Ray's memory monitor, or by the kernel's OOM killer (seen in
-    # /proc/vmstat during the run), retries exhausted: the diagnosis, never "rerun"
-    failure = executor._Failure("match tile", executor.MEMORY_HINT)
-    killed = failure.error(ray.exceptions.OutOfMemoryError("Task was killed due to the node "
-                                                           "running low on memory."), 7)
-    assert isinstance(killed, OutOfMemory)
-    assert "match tile 7" in str(killed) and "out of memory" in str(killed)
-    assert "--ray-workers" in str(killed) and "rerun" not in str(killed)
-    monkeypatch.setattr(executor, "_oom_kills", lambda: (failure.oom_kills or 0) + 1)
-    crashed = failure.error(ray.exceptions.WorkerCrashedError(), 7)
-    assert isinstance(crashed, OutOfMemory) and "\n" not in crashed.message
-    monkeypatch.setattr(executor, "_oom_kills", lambda: failure.oom_kills)
-    other = failure.error(ray.exceptions.WorkerCrashedError(), 7)
-    assert not isinstance(other, OutOfMemory) and "rerun" in str(other)
