@@ -301,3 +301,104 @@ def test_match_plan_command_prints_the_units(reference: dict[str, Path], tmp_pat
     assert "15 of 4 anchor rows" in res.output and "tiles (units)" in res.output
     assert "estimate" in res.output
     assert not (tmp_path / "pairs").exists()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# the executor itself (pairmine.scale.executor): a unit function here and on Ray
+
+
+def _scaled(payload: dict[str, int], unit: int) -> dict[str, Any]:
+    """A unit function: what it computes, and the threads it was allowed."""
+    from pairmine.runtime import cpu_count
+
+    if unit == payload.get("fail_with_memory_error"):
+        raise MemoryError("unable to allocate 8.0 GiB")
+    return {"value": unit * payload["k"], "cpus": cpu_count(),
+            "omp": os.environ.get("OMP_NUM_THREADS")}
+
+
+class _Counter:
+    """A stateful unit (built once per worker): how many units this instance ran."""
+
+    def __init__(self, payload: dict[str, int]) -> None:
+        self.k, self.seen = payload["k"], 0
+
+    def __call__(self, unit: int) -> dict[str, Any]:
+        self.seen += 1
+        return {"value": unit * self.k, "seen": self.seen}
+
+
+@pytest.fixture
+def by_value() -> None:
+    """Ray's workers cannot import this test module: ship its functions by value."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def test_the_executor_runs_units_here_and_on_ray_alike(ray_local: Path, by_value: None,
+                                                       tmp_path: Path) -> None:
+    from pairmine.scale.executor import execute
+    from pairmine.scale.options import RayOptions
+
+    here: dict[int, dict[str, Any]] = {}
+    assert execute(range(6), _scaled, {"k": 3}, None, stage="test",
+                   on_done=lambda u, r: here.__setitem__(u, r)) is None
+    on_ray: dict[int, dict[str, Any]] = {}
+    out = tmp_path / "out"
+    out.mkdir()
+    report = execute(range(6), _scaled, {"k": 3}, RayOptions("local", workers=2), stage="test",
+                     on_done=lambda u, r: on_ray.__setitem__(u, r), write=out)
+    assert report is not None and report.units == 6 and report.retried == []
+    assert {u: r["value"] for u, r in on_ray.items()} == {u: r["value"]
+                                                          for u, r in here.items()}
+    # one CPU per task: one thread, whatever the machine has (cpu_count and OpenMP agree)
+    assert {(r["threads"], r["cpus"], r["omp"]) for r in on_ray.values()} == {(1, 1, "1")}
+    assert report.to_json()["threads_per_unit"] == {"1": 6}
+    two = execute([0], _scaled, {"k": 1}, RayOptions("local", cpus_per_worker=2), stage="test",
+                  on_done=lambda u, r: on_ray.__setitem__(u, r))
+    assert two is not None and (on_ray[0]["threads"], on_ray[0]["cpus"]) == (2, 2)
+
+
+def test_the_executor_builds_a_stateful_unit_once_per_worker(ray_local: Path, by_value: None
+                                                             ) -> None:
+    from pairmine.scale.executor import execute
+    from pairmine.scale.options import RayOptions
+
+    for options in (None, RayOptions("local", workers=1)):
+        got: dict[int, dict[str, Any]] = {}
+        execute(range(4), _Counter, {"k": 2}, options, stage="test", actor=True,
+                on_done=got.__setitem__)
+        assert {u: r["value"] for u, r in got.items()} == {0: 0, 1: 2, 2: 4, 3: 6}
+        assert sorted(r["seen"] for r in got.values()) == [1, 2, 3, 4]  # one instance
+
+
+def test_a_unit_out_of_memory_on_ray_is_diagnosed(ray_local: Path, by_value: None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from pairmine.errors import OutOfMemory
+    from pairmine.scale import executor
+    from pairmine.scale.options import RayOptions
+
+    # a MemoryError inside the unit, on a real worker
+    with pytest.raises(OutOfMemory, match="export shard 2 ran out of memory") as raised:
+        executor.execute(range(4), _scaled, {"k": 1, "fail_with_memory_error": 2},
+                         RayOptions("local", workers=1, max_retries=0), stage="test",
+                         unit_name="export shard", memory_hint="lower --max-shard-bytes")
+    assert raised.value.hint == "lower --max-shard-bytes"
+    # the worker killed by Ray's memory monitor, or by the kernel's OOM killer (seen in
+    # /proc/vmstat during the run), retries exhausted: the diagnosis, never "rerun"
+    failure = executor._Failure("match tile", executor.MEMORY_HINT)
+    killed = failure.error(ray.exceptions.OutOfMemoryError("Task was killed due to the node "
+                                                           "running low on memory."), 7)
+    assert isinstance(killed, OutOfMemory)
+    assert "match tile 7" in str(killed) and "out of memory" in str(killed)
+    assert "--ray-workers" in str(killed) and "rerun" not in str(killed)
+    monkeypatch.setattr(executor, "_oom_kills", lambda: (failure.oom_kills or 0) + 1)
+    crashed = failure.error(ray.exceptions.WorkerCrashedError(), 7)
+    assert isinstance(crashed, OutOfMemory) and "\n" not in crashed.message
+    monkeypatch.setattr(executor, "_oom_kills", lambda: failure.oom_kills)
+    other = failure.error(ray.exceptions.WorkerCrashedError(), 7)
+    assert not isinstance(other, OutOfMemory) and "rerun" in str(other)
