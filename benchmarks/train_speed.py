@@ -113,6 +113,10 @@ the trainer's threads; trainer = `pairmine train --max-steps {args.steps}`, img/
 (two views per image, augmentation, momentum encoder and queue included).
 
 {table}
+
+One run per cell, on a shared machine where single runs of the same command vary up to 2x (the
+contention section's spread): read the resnet18 rows as "fp32 and bf16 are close", which is
+what auto's own trial found; for the CIFAR ResNet-18 bf16 is ~2.5x faster and auto chose it.
 """
     update_section(args.doc, "train-speed", body)
 
