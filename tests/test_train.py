@@ -752,3 +752,30 @@ def test_cgroup_quota_caps_the_usable_cpus(tmp_path: Path,
     assert runtime.cgroup_cpu_quota(v1) is None
     monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda root=None: 0.5)
     assert runtime.cpu_count() == 1  # a fraction of a CPU is still one thread
+
+
+def test_passive_waits_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI asks OpenMP for passive waits before torch loads; a user's setting stays."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pairmine.runtime import prefer_passive_waits; prefer_passive_waits(); "
+            "import os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["PASSIVE", "False"]
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert mine == ["ACTIVE", "False"]
+
+
+def test_cpu_count_is_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from pairmine import runtime
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda root=None: None)
+    assert runtime.cpu_count() == 1 and runtime.compute_threads(1) == 1
