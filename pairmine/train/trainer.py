@@ -111,9 +111,9 @@ class TrainConfig(StageConfig):
     precision: str = setting(
         "auto", choices=PRECISION_CHOICES,
         help="auto: bf16 autocast on a GPU; fp32 on a CPU without native bf16; on a CPU with "
-             "native bf16 (AVX-512 BF16/AMX) a timed trial of the model's step in fp32 and "
-             "bf16 picks bf16 only if it is >10% faster. bf16 on a CPU without native bf16 "
-             "is refused.")
+             "native bf16 (AVX-512 BF16/AMX) a timed trial of the run's own step picks bf16 "
+             "where its step takes under 0.9x fp32's time. bf16 on a CPU without native "
+             "bf16 is refused.")
     workers: int | None = setting(
         None, minimum=0, help="Data-loading processes [default: up to 8 on GPU, 1 on CPU].")
     threads: int | None = setting(
