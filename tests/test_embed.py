@@ -301,3 +301,29 @@ def test_a_big_folder_is_listed_in_memory_independent_of_its_size(
     # 18,000 more images: a class folder's entries (2,000 here) and 8 bytes an image, not
     # a list of every path (over 100 bytes an image)
     assert peaks[20_000] - peaks[2_000] < 60 * 18_000, peaks
+
+
+def test_auto_precision_keeps_an_unfinished_runs_choice(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed `--precision auto` run reuses the precision its first part chose (a new trial
+    could pick the other one and the run's identity would no longer match); a new run asks
+    the trial."""
+    from pairmine.embed import stage
+
+    asked: list[str] = []
+
+    class Choice:
+        precision = "fp32"
+
+    def trial(enc: object, device: str, precision: str, batch_size: int) -> Choice:
+        asked.append(precision)
+        return Choice()
+
+    monkeypatch.setattr(stage, "choose_embed_precision", trial)
+    out = tmp_path / "emb"
+    assert stage._auto_precision(out, object(), "cpu", 8) == "fp32"  # type: ignore[arg-type]
+    assert asked == ["auto"]
+    (out / ".partial").mkdir(parents=True)
+    (out / ".partial" / "run.json").write_text(json.dumps({"config": {"precision": "bf16"}}))
+    assert stage._auto_precision(out, object(), "cpu", 8) == "bf16"  # type: ignore[arg-type]
+    assert asked == ["auto"]

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"pairmine.embed", "pairmine.match", "pairmine.export", "pairmine.train",
-          "pairmine.quality"}
+          "pairmine.quality", "pairmine.ingest"}
 
 
 def _config() -> configparser.ConfigParser:
@@ -57,6 +57,6 @@ def test_every_internal_module_of_a_stage_is_closed_to_the_commands() -> None:
     forbidden = _modules(_config()["importlinter:contract:commands-public-api"]
                          ["forbidden_modules"])
     internal = {f"pairmine.{stage}.{path.stem}"
-                for stage in ("embed", "match", "export", "train", "quality")
+                for stage in ("embed", "match", "export", "train", "quality", "ingest")
                 for path in (ROOT / "pairmine" / stage).glob("*.py") if path.stem != "__init__"}
     assert sorted(internal - forbidden) == []

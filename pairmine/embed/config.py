@@ -56,7 +56,9 @@ class EmbedConfig(ScaleSettings):
                          help="Where the encoder runs [auto: CUDA when there is one].")
     precision: str = setting(
         "auto", choices=PRECISIONS,
-        help="Encoder arithmetic; auto = bf16 on CUDA, fp32 on CPUs without native bf16.")
+        help="Encoder arithmetic; auto = bf16 on CUDA, fp32 on CPUs without native bf16, and on "
+             "a CPU with native bf16 whichever a timed trial of this encoder finds faster "
+             "(bf16 only if under 0.9x fp32's time; a resumed run keeps its choice).")
     dtype: str = setting("float16", choices=DTYPES,
                          help="Storage type of the L2-normalised embeddings.")
     shard_size: int = setting(65536, minimum=1,

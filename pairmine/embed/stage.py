@@ -13,20 +13,30 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pairmine import stores
 from pairmine.embed.config import EmbedConfig
 from pairmine.embed.reader import shard_items
 from pairmine.embed.record import EmbedRecord
-from pairmine.embed.runner import ShardEncoder, ShardJob
+from pairmine.embed.runner import ShardEncoder, ShardJob, choose_embed_precision
 from pairmine.embed.writer import RUN_LOG, assemble_manifest, completed_shards
-from pairmine.errors import SourceError
+from pairmine.errors import SourceError, StoreError
 from pairmine.progress import NullProgress, Progress
-from pairmine.runtime import cpu_count, device_name, resolve_device, resolve_precision
+from pairmine.runtime import (
+    TRIAL_CANDIDATES,
+    cpu_count,
+    device_name,
+    needs_trial,
+    resolve_device,
+    resolve_precision,
+)
 from pairmine.scale.options import RayOptions
 from pairmine.sources.base import absolute_spec
 from pairmine.sources.files import real_root
+
+if TYPE_CHECKING:
+    from pairmine.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +111,8 @@ def embed(source: str | Path, out: str | Path, config: EmbedConfig | None = None
     if n_items == 0:
         raise SourceError(f"no images found in {source}")
     enc = load_encoder(config.encoder, arch=config.arch, features=config.features)
+    if scale is None and needs_trial(config.precision, device):
+        precision = _auto_precision(out, enc, device, config.batch_size)
     shard_size = config.shard_size
     record = EmbedRecord(
         source=absolute_spec(str(source)), source_kind=src.kind, labels=config.labels,
@@ -145,6 +157,24 @@ def embed(source: str | Path, out: str | Path, config: EmbedConfig | None = None
                        dim=enc.dim, shards=n_shards, resumed_shards=len(done), seconds=elapsed,
                        device=name, precision=precision, encoder=enc.describe(),
                        ignored=sum(ignored.values()), cluster=cluster)
+
+
+def _auto_precision(out: Path, enc: Encoder, device: str, batch_size: int) -> str:
+    """``--precision auto`` on a CPU with native bf16: the precision an unfinished run in
+    ``out`` recorded (a new trial could choose the other one, and the run's identity, which
+    decides the bytes, would no longer match), else a timed trial of this encoder's forward
+    pass (:func:`pairmine.embed.runner.choose_embed_precision`)."""
+
+    started = out / stores.PARTIAL_DIR / stores.RUN_FILE
+    if started.is_file():
+        try:
+            recorded = stores.read_json(started).get("config", {}).get("precision")
+        except StoreError:
+            recorded = None
+        if recorded in TRIAL_CANDIDATES:
+            log.info("precision %s: the unfinished run in %s chose it", recorded, out)
+            return str(recorded)
+    return choose_embed_precision(enc, device, "auto", batch_size).precision
 
 
 class ShardWorker:
