@@ -63,34 +63,3 @@ def cluster_rows(cluster: dict[str, Any] | None) -> list[tuple[str, Any]]:
         rows.append(("ray GPUs", ", ".join(f"CUDA_VISIBLE_DEVICES={g}: {n}"
                                            for g, n in cluster["units_per_gpu"].items())))
     return rows
-
-
-def plan_table(plan: dict[str, Any]) -> Any:
-    """``match --plan``: the units, what each reads, and the time estimate."""
-    from rich.table import Table
-
-    reads = plan["bytes_per_block"]
-    todo = len(reads)
-    table = Table(title=f"match plan: {plan['blocks']} blocks of {plan['block_rows']:,} anchor "
-                        f"rows ({plan['done']} already done, {todo} to compute)",
-                  title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    mib = 1 << 20
-    rows: list[tuple[str, str]] = [
-        ("units (blocks to compute)", f"{todo:,}"),
-        ("bytes read per unit", "none" if not reads else
-         f"{min(reads) / mib:,.1f} to {max(reads) / mib:,.1f} MiB "
-         f"(total {sum(reads) / mib:,.1f} MiB)"),
-        ("comparisons", f"{sum(plan['comparisons']):,}"),
-        ("measured", f"block {plan['measured_block']} in {plan['measured_seconds']:.2f} s "
-                     f"({plan['comparisons_per_second']:,.0f} comparisons/s, set-up included)"),
-        ("estimate", f"{plan['estimate_seconds']:,.1f} s of compute on {plan['workers']} "
-                     "worker(s) like this machine (reading excluded)"),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    if todo <= 20:
-        for i, r, c in zip(plan["todo"], reads, plan["comparisons"], strict=True):
-            table.add_row(f"  block {i}", f"{r / mib:,.2f} MiB, {c:,} comparisons")
-    return table
