@@ -61,11 +61,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # dry-run's time estimates use them.
 MEASURED_IMG_S: dict[tuple[str, str], float] = {
     ("resnet20-cifar", "fp32"): 130.0,
-    ("resnet20-cifar", "auto"): 248.0,
+    ("resnet20-cifar", "auto"): 248.0,  # auto chose bf16 (its trial: 2.25x fp32)
+    ("resnet20-cifar", "bf16"): 248.0,
     ("resnet20x2-cifar", "fp32"): 28.0,
-    ("resnet20x2-cifar", "auto"): 62.0,
+    ("resnet20x2-cifar", "auto"): 62.0,  # bf16, 2.12x fp32
+    ("resnet20x2-cifar", "bf16"): 62.0,
     ("resnet18-cifar", "fp32"): 13.0,
     ("resnet18-cifar", "auto"): 32.0,
+    ("resnet18-cifar", "bf16"): 32.0,
 }
 # `pairmine eval` of a resnet20-cifar checkpoint (features of 5,000 train + 1,000 test images,
 # kNN, 100 linear-probe epochs): 6,000 images in 38 s wall, load ~6; dry-run estimate only
@@ -90,8 +93,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "paper": Preset("the paper's protocol (needs a GPU)", 5000, 1000, 200, 256, 100,
                     "resnet18-cifar", "auto", None),
+    # bf16, not auto: auto's timed trial could pick fp32 for one run on a busy machine, and
+    # every run must share its settings
     "cpu": Preset("reduced replication for a 2-core CPU", 5000, 1000, 10, 256, 100,
-                  "resnet20-cifar", "auto", 45.0),
+                  "resnet20-cifar", "bf16", 45.0),
     "smoke": Preset("SMOKE RUN, not a result", 50, 20, 2, 64, 20, "resnet20-cifar", "auto",
                     None),
 }
@@ -626,7 +631,10 @@ def write_doc(s: Settings, table: str, argv: list[str]) -> None:
             f"{s.p.epochs} epochs, sized for <= {s.p.budget_min:g} min per training run on "
             "this CPU; the paper's figures are ResNet-18 at 200+ epochs and are shown for "
             "reference, not as the target.\n\n" if reduced else "")
-    body = (f"{title}\n\n{note}Machine: {machine()}; date {time.strftime('%Y-%m-%d')}; "
+    # the trainer's speed halves on this 2-core machine when other work runs beside it
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    body = (f"{title}\n\n{note}Machine: {machine()}; load average (1/5/15 min) when "
+            f"written: {load}; date {time.strftime('%Y-%m-%d')}; "
             f"command: `python benchmarks/sepp_id_cifar10.py {' '.join(argv)}`\n\n{table}")
     section = "sepp-id-cifar10-reduced" if reduced else "sepp-id-cifar10"
     update_section(ROOT / "docs" / "benchmarks.md", section, body)
