@@ -109,10 +109,17 @@ class PrecisionChoice:
         return {"precision": self.precision, "reason": self.reason, "trial_seconds": self.trial}
 
 
+# "0" turns the trial off (auto is then fp32 on every CPU): for runs that must give the same
+# bytes as another run, since a timed choice can go either way where the two are close
+PRECISION_TRIAL_ENV = "PAIRMINE_PRECISION_TRIAL"
+
+
 def needs_trial(precision: str, device: str) -> bool:
     """``auto`` on a CPU with native bf16: only a measurement can tell whether bf16 autocast
     is faster for this model (measured: 10% slower for a small net, 2.1x faster for the CIFAR
-    ResNet-18, on the same CPU)."""
+    ResNet-18, on the same CPU). ``PAIRMINE_PRECISION_TRIAL=0`` turns it off."""
+    if os.environ.get(PRECISION_TRIAL_ENV, "").strip() == "0":
+        return False
     return precision == "auto" and device_kind(device) == "cpu" and cpu_has_fast_bf16()
 
 
@@ -129,6 +136,8 @@ def choose_precision(precision: str, device: str, step: Callable[[str], object] 
     if not needs_trial(precision, device) or step is None:
         why = ("auto on CUDA" if device_kind(device) == "cuda"
                else "auto on a CPU without native bf16" if not cpu_has_fast_bf16()
+               else f"auto, trial turned off ({PRECISION_TRIAL_ENV}=0)"
+               if os.environ.get(PRECISION_TRIAL_ENV, "").strip() == "0"
                else "auto without a trial")
         return PrecisionChoice(resolved, why)
     seconds = time_precisions(step, TRIAL_CANDIDATES)

@@ -15,6 +15,12 @@ RESNET20 = SHARED_DATA / "resnet20-cifar10.th"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import os
+
+    # `--precision auto` times bf16 against fp32 on a CPU with native bf16, and a timed choice
+    # can go either way between two runs: tests compare stores byte for byte, so auto is fp32
+    # here (child processes inherit it); the trial's own tests patch its timings and unset it
+    os.environ.setdefault("PAIRMINE_PRECISION_TRIAL", "0")
     _register_toy_encoder()
     _register_required_marker(config)
 

@@ -89,8 +89,10 @@ def build_world(root: Path, n: int = 30) -> World:
     ckpt = make_checkpoint(root / "resnet20.th")
     w = World(root=root, images=images, checkpoint=ckpt, emb=root / "emb",
               pairs=root / "pairs", export=root / "spps")
+    # fp32: `--precision auto` may time bf16 against fp32 per run, and these stores are
+    # compared byte for byte with reruns
     for argv in (["embed", str(images), str(w.emb), "--encoder", w.spec, "--workers", "0",
-                  "--shard-size", "8", "--device", "cpu"],
+                  "--shard-size", "8", "--device", "cpu", "--precision", "fp32"],
                  ["match", str(w.emb), str(w.pairs), *BAND, "--block-rows", "7",
                   "--device", "cpu"],
                  ["export", str(w.pairs), str(w.export), "--shard-size", "20"]):
@@ -267,7 +269,7 @@ class Case:
 # what each command writes, OUT being the placeholder {out}
 WRITERS: dict[str, tuple[str, ...]] = {
     "embed": ("embed", "{images}", "{out}", "--encoder", "{spec}", "--workers", "0",
-              "--device", "cpu"),
+              "--device", "cpu", "--precision", "fp32"),
     "match": ("match", "{emb}", "{out}", *BAND, "--device", "cpu"),
     "export": ("export", "{pairs}", "{out}"),
     "show": ("show", "{pairs}", "{out}", "--per-view", "5"),

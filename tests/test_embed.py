@@ -134,7 +134,7 @@ def test_same_output_for_any_worker_count(image_folder: Path, tmp_path: Path) ->
 def test_batch_size_changes_no_row(image_folder: Path, tmp_path: Path) -> None:
     for bs in (1, 5, 64):
         pairmine.embed(image_folder, tmp_path / f"b{bs}", encoder="toy:3", workers=0,
-                       batch_size=bs, dtype="float32")
+                       batch_size=bs, dtype="float32", precision="fp32")
     ref = pairmine.open_embeddings(tmp_path / "b1")
     for bs in (5, 64):
         other = pairmine.open_embeddings(tmp_path / f"b{bs}")
@@ -327,3 +327,17 @@ def test_auto_precision_keeps_an_unfinished_runs_choice(tmp_path: Path,
     (out / ".partial" / "run.json").write_text(json.dumps({"config": {"precision": "bf16"}}))
     assert stage._auto_precision(out, object(), "cpu", 8) == "bf16"  # type: ignore[arg-type]
     assert asked == ["auto"]
+
+
+def test_precision_trial_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PAIRMINE_PRECISION_TRIAL=0: auto is fp32 on every CPU, no timing (runs that must give
+    the same bytes as another run); unset, a CPU with native bf16 times the model."""
+    from pairmine import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv("PAIRMINE_PRECISION_TRIAL", "0")
+    assert not runtime.needs_trial("auto", "cpu")
+    choice = runtime.choose_precision("auto", "cpu", lambda name: None)
+    assert choice.precision == "fp32" and "PAIRMINE_PRECISION_TRIAL=0" in choice.reason
+    monkeypatch.delenv("PAIRMINE_PRECISION_TRIAL")
+    assert runtime.needs_trial("auto", "cpu")

@@ -357,6 +357,7 @@ def test_embed_and_train_share_one_precision_policy(fast_bf16: bool,
     from pairmine.errors import ConfigError
     from pairmine.train.trainer import _precision
 
+    monkeypatch.delenv("PAIRMINE_PRECISION_TRIAL", raising=False)
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast_bf16)
     cpu = torch.device("cpu")
     # without a trial auto is fp32 on every CPU; with native bf16 a timed trial decides
@@ -434,6 +435,7 @@ def test_embed_auto_precision_times_the_encoder_on_a_bf16_cpu(
             ran.append(name)
         return {"fp32": 1.0, "bf16": 0.5}
 
+    monkeypatch.delenv("PAIRMINE_PRECISION_TRIAL", raising=False)
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(runtime, "time_precisions", timed)
     choice = choose_embed_precision(enc, "cpu", "auto", batch_size=8)

@@ -628,6 +628,7 @@ def test_auto_precision_on_a_bf16_cpu_is_a_timed_trial(
     from pairmine import runtime
 
     calls: list[str] = []
+    monkeypatch.delenv("PAIRMINE_PRECISION_TRIAL", raising=False)
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
 
     def timed(step: object, candidates: tuple[str, ...], repeats: int = 3) -> dict[str, float]:
