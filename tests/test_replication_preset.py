@@ -166,7 +166,8 @@ def test_smoke_path_of_the_benchmark_runs_and_resumes(tmp_path: Path) -> None:
     if not (SHARED / "cifar10-test-jpeg.tar.gz").exists():
         pytest.skip("needs the CIFAR-10 tarballs of ../shared/data")
     cmd = [sys.executable, str(BENCH), str(tmp_path / "w"), "--smoke", "--per-class", "5",
-           "--test-per-class", "2", "--epochs", "1", "--linear-epochs", "2", "--no-write",
+           "--test-per-class", "2", "--epochs", "1", "--batch-size", "16", "--linear-epochs",
+           "2", "--no-write",
            "--runs", "vanilla,seppid-supervised,random-dup"]
     first = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr[-2000:]
