@@ -362,7 +362,7 @@ def main() -> None:
         modes = ([] if args.report_only else ["ray"] if args.ray_only
                  else ["local", "ray"] if args.ray else ["local"])
         table = memory(args.memory_rows, args.pairs, args.real_images, work, modes)
-        text = (f"Machine: {machine()} (AVX-512 BF16); other helpers were loading it, so "
+        text = (f"Machine: {machine()} (AVX-512 BF16); other jobs were loading it, so "
                 "read wall times as rough; date "
                 f"{time.strftime('%Y-%m-%d')}; each row is a run of `python "
                 "benchmarks/export.py --memory-rows ROWS --pairs 200000 --work DIR` (local) or "

@@ -468,9 +468,9 @@ def write_tiles_docs(rows: list[dict[str, Any]], rates: list[dict[str, Any]],
              "(benchmarks/match.py --tiles)", "",
              f"Machine: {machine('cpu')}. Date: {dt.date.today().isoformat()}. Command: "
              f"`{cmd}`. Load average when it ended: "
-             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}: other helpers were running "
-             "tests and benchmarks on the same 2 cores, so wall-clock times are inflated and "
-             "noisy; CPU seconds are each run's own.", "",
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (above the core count: other "
+             "jobs shared the cores, so wall-clock times are inflated and noisy); CPU seconds "
+             "are each run's own.", "",
              f"Band [{LO}, {HI}]. 'tiled': `band_search` as the match stage runs it now (tiles "
              "of a few blocks of anchors x up to 131,072 target rows, each reading only its "
              "rows; the rotation fitted once). 'per-block': the engines of commit "

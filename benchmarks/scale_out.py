@@ -369,12 +369,13 @@ def paper(rate: float) -> list[str]:
 
 def report(mem: list[dict[str, Any]], compute: dict[str, Any] | None, commit: str,
            args: argparse.Namespace) -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = _cpu_model()
     lines = [
         "## scale-out: memory flat in N, Ray against one process (issue 22)", "",
-        f"Machine: 2-core AMD EPYC with AVX-512 BF16 ({cpu}, {os.cpu_count()} cores seen), "
-        f"{platform.platform()}; **other helpers were loading the machine at the same "
-        f"time**, so read wall times as ratios. Date {date.today()}; pairmine at commit "
+        f"Machine: {cpu}, {os.cpu_count()} cores seen, "
+        f"{platform.platform()}; load average when the section was written "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; the runs shared the machine "
+        f"with other jobs, so read wall times as ratios. Date {date.today()}; pairmine at commit "
         f"`{commit}`; command: `python benchmarks/scale_out.py --sizes {args.sizes} "
         f"--limits {args.limits} --compute-rows {args.compute_rows}`."
         + (f" {args.note}" if args.note else ""), "",
@@ -436,7 +437,7 @@ def report(mem: list[dict[str, Any]], compute: dict[str, Any] | None, commit: st
             f"{one.wall_s / ray2.wall_s:.2f}x | {same} |",
             f"| `--ray local --ray-workers 1` | {ray1.wall_s:,.1f} | "
             f"{one.wall_s / ray1.wall_s:.2f}x | |",
-            "", "Each path ran once, one after the other, while other helpers' jobs came "
+            "", "Each path ran once, one after the other, while other jobs came "
             "and went on the same 2 cores: read each figure as one sample (a swing of the "
             "load between two runs can be as large as the differences).", "",
             f"2 workers against 1: {ray1.wall_s / ray2.wall_s:.2f}x. Measured rate of "
@@ -521,3 +522,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and its bf16 kind, from /proc/cpuinfo (the figures depend on it)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                      if line.startswith("flags")), []))
+    kind = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags
+            else "AVX2" if "avx2" in flags else "no AVX2")
+    return f"{model} ({kind})"
