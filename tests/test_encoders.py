@@ -350,7 +350,8 @@ def test_safetensors_weights(tmp_path: Path) -> None:
 def test_backbone_detected_from_keys(arch: str) -> None:
     net, feat_dim = build_backbone(arch)
     assert detect_backbone(net.state_dict()) == arch
-    assert feat_dim == (512 if arch.startswith(("resnet18", "resnet34")) else 2048)
+    assert feat_dim == ({"resnet20-cifar": 64, "resnet20x2-cifar": 128}.get(arch) or
+                        (512 if arch.startswith(("resnet18", "resnet34")) else 2048))
     assert isinstance(net.fc, nn.Identity)  # torchvision names kept, classifier removed
 
 

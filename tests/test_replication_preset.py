@@ -58,8 +58,9 @@ def test_resnet20_trunks_are_he_et_al_cifar_resnets(arch: str, width: int, param
     net.eval()
     with torch.no_grad():
         assert net(torch.randn(2, 3, 32, 32)).shape == (2, width)
-    # three stages are no torchvision layout: third-party checkpoints are never read as these
-    assert detect_backbone(net.state_dict()) is None
+    assert detect_backbone(net.state_dict()) == arch  # three stages, width from the stem
+    deeper = {**net.state_dict(), "layer2.3.conv1.weight": torch.zeros(1)}
+    assert detect_backbone(deeper) is None  # a ResNet-32-like layout is none of BACKBONES
 
 
 def _png(arr: np.ndarray) -> bytes:

@@ -124,7 +124,8 @@ def detect_backbone(state: Mapping[str, Any]) -> str | None:
     """The entry of BACKBONES whose parameter names and stem fit ``state``, or None.
 
     Reads the number of blocks per stage (``layerK.i.``), whether blocks are bottlenecks
-    (``conv3``) and the stem kernel (3x3 = CIFAR variant, 7x7 = ImageNet)."""
+    (``conv3``) and the stem kernel (3x3 = CIFAR variant, 7x7 = ImageNet); three stages are
+    the CIFAR ResNet-20 trunks, their width from the stem's output channels."""
     blocks = [0, 0, 0, 0]
     for key in state:
         m = re.match(r"layer([1-4])\.(\d+)\.", key)
@@ -134,6 +135,11 @@ def detect_backbone(state: Mapping[str, Any]) -> str | None:
     stem = state.get("conv1.weight")
     if stem is None or not hasattr(stem, "shape") or len(stem.shape) != 4:
         return None
+    if blocks[3] == 0 and "layer3.0.conv1.weight" in state:  # He et al.'s three stages
+        width = int(stem.shape[0]) // 16  # the stem's output channels: 16 x the multiplier
+        return next((name for name, layout in _CIFAR_RESNETS.items()
+                     if layout == (blocks[0], width) and blocks[1] == blocks[2] == blocks[0]),
+                    None)
     depth = _LAYOUTS.get((tuple(blocks), "layer1.0.conv3.weight" in state))
     if depth is None:
         return None
