@@ -29,8 +29,9 @@ from pairmine.errors import ConfigError
 OPTIMIZERS = ("sgd", "lbfgs")
 DEFAULT_KS = (1, 5, 10)
 
-LABELS_HELP = ("A .csv or .parquet with columns key,label "
-               "[default: the labels in the embeddings metadata].")
+LABELS_HELP = ("A .csv or .parquet naming each image (a key, path or filename column) and "
+               "its label (a label or class column) [default: the labels in the embeddings "
+               "metadata].")
 
 
 def engine_names() -> list[str]:
