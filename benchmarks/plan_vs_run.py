@@ -95,8 +95,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     emb = make_store(work, args.rows)
     mib = 1 << 20
-    lines = ["| case | tiles | bytes read: plan / run | seconds, engine plan + tiles: plan / run | peak memory: "
-             "plan per worker / run's RSS | pairs |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| case | tiles | bytes read: plan / run | seconds, engine plan + tiles: plan / run "
+             "| peak memory: plan per worker / run's RSS | pairs |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, case in CASES.items():
         options = {**BAND, **case}
         out = work / f"pairs-{name.replace(' ', '-').replace('%', 'pc')}"
