@@ -138,17 +138,12 @@ def natural_key(name: str) -> list[Any]:
 def npy_shape(path: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
     """Shape and dtype of a ``.npy`` file from its header (nothing else is read, nothing is
     unpickled); a clear error for anything that is not a float matrix."""
-    import numpy as np
+    from pairmine.stores import npy_header
 
     try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise InputError(f"{path} is not a .npy file ({str(exc)[:80]})") from None
+        shape, fortran, dtype = npy_header(path)
+    except ValueError as exc:
+        raise InputError(f"{path} is {exc}") from None
     if dtype.hasobject or dtype.kind != "f":
         raise InputError(f"{path} holds {dtype}, not floating-point vectors",
                          "give a float16/float32/float64 matrix")

@@ -535,19 +535,29 @@ def read_codes(store: Path, shard: EmbeddingShard) -> np.ndarray:
     return codes
 
 
-def _npy_problem(path: Path) -> str | None:
-    """Why ``path`` is not a plain ``.npy`` matrix, read from its header alone (nothing is
-    unpickled), or None."""
+def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """``(shape, fortran_order, dtype)`` of a ``.npy`` file, from its header alone (nothing
+    else is read, nothing is unpickled); ``ValueError`` when it is not a ``.npy`` file."""
     import numpy as np
 
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
             else:
-                _, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    except (ValueError, OSError, EOFError, SyntaxError):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"not a .npy file ({str(exc)[:80]})") from None
+    return tuple(int(x) for x in shape), bool(fortran), dtype
+
+
+def _npy_problem(path: Path) -> str | None:
+    """Why ``path`` is not a plain ``.npy`` matrix, read from its header alone (nothing is
+    unpickled), or None."""
+    try:
+        _, _, dtype = npy_header(path)
+    except ValueError:
         return "not a .npy file"
     if dtype.hasobject:
         return "an object array (pickle), not a matrix"
