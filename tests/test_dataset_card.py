@@ -94,17 +94,43 @@ def test_pairs_and_combined_configs_of_a_combined_export(
     pairmine.verify(out)
 
 
-def test_a_shuffled_combined_export_offers_the_merged_set(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_shuffled_combined_export_loads_its_pairs_alone_by_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default combined export: pairs and images shuffled together in the training shards,
+    # and the pairs alone, in pair order, in pairs/shards (the card's default config)
     s = make_stores(tmp_path, n=12, n_pairs=15, png_every=3)
     out = tmp_path / "spps"
     pairmine.export(s.pairs, out, fmt="webdataset", combined=True, shard_size=5)
+    info = st.open_export(out).manifest
+    assert info.config.shuffle
+    assert {k for sh in info.shards for k in _kinds(out / sh.index)} == {"pair", "image"}
+    assert [sh.tar for sh in info.pairs_view] == [f"pairs/shards/spps-00000{i}.tar"
+                                                  for i in range(3)]
     header = header_of(out)
-    # pairs and images share shards: only the merged set loads by files
-    assert [(c["config_name"], c.get("default")) for c in header["configs"]] == \
-        [("combined", True)]
-    rows = load(out, tmp_path, monkeypatch)
-    assert len(rows) == 27 and sum(images_per_row(rows)) == 42
+    assert {c["config_name"]: c.get("default", False) for c in header["configs"]} == \
+        {"pairs": True, "combined": False}
+
+    pairs = load(out, tmp_path, monkeypatch)  # no config: the pairs, each with both images
+    assert len(pairs) == 15 and images_per_row(pairs) == [2] * 15
+    assert [r["json"]["pair_id"] for r in pairs] == list(range(15))
+    merged = load(out, tmp_path, monkeypatch, "combined")
+    assert len(merged) == 27 and sum(images_per_row(merged)) == 2 * 15 + 12
+    # the same bytes in both series: a pair's anchor loads alike from either
+    by_id = {r["json"]["pair_id"]: r for r in merged if r["json"]["kind"] == "pair"}
+    for row in pairs:
+        name = next(k for k, v in row.items() if k.startswith("anchor.") and v is not None)
+        assert row[name].tobytes() == by_id[row["json"]["pair_id"]][name].tobytes()
+
+    result = pairmine.verify(out)
+    assert result.pairs == 15 and result.samples == 27 and result.pairs_view_shards == 3
+    tar = out / info.pairs_view[1].tar
+    tar.write_bytes(tar.read_bytes()[:-2048] + bytes(2048 - 1) + b"x")
+    with pytest.raises(StoreError, match=r"pairs/shards/spps-000001\.tar"):
+        pairmine.verify(out)
+
+
+def _kinds(index: Path) -> set[str]:
+    return set(pq.read_table(index, columns=["kind"]).column("kind").to_pylist())
 
 
 def test_license_and_provenance(tmp_path: Path) -> None:

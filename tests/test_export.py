@@ -438,7 +438,8 @@ def test_verify_checks_every_byte(stores: Stores, tmp_path: Path) -> None:
     export(stores.pairs, out, shard_size=4, combined=True)
     result = verify(out)
     assert (result.shards, result.samples, result.pairs, result.images) == (7, 27, 15, 12)
-    assert result.members == 15 * 3 + 12 * 2 and result.embeddings_checked
+    # every member hashed: the combined shards and the pairs view (pairs/shards)
+    assert result.members == 15 * 3 + 12 * 2 + 15 * 3 and result.embeddings_checked
 
     tar = out / "shards" / "spps-000001.tar"
     row = pq.read_table(out / "shards" / "spps-000001.parquet").to_pylist()[1]
@@ -629,7 +630,7 @@ def test_cifar10_test_jpegs(tmp_path: Path) -> None:
     assert (result.images, result.pairs, result.shards) == (300, 200, 4)
     names = st.read_manifest(result.path, st.EXPORT_FORMAT)["class_names"]
     assert names[0] == "airplane" and len(names) == 10
-    assert verify(result.path).members == 300 * 2 + 200 * 3
+    assert verify(result.path).members == 300 * 2 + 200 * 3 + 200 * 3  # + the pairs view
 
 
 def test_export_and_verify_do_not_import_torch(stores: Stores, tmp_path: Path) -> None:

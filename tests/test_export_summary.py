@@ -34,6 +34,11 @@ def test_summary_prints_the_pattern_and_warns_below_the_usual_workers(
     pattern = shard_pattern(spps, len(tars))
     assert f"shards for a trainer: {pattern}" in res.stdout
     assert sorted(braceexpand.braceexpand(pattern)) == [str(t) for t in tars]
+    # the pairs view of a combined export, its own line: what to load for the pairs alone
+    view = sorted((spps / "pairs" / "shards").glob("spps-*.tar"))
+    alone = shard_pattern(spps / "pairs", len(view))
+    assert view and f"the pairs alone: {alone}" in res.stdout
+    assert sorted(braceexpand.braceexpand(alone)) == [str(t) for t in view]
     warning = " ".join(res.stderr.split())
     assert f"only {len(tars)} shards" in warning and f"num_workers <= {len(tars)}" in warning
     assert "--shard-size 60" in warning and "--max-shard-bytes" in warning

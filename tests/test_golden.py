@@ -1,7 +1,8 @@
 """Every store is byte-identical to what the code before the store-contract redesign wrote
 from the same input (tests/golden/hashes.json, produced by tests/golden_pipeline.py at commit
-3a98da7 on an AVX2 CPU). A change that alters a byte of a data file must say so and update
-the file.
+3a98da7 on an AVX2 CPU; the pairs view of combined exports, export/pairs/, was added with
+issue 19 without changing any earlier file). A change that alters a byte of a data file must
+say so and update the file.
 
 The pipeline runs in a child process with oneDNN, MKL and ATen held to their AVX2 kernels:
 an AVX-512 CPU runs the encoder's convolutions with other kernels, whose float rounding

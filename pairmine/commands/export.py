@@ -11,7 +11,7 @@ from pairmine.commands.common import console, known_errors, progress_bar, summar
 from pairmine.commands.options import config_options, overwrite_option
 from pairmine.export import ExportConfig
 from pairmine.scale.cli import cluster_rows
-from pairmine.stores.export import SHARD_PREFIX, SHARD_WIDTH, SHARDS_DIR
+from pairmine.stores.export import PAIRS_VIEW_DIR, SHARD_PREFIX, SHARD_WIDTH, SHARDS_DIR
 
 # DataLoader workers a trainer commonly asks for; WebDataset gives each worker whole shards
 USUAL_LOADER_WORKERS = 8
@@ -41,6 +41,9 @@ def command(pairs: Path, out: Path, config: ExportConfig, overwrite: bool) -> No
     if EXPORT_FORMATS.get(result.format).shards:
         rows += [("shards", f"{result.shards} ({result.resumed_shards} resumed)"),
                  ("size", f"{result.bytes / 1e6:,.1f} MB")]
+        if result.pairs_view_shards:
+            rows.append(("pairs alone", f"{result.pairs_view_shards} shards, "
+                                        f"{result.pairs_view_bytes / 1e6:,.1f} MB"))
     rows += [
         ("skipped", f"{len(result.skipped)} images, {result.skipped_pairs} pairs"),
         ("time", f"{result.seconds:.1f} s"),
@@ -54,6 +57,10 @@ def command(pairs: Path, out: Path, config: ExportConfig, overwrite: bool) -> No
         # on a line of its own, never folded by the table: what to paste into a trainer
         common.out.print(f"shards for a trainer: {shard_pattern(out, result.shards)}",
                          markup=False, highlight=False, soft_wrap=True)
+        if result.pairs_view_shards:
+            common.out.print("the pairs alone: " + shard_pattern(
+                out / PAIRS_VIEW_DIR, result.pairs_view_shards), markup=False,
+                highlight=False, soft_wrap=True)
         if result.shards < USUAL_LOADER_WORKERS:
             console.print(few_shards_warning(result.shards, config), markup=False,
                           highlight=False, soft_wrap=True, style="yellow")

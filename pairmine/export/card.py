@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from pairmine.stores.export import (
     KIND_PAIR,
     SPPS_FILE,
     ExportManifest,
+    ExportShard,
     read_shard_index,
 )
 
@@ -79,6 +81,16 @@ def card_layout(out: Path, info: ExportManifest) -> CardLayout:
     indexes (shard exports) or its tables (parquet exports)."""
     if not info.shards:
         return _table_layout(out, info)
+    if info.pairs_view:  # a combined export: its pairs alone, then the merged set
+        view = _series_members(out, info.pairs_view)
+        merged = _series_members(out, info.shards)
+        return CardLayout(
+            configs={CONFIG_PAIRS: [s.tar for s in info.pairs_view],
+                     CONFIG_COMBINED: [s.tar for s in info.shards]},
+            features={CONFIG_PAIRS: _shard_features(view, PAIR_JSON),
+                      CONFIG_COMBINED: _shard_features(merged, {**PAIR_JSON, **IMAGE_JSON})},
+            default=CONFIG_PAIRS)
+    # an export without a pairs view: pairs only, or combined by an older pairmine
     pair_only: list[str] = []
     every: list[str] = []
     pair_members: set[str] = set()
@@ -105,6 +117,15 @@ def card_layout(out: Path, info: ExportManifest) -> CardLayout:
         features[CONFIG_COMBINED] = _shard_features(all_members, {**PAIR_JSON, **IMAGE_JSON})
     return CardLayout(configs=configs, features=features,
                       default=CONFIG_PAIRS if pairs_apart else CONFIG_COMBINED)
+
+
+def _series_members(out: Path, shards: Sequence[ExportShard]) -> set[str]:
+    """Every member name (``anchor.jpg``, ``image.png``, ...) a series of shards holds."""
+    names: set[str] = set()
+    for number, shard in enumerate(shards):
+        index = read_shard_index(out, number, shard).select(["name_a", "name_b"])
+        names |= {n for col in ("name_a", "name_b") for n in index.column(col).to_pylist() if n}
+    return names
 
 
 def _shard_features(members: set[str], json_fields: dict[str, str]) -> list[dict[str, Any]]:

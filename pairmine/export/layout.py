@@ -19,6 +19,7 @@ from pairmine.stores.export import (  # the store's contract, re-exported for th
     JSON,
     KIND_IMAGE,
     KIND_PAIR,
+    PAIRS_VIEW_DIR,
     POSITIVE,
     SHARD_PREFIX,
     SHARD_WIDTH,
@@ -97,8 +98,9 @@ def member_spans(key: str, start: int, members: dict[str, int]) -> list[MemberSp
 __all__ = [
     "ANCHOR", "BLOCK", "END_OF_ARCHIVE", "IMAGE", "IMAGES_FILE", "IMAGES_SCHEMA", "INDEX_SCHEMA",
     "JSON", "KIND_IMAGE", "KIND_PAIR", "MAX_MEMBER_NAME", "META_NEXT_POSITION", "META_SKIPPED",
-    "META_TAR_BYTES", "META_TAR_SHA256", "POSITIVE", "PROBLEMS_FILE", "SHARDS_DIR", "SHARD_PREFIX",
-    "SHARD_WIDTH", "SPPS_FILE", "SPPS_SCHEMA", "TAR_GROUP", "TAR_MODE", "TAR_MTIME", "TAR_USER",
+    "META_TAR_BYTES", "META_TAR_SHA256", "PAIRS_VIEW_DIR", "POSITIVE", "PROBLEMS_FILE",
+    "SHARDS_DIR", "SHARD_PREFIX", "SHARD_WIDTH", "SPPS_FILE", "SPPS_SCHEMA", "TAR_GROUP",
+    "TAR_MODE", "TAR_MTIME", "TAR_USER",
     "MemberSpan", "image_key", "member_spans", "normalise_ext", "padded", "pair_key",
     "shard_index", "shard_stem", "shard_tar",
 ]

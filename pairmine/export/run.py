@@ -10,9 +10,10 @@ training set (SePP-ID, Fig. 6).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -63,6 +64,7 @@ class Written:
     """What a format writer produced."""
 
     shards: list[ShardRecord] = field(default_factory=list)
+    pairs_view: list[ShardRecord] = field(default_factory=list)  # combined: the pairs alone
     resumed_shards: int = 0
     files: dict[str, ExportFile] = field(default_factory=dict)
     pairs: int = 0
@@ -89,6 +91,8 @@ class ExportResult:
     skipped_pairs: int
     skipped_images: int
     cluster: dict[str, Any] | None = None  # with Ray: units per node, retried units, nodes
+    pairs_view_shards: int = 0  # combined shard exports: the pairs alone, in pairs/shards
+    pairs_view_bytes: int = 0
 
     @property
     def mb_per_second(self) -> float:
@@ -155,7 +159,9 @@ def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = Non
                         resumed_shards=written.resumed_shards, bytes=written.bytes,
                         seconds=seconds, skipped=written.skipped,
                         skipped_pairs=written.skipped_pairs, cluster=written.cluster,
-                        skipped_images=written.skipped_images)
+                        skipped_images=written.skipped_images,
+                        pairs_view_shards=len(written.pairs_view),
+                        pairs_view_bytes=sum(s.bytes for s in written.pairs_view))
 
 
 def _manifest(config: ExportConfig, inputs: dict[str, Any], plan: Plan,
@@ -180,6 +186,7 @@ def _manifest(config: ExportConfig, inputs: dict[str, Any], plan: Plan,
         skipped=tuple(written.skipped),
         source=plan.source,
         version=stores.FORMAT_VERSION,
+        pairs_view=tuple(s.as_export_shard(lay.PAIRS_VIEW_DIR) for s in written.pairs_view),
     )
 
 
@@ -217,16 +224,21 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
     import numpy as np
     import pyarrow.compute as pc
 
-    cluster = None
-    try:
-        if config.ray is None:
-            shards, resumed = write_shards(out, plan, fetcher, config.limits(),
-                                           skip_missing=skip_missing, progress=progress)
-        else:
-            shards, resumed, cluster = write_shards_on_ray(out, plan, config,
-                                                           progress=progress)
-    except StoppedAt as stop:
-        raise _stop(out, plan, fetcher, stop.position, progress) from None
+    shards, resumed, cluster = _write_series(out, out, plan, fetcher, config, skip_missing,
+                                             progress)
+    view: list[ShardRecord] = []
+    if config.combined:
+        # the pairs alone, in pair order, in shards of their own (``PAIRS_VIEW_DIR``): the
+        # combined shards mix pairs and images (shuffled for streaming trainers), and a
+        # reader of the pairs alone needs files holding nothing else. Same writer, so the
+        # same bytes per sample, resumable and byte-identical on Ray.
+        alone = replace(config, combined=False, shuffle=False)
+        view_plan = make_plan(plan.pairs_path, combined=False, shuffle=False, seed=config.seed)
+        view, view_resumed, _ = _write_series(out, out / lay.PAIRS_VIEW_DIR, view_plan,
+                                              fetcher, alone, skip_missing, progress)
+        # the Ray executor's attempt records; the export's own .partial goes at finish
+        shutil.rmtree(out / lay.PAIRS_VIEW_DIR / stores.PARTIAL_DIR, ignore_errors=True)
+        resumed += view_resumed
 
     # where every sample landed, from the indexes (this run's and resumed shards alike), one
     # shard at a time: a shard number per pair (and per image, combined), -1 where skipped
@@ -244,7 +256,11 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
                       pairs=int(np.count_nonzero(pair_shard >= 0)),
                       images=0 if image_shard is None else int(np.count_nonzero(
                           image_shard >= 0)),
-                      bytes=sum(s.bytes for s in shards), cluster=cluster)
+                      bytes=sum(s.bytes for s in shards), cluster=cluster, pairs_view=view)
+    if view and sum(s.pairs for s in view) != written.pairs:
+        raise StoreError(f"the pairs view of {out} holds {sum(s.pairs for s in view)} pairs, "
+                         f"the combined shards {written.pairs}", "rerun the export with "
+                         "--overwrite")
     written.files[lay.SPPS_FILE] = _table_file(out, lay.SPPS_FILE, write_pairs_table(
         out / lay.SPPS_FILE, plan, pair_shard >= 0, pair_shard))
     if image_shard is not None:
@@ -258,6 +274,23 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
         written.skipped_images += s.skipped_images
     written.skipped = sorted(problems.values(), key=lambda p: p.id)
     return written
+
+
+def _write_series(out: Path, series: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,
+                  skip_missing: bool, progress: Progress
+                  ) -> tuple[list[ShardRecord], int, dict[str, Any] | None]:
+    """One series of shards in ``series/shards`` (``series`` is the export ``out`` or a
+    folder in it), here or on Ray: the shards, how many an earlier run had finished, and the
+    cluster report (Ray)."""
+    series.mkdir(parents=True, exist_ok=True)  # Ray's nodes check they can write there
+    try:
+        if config.ray is None:
+            shards, resumed = write_shards(series, plan, fetcher, config.limits(),
+                                           skip_missing=skip_missing, progress=progress)
+            return shards, resumed, None
+        return write_shards_on_ray(series, plan, config, progress=progress)
+    except StoppedAt as stop:
+        raise _stop(out, plan, fetcher, stop.position, progress) from None
 
 
 def write_parquet(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConfig,

@@ -61,12 +61,15 @@ class ShardRecord:
     skipped_pairs: int = 0
     skipped_images: int = 0
 
-    def as_export_shard(self) -> ExportShard:
-        """The shard's record in the export manifest."""
+    def as_export_shard(self, folder: str = "") -> ExportShard:
+        """The shard's record in the export manifest; ``folder``: where the shard series lies
+        in the export (``pairs`` for the pairs view), the export's root by default."""
+        under = f"{folder}/" if folder else ""
         return ExportShard(bytes=self.bytes, images=self.images,
-                           index=lay.shard_index(self.number), index_sha256=self.index_sha256,
-                           pairs=self.pairs, samples=self.samples, sha256=self.sha256,
-                           tar=lay.shard_tar(self.number))
+                           index=under + lay.shard_index(self.number),
+                           index_sha256=self.index_sha256, pairs=self.pairs,
+                           samples=self.samples, sha256=self.sha256,
+                           tar=under + lay.shard_tar(self.number))
 
 
 class StoppedAt(Exception):

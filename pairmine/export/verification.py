@@ -51,6 +51,7 @@ class VerifyResult:
     bytes: int = 0
     seconds: float = 0.0
     embeddings_checked: bool = False  # index hashes also matched the embeddings store's
+    pairs_view_shards: int = 0  # combined exports: the shards holding the pairs alone
     problems: list[str] = field(default_factory=list)
 
 
@@ -84,6 +85,7 @@ def verify(out: str | Path, *, progress: Progress | None = None) -> VerifyResult
 
 def verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
                        progress: Progress) -> None:
+    import numpy as np
     import pyarrow.compute as pc
 
     info = ExportManifest.from_json(manifest, out)
@@ -91,7 +93,8 @@ def verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
 
     emb = _embeddings(info.inputs.embeddings)
     result.embeddings_checked = emb is not None
-    progress.start("verify", total=counts.samples, unit="samples")
+    view_samples = sum(s.samples for s in info.pairs_view)
+    progress.start("verify", total=counts.samples + view_samples, unit="samples")
     # what each shard holds, as ids only (8 bytes a sample), for the tables' check
     pair_ids: list[np.ndarray] = []
     image_ids: list[np.ndarray] = []
@@ -101,15 +104,34 @@ def verify_webdataset(out: Path, manifest: dict[str, Any], result: VerifyResult,
             is_pair = pc.equal(table.column("kind"), lay.KIND_PAIR)
             pair_ids.append(table.filter(is_pair).column("pair_id").to_numpy())
             image_ids.append(table.filter(pc.invert(is_pair)).column("a").to_numpy())
-    progress.finish()
     result.shards = len(info.shards)
+    # the pairs view (combined exports): its shards checked the same way, and holding
+    # exactly the pairs of the combined shards; kept out of the totals, which are the
+    # combined shards' (the manifest's counts)
+    view = VerifyResult(path=out, format=result.format, problems=result.problems)
+    view_ids = [_pair_ids(_verify_shard(out, rec, emb, view, progress))
+                for rec in info.pairs_view]
+    progress.finish()
+    result.members += view.members
+    result.pairs_view_shards = len(info.pairs_view)
     if result.problems:  # totals of damaged shards would only repeat those problems
         return
     for name in ("samples", "pairs", "images", "bytes"):
         if getattr(counts, name) != getattr(result, name):
             result.problems.append(f"the manifest counts {getattr(counts, name)} {name}, the "
                                    f"shards hold {getattr(result, name)}")
-    _verify_tables(out, info, _sorted(pair_ids), _sorted(image_ids), result)
+    pairs_held = _sorted(pair_ids)
+    if info.pairs_view and not np.array_equal(_sorted(view_ids), pairs_held):
+        result.problems.append(f"the pairs view ({lay.PAIRS_VIEW_DIR}/) does not hold the "
+                               "pairs of the combined shards")
+    _verify_tables(out, info, pairs_held, _sorted(image_ids), result)
+
+
+def _pair_ids(table: pa.Table | None) -> np.ndarray:
+    import numpy as np
+
+    return (np.zeros(0, dtype=np.int64) if table is None
+            else table.column("pair_id").to_numpy())
 
 
 def _sorted(parts: list[np.ndarray]) -> np.ndarray:

@@ -31,6 +31,11 @@ SHARD_PREFIX = "spps"
 SHARD_WIDTH = 6
 SPPS_FILE = "spps.parquet"
 IMAGES_FILE = "images.parquet"
+# a combined shard export also holds its pairs alone, in pair order, as shards of their own
+# under this folder (the manifest's ``pairs_view``): pairs and images share the combined
+# shards, and a reader that wants the pairs alone (the dataset card's default config, a
+# pairs-only trainer) needs files that hold nothing else
+PAIRS_VIEW_DIR = "pairs"
 
 # sample kinds (the index's ``kind`` column and the ``kind`` of a sample's json)
 KIND_PAIR = "pair"
@@ -370,6 +375,7 @@ class ExportManifest:
     skipped: tuple[Problem, ...]
     source: dict[str, Any]
     version: int
+    pairs_view: tuple[ExportShard, ...] = ()  # combined shard exports: the pairs alone
     extra: dict[str, Any] = field(default_factory=dict)
 
     format = EXPORT_FORMAT
@@ -419,6 +425,9 @@ class ExportManifest:
                           for i, rec in enumerate(top.get("skipped", list))),
             source=source,
             version=top.count("version"),
+            pairs_view=tuple(ExportShard.from_json(_Fields(rec, f"pairs view shard {i}: ", bad))
+                             for i, rec in enumerate(top.get("pairs_view", list)
+                                                     if "pairs_view" in obj else [])),
             extra={k: v for k, v in obj.items() if k not in _KEYS},
         )
         manifest._check_totals(bad)
@@ -432,6 +441,12 @@ class ExportManifest:
             if total != getattr(self.counts, name):
                 raise bad(f"the shard records hold {total} {name}, 'counts' says "
                           f"{getattr(self.counts, name)}")
+        if self.pairs_view:
+            held = sum(s.pairs for s in self.pairs_view)
+            if held != self.counts.pairs or any(s.images for s in self.pairs_view):
+                raise bad(f"the pairs view holds {held} pairs and "
+                          f"{sum(s.images for s in self.pairs_view)} images, 'counts' says "
+                          f"{self.counts.pairs} pairs")
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -447,13 +462,16 @@ class ExportManifest:
             "skipped": [s.to_json() for s in self.skipped],
             "source": self.source,
             "version": self.version,
+            **({"pairs_view": [s.to_json() for s in self.pairs_view]} if self.pairs_view
+               else {}),
             **self.extra,
         }
         return {key: obj[key] for key in sorted(obj)}
 
 
 _KEYS = frozenset({"class_names", "config", "counts", "export_format", "files", "format",
-                   "inputs", "pairmine_version", "shards", "skipped", "source", "version"})
+                   "inputs", "pairmine_version", "pairs_view", "shards", "skipped", "source",
+                   "version"})
 
 
 # ---------------------------------------------------------------------------------------------
