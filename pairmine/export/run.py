@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -224,21 +225,25 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
     import numpy as np
     import pyarrow.compute as pc
 
-    shards, resumed, cluster = _write_series(out, out, plan, fetcher, config, skip_missing,
-                                             progress)
-    view: list[ShardRecord] = []
-    if config.combined:
-        # the pairs alone, in pair order, in shards of their own (``PAIRS_VIEW_DIR``): the
-        # combined shards mix pairs and images (shuffled for streaming trainers), and a
-        # reader of the pairs alone needs files holding nothing else. Same writer, so the
-        # same bytes per sample, resumable and byte-identical on Ray.
-        alone = replace(config, combined=False, shuffle=False)
-        view_plan = make_plan(plan.pairs_path, combined=False, shuffle=False, seed=config.seed)
-        view, view_resumed, _ = _write_series(out, out / lay.PAIRS_VIEW_DIR, view_plan,
-                                              fetcher, alone, skip_missing, progress)
-        # the Ray executor's attempt records; the export's own .partial goes at finish
-        shutil.rmtree(out / lay.PAIRS_VIEW_DIR / stores.PARTIAL_DIR, ignore_errors=True)
-        resumed += view_resumed
+    options = config.ray_options()
+    # with Ray, one connection for both series (--ray local starts its cluster once)
+    with connect(options) if options is not None else nullcontext():
+        shards, resumed, cluster = _write_series(out, out, plan, fetcher, config,
+                                                 skip_missing, progress)
+        view: list[ShardRecord] = []
+        if config.combined:
+            # the pairs alone, in pair order, in shards of their own (``PAIRS_VIEW_DIR``):
+            # the combined shards mix pairs and images (shuffled for streaming trainers),
+            # and a reader of the pairs alone needs files holding nothing else. Same
+            # writer, so the same bytes per sample, resumable and byte-identical on Ray.
+            alone = replace(config, combined=False, shuffle=False)
+            view_plan = make_plan(plan.pairs_path, combined=False, shuffle=False,
+                                  seed=config.seed)
+            view, view_resumed, _ = _write_series(out, out / lay.PAIRS_VIEW_DIR, view_plan,
+                                                  fetcher, alone, skip_missing, progress)
+            # the Ray executor's attempt records; the export's own .partial goes at finish
+            shutil.rmtree(out / lay.PAIRS_VIEW_DIR / stores.PARTIAL_DIR, ignore_errors=True)
+            resumed += view_resumed
 
     # where every sample landed, from the indexes (this run's and resumed shards alike), one
     # shard at a time: a shard number per pair (and per image, combined), -1 where skipped
