@@ -200,3 +200,35 @@ def test_images_from_metadata_are_read_back_and_match_runs(tmp_path: Path) -> No
     pairs = pairmine.match(tmp_path / "emb", tmp_path / "pairs", min_score=-1.0,
                            max_score=1.0, device="cpu")
     assert pairs.pairs == 8 * 7 // 2
+
+
+def test_export_of_a_store_imported_without_images_is_one_line(tmp_path: Path) -> None:
+    """No row names an image file: export says so once, up front, and writes nothing; rows
+    whose file was missing at import (the others have theirs) are export problems like any
+    missing source: listed, or left out with --skip-missing."""
+    clip_retrieval(tmp_path / "src", [4, 4])  # image_path values are keys, not files
+    import_embeddings(tmp_path / "src", tmp_path / "emb")
+    pairmine.match(tmp_path / "emb", tmp_path / "pairs", min_score=-1.0, max_score=1.0,
+                   device="cpu")
+    for fmt in ("webdataset", "parquet"):
+        code, output = run_cli(["export", str(tmp_path / "pairs"), str(tmp_path / fmt),
+                                "--format", fmt, "--combined"])
+        assert code == 1
+        line = one_error_line(output)
+        assert "imported without image files" in line and "--image-column" in line
+        assert not (tmp_path / fmt).exists()
+
+    images = tmp_path / "images"
+    images.mkdir()
+    clip_retrieval(tmp_path / "src2", [4, 4], images=images)
+    (images / "1_3.jpg").unlink()  # row 7 has no image file
+    import_embeddings(tmp_path / "src2", tmp_path / "emb2")
+    pairmine.match(tmp_path / "emb2", tmp_path / "pairs2", min_score=-1.0, max_score=1.0,
+                   device="cpu")
+    code, output = run_cli(["export", str(tmp_path / "pairs2"), str(tmp_path / "out")])
+    assert code == 1
+    assert "part1/0003" in one_error_line(output) or "1_3" in one_error_line(output)
+    code, output = run_cli(["export", str(tmp_path / "pairs2"), str(tmp_path / "out2"),
+                            "--skip-missing"])
+    assert code == 0, output
+    assert pairmine.verify(tmp_path / "out2").pairs == 8 * 7 // 2 - 7

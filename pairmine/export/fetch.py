@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairmine.errors import SourceError
+from pairmine.errors import PairmineError, SourceError
 from pairmine.export.layout import normalise_ext
 from pairmine.export.plan import Catalogue
 from pairmine.sources.roots import ImageRoots
@@ -66,12 +66,13 @@ class Fetcher:
             known = self.problems.get(image_id)
         if known is not None:
             return known
-        source = self._roots.apply(self._images.sources[image_id])
+        source = self._source(image_id)
         member = self._images.members[image_id]
         try:
             data, ext = self._read(source, member)
         except Exception as exc:  # any failure to fetch one image is its problem
-            gone = not os.path.lexists(source)  # the common case, said in two words
+            # the common case, said in two words (an imported row may have no file at all)
+            gone = source is not None and not os.path.lexists(source)
             return self._problem(image_id, MISSING, "not found" if gone else _failure(exc))
         digest = hashlib.sha256(data).hexdigest()
         if digest != self._images.sha256[image_id]:
@@ -80,6 +81,12 @@ class Fetcher:
         original = Original(data=data, ext=normalise_ext(ext), sha256=digest)
         self._remember(image_id, original)
         return original
+
+    def _source(self, image_id: int) -> Any:
+        """Where image ``image_id`` is now (``--image-root``); None: a row imported without
+        an image file."""
+        recorded = self._images.sources[image_id]
+        return self._roots.apply(recorded) if recorded else recorded
 
     def _remember(self, image_id: int, original: Original) -> None:
         size = len(original.data)
@@ -96,7 +103,7 @@ class Fetcher:
 
     def _problem(self, image_id: int, reason: str, detail: str) -> Problem:
         problem = Problem(id=image_id, key=self._images.keys[image_id],
-                          source=self._roots.apply(self._images.sources[image_id]),
+                          source=self._source(image_id) or "",
                           member=self._images.members[image_id], reason=reason, detail=detail)
         with self._lock:
             self.problems[image_id] = problem
@@ -119,6 +126,8 @@ def _failure(exc: Exception) -> str:
     """Why an image could not be read, without its path (the problem records the path)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
+    if isinstance(exc, PairmineError):  # ours: its message, without the hint
+        return exc.message
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
@@ -134,7 +143,7 @@ def describe_problems(problems: list[Problem], limit: int = 3) -> str:
 def moved_from(problems: list[Problem]) -> str | None:
     """The folder the missing images have in common (the OLD of ``--image-root OLD=NEW``), or
     None when they share none or are members of archives (an archive moves as one file)."""
-    folders = {os.path.dirname(p.source) for p in problems if p.reason == MISSING}
+    folders = {os.path.dirname(p.source) for p in problems if p.reason == MISSING and p.source}
     if not folders:
         return None
     try:

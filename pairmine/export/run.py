@@ -133,6 +133,7 @@ def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = Non
               "embeddings": stores.input_record(plan.embeddings_path)}
     if out.resolve() in (plan.pairs_path, plan.embeddings_path):
         raise ConfigError(f"output {out} is an input store", "choose another output path")
+    _check_has_images(plan)
 
     identity = {**run_config.recorded(),
                 "pairs_manifest_sha256": inputs["pairs"]["manifest_sha256"]}
@@ -163,6 +164,27 @@ def export(pairs: str | Path, out: str | Path, config: ExportConfig | None = Non
                         skipped_images=written.skipped_images,
                         pairs_view_shards=len(written.pairs_view),
                         pairs_view_bytes=sum(s.bytes for s in written.pairs_view))
+
+
+def _check_has_images(plan: Plan) -> None:
+    """An export writes (or points at) the images: a store imported from embeddings alone
+    has none, which one line says up front instead of a problem per image. Rows whose file
+    was missing at import (some, not all) are problems of their own, as for any source."""
+    import pyarrow.compute as pc
+
+    from pairmine.sources.imported import NAME as IMPORTED
+
+    if plan.source_kind != IMPORTED or plan.pairs == 0:
+        return
+    # shard by shard, the source column only, up to the first row that names a file
+    for _, meta in stores.open_embeddings(plan.embeddings_path).iter_meta(["source"]):
+        if pc.any(pc.fill_null(pc.not_equal(meta.column("source"), ""), False)).as_py():
+            return
+    raise SourceError(f"the embeddings store {plan.embeddings_path} was imported without "
+                      "image files (no row names an image), so there are no images to "
+                      "export", "`pairmine pairs PAIRS --format csv` lists the pairs by key; "
+                      "to export them, import with --image-column naming each row's image "
+                      "file")
 
 
 def _manifest(config: ExportConfig, inputs: dict[str, Any], plan: Plan,

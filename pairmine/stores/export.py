@@ -341,6 +341,8 @@ class Problem:
     source: str
 
     def where(self) -> str:
+        if not self.source:  # a row imported without an image file: its key names it
+            return f"{self.key} (no image file)"
         return self.source if self.member is None else f"{self.source}::{self.member}"
 
     @classmethod
