@@ -117,6 +117,10 @@ def test_cpu_preset_plan_runs_every_run_of_the_protocol(bench: ModuleType,
     supervised = next(st["cmd"] for st in steps if st["name"] == "embed supervised")
     assert supervised[supervised.index("--encoder") + 1].startswith("cifar-resnet:")
     assert s.n_train == 50_000  # all of CIFAR-10's train images
+    # vanilla's second seed alone: no second SePP-ID run
+    alone = [st["name"] for st in bench.plan(s, ["seppid-ssl", "vanilla-seed"])]
+    assert "vanilla-seed1" in alone and "eval vanilla-seed1" in alone
+    assert "<better seppid>-seed1" not in alone and "random-dup" not in alone
 
 
 def test_cpu_preset_fits_its_budget_at_the_measured_speed(bench: ModuleType,
