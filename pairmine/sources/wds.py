@@ -259,10 +259,10 @@ def _samples(path: str, members: list[Member], counts: Counter[str]) -> Iterator
 
 
 class _Stream:
-    """Streams the shards' samples into two listings on disk, a ``CHUNK`` of rows at a time:
-    the refs (key, source, member, label) and the places (shard, offset, size, ext). What
-    stays in memory is a hash of every key (8 bytes a sample, for the duplicate check) and
-    counts."""
+    """Streams the shards' samples into two listings on disk, ``BATCH`` rows at a time (the
+    writers regroup them into ``CHUNK``-row groups): the refs (key, source, member, label) and
+    the places (shard, offset, size, ext). What stays in memory is a hash of every key (8
+    bytes a sample, for the duplicate check) and counts."""
 
     def __init__(self, labels: bool) -> None:
         self.labels = labels
@@ -325,12 +325,8 @@ class _Stream:
 
     def finish(self) -> tuple[SpilledListing, SpilledListing]:
         self.flush()
-        refs = self.refs.finish()
-        try:
-            return refs, self.places.finish()
-        except BaseException:
-            del refs  # its folder goes with it
-            raise
+        # should the second fail, abandon() removes both folders
+        return self.refs.finish(), self.places.finish()
 
     def abandon(self) -> None:
         self.refs.abandon()
