@@ -35,28 +35,34 @@ def _remove(folder: str, owner: int) -> None:
 
 
 class ListingWriter:
-    """Streams refs rows (``add``) into a :class:`SpilledListing` in groups of ``CHUNK``."""
+    """Streams refs rows (``add``) into a :class:`SpilledListing` in groups of ``CHUNK``.
+    ``schema`` other than ``REFS_SCHEMA`` spills other per-item columns the same way (a
+    source's read-side places, say); ``labelled`` counts a ``label`` column where there is
+    one."""
 
-    def __init__(self, folder: str | None = None) -> None:
+    def __init__(self, folder: str | None = None, schema: pa.Schema | None = None) -> None:
         import pyarrow.parquet as pq
 
         from pairmine.sources.base import REFS_SCHEMA
 
+        schema = REFS_SCHEMA() if schema is None else schema
+        self._has_label = "label" in schema.names
         self.folder = tempfile.mkdtemp(prefix="pairmine-listing-", dir=folder)
         self.path = os.path.join(self.folder, "refs.parquet")
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self.path, REFS_SCHEMA(), compression="zstd")
+            self.path, schema, compression="zstd")
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self.rows = 0
         self.labelled = 0
 
     def add(self, table: pa.Table) -> None:
-        """Append rows (a table in ``REFS_SCHEMA``)."""
+        """Append rows (a table in the writer's schema)."""
         import pyarrow.compute as pc
 
         self.rows += table.num_rows
-        self.labelled += int(pc.sum(pc.is_valid(table.column("label"))).as_py() or 0)
+        if self._has_label:
+            self.labelled += int(pc.sum(pc.is_valid(table.column("label"))).as_py() or 0)
         self._pending.append(table)
         self._pending_rows += table.num_rows
         while self._pending_rows >= CHUNK:

@@ -4,7 +4,9 @@ Members group into samples the WebDataset way: consecutive members sharing ``__k
 member path up to the first dot of its base name) form one sample; the image is its first
 ``jpg``/``jpeg``/``png``/``webp`` member, its label the integer text of a ``cls`` member.
 Each tar is indexed once at open time (``tarfile`` gives every member's data offset and size)
-so ``read(i)`` is one seek and one read, not a scan, and any worker can read any sample.
+so ``read(i)`` is one seek and one read, not a scan, and any worker can read any sample. The
+index is streamed, shard by shard, into listings on disk (``sources.listing``): opening
+100M samples holds no list of them.
 
 Member names are bytes; keys and the ``member`` column are text. A name that is not valid UTF-8
 (or holds a backslash) is escaped, reversibly: ``\\`` for a backslash, ``\xNN`` for each byte
@@ -17,8 +19,10 @@ import logging
 import os
 import re
 import tarfile
+import threading
+from array import array
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from pairmine.errors import SourceError
@@ -31,9 +35,9 @@ from pairmine.sources.base import (
     refs_table,
     register_source,
 )
+from pairmine.sources.listing import CHUNK, ListingWriter, SpilledListing, spill_folder
 
 if TYPE_CHECKING:
-    import numpy as np
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,9 @@ _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 MAX_OPEN_SHARDS = 64  # per process: enough for sequential reading, far below fd limits
+# samples held as Python objects while indexing (~300 bytes each) before they go to the
+# listing writer, which regroups them into CHUNK-row groups as compact Arrow columns
+BATCH = 8192
 
 
 def expand_shards(spec: str) -> list[str]:
@@ -220,67 +227,139 @@ def _scan_tarfile(path: str) -> Scan:
                 skipped[_SKIPPED_KINDS.get(info.type, "special member")] += 1
 
 
-@dataclass
-class _Index:
-    """Samples of all shards, one entry each, in shard order then member order."""
+def _places_schema() -> pa.Schema:
+    """Where each sample's image lies, for ``read(i)``: the read side of the listing."""
+    import pyarrow as pa
 
-    keys: list[str] = field(default_factory=list)
-    members: list[str] = field(default_factory=list)
-    exts: list[str] = field(default_factory=list)
-    labels: list[int | None] = field(default_factory=list)
-    shard: list[int] = field(default_factory=list)
-    offset: list[int] = field(default_factory=list)
-    size: list[int] = field(default_factory=list)
-    without_image: int = 0
-    ignored_members: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)  # non-regular members, by kind
+    return pa.schema([("shard", pa.int32()), ("offset", pa.int64()), ("size", pa.int64()),
+                      ("ext", pa.int8())])  # ext: index into IMAGE_EXTS
 
 
-def _index_shard(idx: _Index, shard: int, path: str, labels: bool,
-                 seen: dict[str, int], shards: list[str]) -> None:
+def _samples(path: str, members: list[Member], counts: Counter[str]) -> Iterator[
+        tuple[str, dict[str, Member]]]:
+    """The samples of one shard's members, in order: (``__key__``, its members by ext).
+    Members outside any sample are counted as ``counts["ignored"]``."""
     group: dict[str, Member] = {}
     key: str | None = None
-    label: int | None = None
+    for member in members:
+        split = _split(member.name)
+        if split is None:
+            counts["ignored"] += 1
+            continue
+        member_key, ext = split
+        if member_key != key:
+            if key is not None:
+                yield key, group
+            key, group = member_key, {}
+        if ext in group:
+            raise SourceError(f"shard {path} holds {member.name} twice in one sample")
+        group[ext] = member
+    if key is not None:
+        yield key, group
 
-    def flush() -> None:
-        if key is None:
-            return
-        if key in seen:
-            raise SourceError(f"sample key {key!r} occurs twice: in {shards[seen[key]]} and in "
-                              f"{path}", "WebDataset keys (__key__) must be unique in a source")
-        seen[key] = shard
-        ext = next((e for e in IMAGE_EXTS if e in group), None)
-        if ext is None:
-            idx.without_image += 1
-            return
-        member = group[ext]
-        idx.keys.append(key)
-        idx.members.append(member.name)
-        idx.exts.append(ext)
-        idx.labels.append(label)
-        idx.shard.append(shard)
-        idx.offset.append(member.offset)
-        idx.size.append(member.size)
 
-    scan = _members(path)
-    idx.skipped.update(scan.skipped)
-    with open(path, "rb") as f:  # for cls members: a few bytes each
-        for member in scan.members:
-            split = _split(member.name)
-            if split is None:
-                idx.ignored_members += 1
+class _Stream:
+    """Streams the shards' samples into two listings on disk, ``BATCH`` rows at a time (the
+    writers regroup them into ``CHUNK``-row groups): the refs (key, source, member, label) and
+    the places (shard, offset, size, ext). What stays in memory is a hash of every key (8
+    bytes a sample, for the duplicate check) and counts."""
+
+    def __init__(self, labels: bool) -> None:
+        self.labels = labels
+        folder = spill_folder()
+        self.refs = ListingWriter(folder)
+        try:
+            self.places = ListingWriter(folder, _places_schema())
+        except BaseException:
+            self.refs.abandon()
+            raise
+        self.hashes: array[int] = array("q")  # hash of every sample's key, images or not
+        self.counts: Counter[str] = Counter()  # "ignored" members, "without_image" samples
+        self.skipped: Counter[str] = Counter()  # non-regular members, by kind
+        self.exts: Counter[str] = Counter()
+        self._rows: tuple[list[str], list[str], list[str], list[int | None], list[int],
+                          list[int], list[int], list[int]] = ([], [], [], [], [], [], [], [])
+
+    def shard(self, shard: int, path: str) -> None:
+        scan = _members(path)
+        self.skipped.update(scan.skipped)
+        keys, sources, names, labels, shards, offsets, sizes, exts = self._rows
+        with open(path, "rb") as f:  # for cls members: a few bytes each
+            for key, group in _samples(path, scan.members, self.counts):
+                self.hashes.append(hash(key))
+                label: int | None = None
+                cls = group.get("cls")
+                if cls is not None and self.labels:
+                    f.seek(cls.offset)
+                    label = _parse_cls(f.read(cls.size), cls.name, path)
+                ext = next((e for e in IMAGE_EXTS if e in group), None)
+                if ext is None:
+                    self.counts["without_image"] += 1
+                    continue
+                member = group[ext]
+                self.exts[ext] += 1
+                keys.append(key)
+                sources.append(path)
+                names.append(member.name)
+                labels.append(label)
+                shards.append(shard)
+                offsets.append(member.offset)
+                sizes.append(member.size)
+                exts.append(IMAGE_EXTS.index(ext))
+                if len(keys) >= min(CHUNK, BATCH):
+                    self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        keys, sources, names, labels, shards, offsets, sizes, exts = self._rows
+        if not keys:
+            return
+        self.refs.add(refs_table(keys, sources, names, labels if self.labels else None))
+        self.places.add(pa.table({
+            "shard": pa.array(shards, pa.int32()), "offset": pa.array(offsets, pa.int64()),
+            "size": pa.array(sizes, pa.int64()), "ext": pa.array(exts, pa.int8()),
+        }, schema=_places_schema()))
+        for column in self._rows:
+            column.clear()
+
+    def finish(self) -> tuple[SpilledListing, SpilledListing]:
+        self.flush()
+        # should the second fail, abandon() removes both folders
+        return self.refs.finish(), self.places.finish()
+
+    def abandon(self) -> None:
+        self.refs.abandon()
+        self.places.abandon()
+
+
+def _check_unique(shards: list[str], hashes: array[int]) -> None:
+    """Each ``__key__`` once in the whole source, without a set of every key: equal hashes
+    first (sorted, 8 bytes a sample), then the real keys of those few, found by reading the
+    shards' headers again, so that the error names both shards."""
+    import numpy as np
+
+    if len(hashes) < 2:
+        return
+    ordered = np.frombuffer(hashes, dtype=np.int64)
+    ordered.sort()  # in place, no copy: the order of the samples is not needed again
+    twice = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    if twice.size == 0:
+        return
+    suspects = set(twice.tolist())
+    first: dict[str, int] = {}
+    counts: Counter[str] = Counter()
+    for shard, path in enumerate(shards):
+        for key, _ in _samples(path, _members(path).members, counts):
+            if hash(key) not in suspects:
                 continue
-            member_key, ext = split
-            if member_key != key:
-                flush()
-                key, group, label = member_key, {}, None
-            if ext in group:
-                raise SourceError(f"shard {path} holds {member.name} twice in one sample")
-            group[ext] = member
-            if ext == "cls" and labels:
-                f.seek(member.offset)
-                label = _parse_cls(f.read(member.size), member.name, path)
-        flush()
+            if key in first:
+                raise SourceError(f"sample key {key!r} occurs twice: in {shards[first[key]]} "
+                                  f"and in {path}",
+                                  "WebDataset keys (__key__) must be unique in a source")
+            first[key] = shard
+    # equal hashes of different keys (one in ~2^64 per pair): nothing is repeated
 
 
 def _parse_cls(text: bytes, name: str, path: str) -> int:
@@ -292,6 +371,11 @@ def _parse_cls(text: bytes, name: str, path: str) -> int:
 
 
 class WebDatasetSource(ImageSource):
+    """The shards are indexed once, shard by shard, into two listings on disk
+    (``sources.listing``): the refs, and where each image lies (shard, offset, size, ext).
+    The source holds no list of its samples: memory is flat in their number, but for 8 bytes
+    a sample while keys are checked for duplicates at open time."""
+
     kind = "webdataset"
 
     def __init__(self, spec: str, *, labels: bool = True) -> None:
@@ -313,40 +397,41 @@ class WebDatasetSource(ImageSource):
         if missing:
             raise SourceError(f"{len(missing)} of {len(self.shards)} shards do not exist, e.g. "
                               f"{', '.join(missing[:3])}", "check the path or brace pattern")
-        idx = _Index()
-        seen: dict[str, int] = {}
-        for i, path in enumerate(self.shards):
-            _index_shard(idx, i, path, labels, seen, self.shards)
-        if not idx.keys:
-            raise no_images(spec, f"{idx.without_image} samples had no "
+        stream = _Stream(labels)
+        try:
+            for i, path in enumerate(self.shards):
+                stream.shard(i, path)
+            self.listing, self._places = stream.finish()
+        except BaseException:
+            stream.abandon()
+            raise
+        _check_unique(self.shards, stream.hashes)
+        del stream.hashes  # sorted now, and 8 bytes a sample
+        self.without_image = stream.counts["without_image"]
+        if not self.listing.num_rows:
+            raise no_images(spec, f"{self.without_image} samples had no "
                             f"{'/'.join(IMAGE_EXTS)} member")
-        import numpy as np
-
-        self.keys, self.members, self.exts = idx.keys, idx.members, idx.exts
-        self._labels = idx.labels if labels else None
         self.labels = labels
-        self._shard: np.ndarray = np.asarray(idx.shard, dtype=np.int32)
-        self._offset: np.ndarray = np.asarray(idx.offset, dtype=np.int64)
-        self._size: np.ndarray = np.asarray(idx.size, dtype=np.int64)
+        self.labelled = self.listing.labelled if labels else 0
+        self.image_exts = dict(sorted(stream.exts.items()))
         # a shard rewritten after indexing must not be read by stale offsets
         self._shard_bytes = [os.path.getsize(p) for p in self.shards]
-        self.without_image = idx.without_image
-        self.ignored_members = idx.ignored_members
-        self.skipped = dict(sorted(idx.skipped.items()))
+        self.ignored_members = stream.counts["ignored"]
+        self.skipped = dict(sorted(stream.skipped.items()))
         self._handles: OrderedDict[int, IO[bytes]] = OrderedDict()
         self._pid: int | None = None
-        self._refs: pa.Table | None = None
         log.info("webdataset %s: %d samples in %d shards (%d without an image)",
-                 spec, len(self.keys), len(self.shards), self.without_image)
+                 spec, len(self), len(self.shards), self.without_image)
 
     def __getstate__(self) -> dict[str, Any]:
-        # file handles never travel: each process opens its own (see _handle)
+        # file handles never travel: each process opens its own (see _handle); the listings
+        # travel as their paths
         state = dict(self.__dict__)
-        state.update(_handles=OrderedDict(), _pid=None, _refs=None)
+        state.update(_handles=OrderedDict(), _pid=None)
         return state
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return int(self.listing.num_rows)
 
     def _handle(self, shard: int) -> IO[bytes]:
         if self._pid != os.getpid():
@@ -372,10 +457,11 @@ class WebDatasetSource(ImageSource):
         return f
 
     def refs(self) -> pa.Table:
-        if self._refs is None:
-            self._refs = refs_table(self.keys, [self.shards[s] for s in self._shard.tolist()],
-                                    self.members, self._labels)
-        return self._refs
+        """Every sample (O(N)): the embed stage reads :meth:`refs_listing` instead."""
+        return self.listing.table()
+
+    def refs_listing(self) -> SpilledListing:
+        return self.listing
 
     def container_files(self) -> list[str]:
         return list(self.shards)
@@ -387,47 +473,66 @@ class WebDatasetSource(ImageSource):
                         for kind, n in self.skipped.items()})
         return {reason: n for reason, n in sorted(reasons.items()) if n}
 
+    def _member(self, index: int) -> str:
+        return str(self.listing.value("member", index))  # for messages only: a group read
+
     def read(self, index: int) -> bytes:
-        size = int(self._size[index])
+        shard = int(self._places.value("shard", index))
+        size = int(self._places.value("size", index))
         if size > self.max_image_bytes:  # refused from the index: never read into memory
-            raise SourceError(f"member {self.members[index]} of shard "
-                              f"{self.shards[int(self._shard[index])]} is {size:,} bytes, over "
-                              f"the {self.max_image_bytes:,}-byte cap",
+            raise SourceError(f"member {self._member(index)} of shard {self.shards[shard]} is "
+                              f"{size:,} bytes, over the {self.max_image_bytes:,}-byte cap",
                               "raise --max-image-bytes to read it")
-        f = self._handle(int(self._shard[index]))
-        f.seek(int(self._offset[index]))
+        f = self._handle(shard)
+        f.seek(int(self._places.value("offset", index)))
         data = f.read(size)
         if len(data) != size:
-            raise SourceError(f"shard {self.shards[int(self._shard[index])]} ends inside "
-                              f"{self.members[index]}")
+            raise SourceError(f"shard {self.shards[shard]} ends inside {self._member(index)}")
         return data
 
     def ext(self, index: int) -> str:
-        return self.exts[index]
+        return IMAGE_EXTS[int(self._places.value("ext", index))]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "shards": len(self.shards), "shard_paths": list(self.shards),
-                "samples": len(self.keys), "skipped_without_image": self.without_image,
+                "samples": len(self), "skipped_without_image": self.without_image,
                 "ignored_members": self.ignored_members, "ignored": self.ignored(),
-                "image_exts": dict(sorted(Counter(self.exts).items())), "labels": self.labels,
-                "labelled": (sum(v is not None for v in self._labels)
-                             if self._labels is not None else 0)}
+                "image_exts": dict(self.image_exts), "labels": self.labels,
+                "labelled": self.labelled}
+
+
+MAX_INDEXED_TARS = 64  # tar indexes a ref reader keeps (least recently used dropped)
 
 
 def tar_ref_reader() -> RefReader:
-    """Reads (tar path, member name) refs; indexes each tar once, on first use."""
-    indexes: dict[str, dict[str, tuple[int, int]]] = {}
+    """Reads (tar path, member name) refs; indexes a tar on first use and keeps the indexes
+    of the ``MAX_INDEXED_TARS`` tars used last (an export may touch thousands of tars).
+    Safe to call from several threads (the export's fetcher does)."""
+    indexes: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+    lock = threading.Lock()
+
+    def indexed(source: str) -> dict[str, tuple[int, int]]:
+        with lock:
+            index = indexes.get(source)
+            if index is not None:
+                indexes.move_to_end(source)
+                return index
+        if not os.path.isfile(source):
+            raise SourceError(f"shard {source} no longer exists",
+                              "was the source moved or deleted after embedding?")
+        # read outside the lock: two threads may index one tar twice, never wait on each other
+        index = {m.name: (m.offset, m.size) for m in _members(source).members}
+        with lock:
+            indexes[source] = index
+            indexes.move_to_end(source)
+            while len(indexes) > max(1, MAX_INDEXED_TARS):
+                indexes.popitem(last=False)
+        return index
 
     def read(source: str, member: str | None) -> tuple[bytes, str]:
         if member is None:
             raise SourceError(f"a webdataset ref into {source} names no member")
-        index = indexes.get(source)
-        if index is None:
-            if not os.path.isfile(source):
-                raise SourceError(f"shard {source} no longer exists",
-                                  "was the source moved or deleted after embedding?")
-            index = {m.name: (m.offset, m.size) for m in _members(source).members}
-            indexes[source] = index
+        index = indexed(source)
         if member not in index and escape_member(member) in index:
             member = escape_member(member)  # a store from before names were escaped
         if member not in index:

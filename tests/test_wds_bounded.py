@@ -1,0 +1,223 @@
+"""The WebDataset source on a listing on disk: same samples as before, in memory flat in their
+number (keys checked for duplicates by hash, the ref reader's tar indexes bounded)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import pairmine
+from pairmine.errors import SourceError
+from pairmine.sources import listing, open_source, ref_reader
+from pairmine.sources import wds as wds_mod
+from pairmine.sources.base import REFS_SCHEMA
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def png(seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 5), (seed % 256, (seed * 7) % 256, 40)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Row groups of 4 rows: a few samples span several groups, as millions span 65,536s."""
+    monkeypatch.setattr(listing, "CHUNK", 4)
+    monkeypatch.setattr(wds_mod, "CHUNK", 4)
+    return 4
+
+
+def three_shards(root: Path) -> tuple[str, list[tuple[str, str, str, int | None, bytes]]]:
+    """Three shards; the samples expected, in order: (key, shard, member, label, bytes)."""
+    expected: list[tuple[str, str, str, int | None, bytes]] = []
+    for s in range(3):
+        members: list[tuple[str, bytes]] = []
+        path = root / f"part-{s}.tar"
+        for i in range(5):
+            key = f"s{s}/{i:03d}"
+            data = png(10 * s + i)
+            ext = "png" if i % 2 else "jpg"  # bytes need not match the name to be read back
+            members.append((f"{key}.{ext}", data))
+            label = None if i == 3 else 10 * s + i
+            if label is not None:
+                members.append((f"{key}.cls", f"{label}\n".encode()))
+            members.append((f"{key}.json", b"{}"))
+            expected.append((key, str(path), f"{key}.{ext}", label, data))
+        members.append((f"s{s}/nothing.txt", b"no image"))  # a sample without an image
+        members.append(("__index__", b"meta"))  # outside any sample
+        write_tar(path, members)
+    return str(root / "part-{0..2}.tar"), expected
+
+
+def test_listing_backed_source_reads_every_sample(tmp_path: Path, small_chunks: int) -> None:
+    spec, expected = three_shards(tmp_path)
+    src = open_source(spec)
+    assert isinstance(src, wds_mod.WebDatasetSource)
+    assert len(src) == 15
+    refs = src.refs_listing()
+    assert isinstance(refs, listing.SpilledListing) and refs.num_rows == 15
+    table = src.refs()
+    assert table.schema == REFS_SCHEMA()
+    assert table.column("key").to_pylist() == [e[0] for e in expected]
+    assert table.column("source").to_pylist() == [e[1] for e in expected]
+    assert table.column("member").to_pylist() == [e[2] for e in expected]
+    assert table.column("label").to_pylist() == [e[3] for e in expected]
+    assert refs.take([14, 0, 5]).column("key").to_pylist() == ["s2/004", "s0/000", "s1/000"]
+    assert [src.read(i) for i in range(15)] == [e[4] for e in expected]
+    assert [src.ext(i) for i in range(15)] == [e[2].rsplit(".", 1)[1] for e in expected]
+    # out of order, as DataLoader workers read: each group read again as needed
+    assert [src.read(i) for i in (14, 0, 9, 3)] == [expected[i][4] for i in (14, 0, 9, 3)]
+    desc = src.describe()
+    assert desc["samples"] == 15 and desc["shards"] == 3
+    assert desc["image_exts"] == {"jpg": 9, "png": 6}
+    assert desc["labelled"] == 12 and desc["labels"] is True
+    assert desc["skipped_without_image"] == 3 and desc["ignored_members"] == 3
+    clone = pickle.loads(pickle.dumps(src))  # a DataLoader worker's copy reads the same files
+    assert [clone.read(i) for i in (13, 2)] == [expected[13][4], expected[2][4]]
+    assert clone.ext(13) == src.ext(13)
+    blind = open_source(spec, labels=False)
+    assert blind.refs().column("label").to_pylist() == [None] * 15
+    assert blind.describe()["labelled"] == 0
+
+
+def test_duplicate_key_across_shards_names_both_shards(tmp_path: Path,
+                                                         small_chunks: int) -> None:
+    write_tar(tmp_path / "a.tar", [("x.jpg", png(1)), ("k.jpg", png(2))])
+    write_tar(tmp_path / "b.tar", [(f"b{i}.jpg", png(3)) for i in range(6)])
+    write_tar(tmp_path / "c.tar", [("y.jpg", png(4)), ("k.png", png(5))])
+    with pytest.raises(SourceError) as exc:
+        open_source(str(tmp_path / "{a,b,c}.tar"))
+    assert exc.value.message == (f"sample key 'k' occurs twice: in {tmp_path / 'a.tar'} and "
+                                 f"in {tmp_path / 'c.tar'}")
+    # a sample without an image has a key too: it must not repeat one either
+    write_tar(tmp_path / "d.tar", [("y.json", b"{}")])
+    with pytest.raises(SourceError, match=r"key 'y' occurs twice: in .*c.tar and in .*d.tar"):
+        open_source(f"{tmp_path / 'c.tar'}::{tmp_path / 'd.tar'}")
+    # the same key twice in one shard, apart
+    write_tar(tmp_path / "e.tar", [("p.jpg", png(6)), ("q.jpg", png(7)), ("p.png", png(8))])
+    with pytest.raises(SourceError, match=r"key 'p' occurs twice: in .*e.tar and in .*e.tar"):
+        open_source(tmp_path / "e.tar")
+
+
+def test_equal_hashes_of_different_keys_are_no_duplicate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hashes only pick the keys to compare: a collision of two keys is no error."""
+    write_tar(tmp_path / "a.tar", [(f"k{i}.jpg", png(i)) for i in range(4)])
+    monkeypatch.setattr(wds_mod, "hash", lambda key: 7, raising=False)
+    assert len(open_source(tmp_path / "a.tar")) == 4
+
+
+def test_more_samples_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "CHUNK", 64)
+    monkeypatch.setattr(wds_mod, "CHUNK", 64)
+    sizes = (300, 1, 150)
+    for s, n in enumerate(sizes):
+        write_tar(tmp_path / f"{s}.tar", [m for i in range(n) for m in (
+            (f"{s}-{i:04d}.jpg", f"img {s} {i}".encode()), (f"{s}-{i:04d}.cls", b"%d" % i))])
+    src = open_source(str(tmp_path / "{0..2}.tar"))
+    assert len(src) == sum(sizes) == src.refs_listing().num_rows
+    with pytest.raises(IndexError):
+        src.read(len(src))
+    for i in (0, 63, 64, 299, 300, 301, 450):
+        s, local = (0, i) if i < 300 else (1, 0) if i == 300 else (2, i - 301)
+        assert src.read(i) == f"img {s} {local}".encode(), i
+        assert src.refs_listing().value("label", i) == local
+    meta = pq_metadata(src.refs_listing().path)
+    assert meta == [64] * 7 + [451 - 7 * 64]  # row groups of CHUNK rows
+    assert src.describe()["labelled"] == 451
+
+
+def pq_metadata(path: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(path).metadata
+    return [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+
+
+def test_opening_holds_memory_flat_in_the_samples(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python lists of every key, member and ext cost over 150 bytes a sample; the listing
+    costs the 8-byte hash of the duplicate check (and a shard's members while it is read)."""
+    import tracemalloc
+
+    monkeypatch.setattr(listing, "CHUNK", 512)
+    monkeypatch.setattr(wds_mod, "CHUNK", 512)
+    write_tar(tmp_path / "warm.tar", [("w.jpg", b"x")])
+    open_source(tmp_path / "warm.tar")  # one-time costs (pyarrow's first table loads pandas)
+    peaks = {}
+    for n in (2_000, 16_000):
+        for s in range(n // 500):  # shards of 500 samples, as img2dataset's of 10,000
+            write_tar(tmp_path / f"{n}" / f"{s}.tar",
+                      [(f"{s}/{i:06d}.jpg", b"x") for i in range(500)])
+        tracemalloc.start()
+        src = open_source(str(tmp_path / f"{n}" / f"{{0..{n // 500 - 1}}}.tar"))
+        assert len(src) == n and src.read(n - 1) == b"x"
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del src
+    assert peaks[16_000] - peaks[2_000] < 30 * 14_000, peaks
+
+
+def test_ref_reader_keeps_a_bounded_number_of_tar_indexes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wds_mod, "MAX_INDEXED_TARS", 2)
+    scanned: list[str] = []
+    members = wds_mod._members
+
+    def counted(path: str) -> wds_mod.Scan:
+        scanned.append(Path(path).name)
+        return members(path)
+
+    monkeypatch.setattr(wds_mod, "_members", counted)
+    for s in range(5):
+        write_tar(tmp_path / f"{s}.tar", [(f"k{s}.jpg", b"image %d" % s)])
+    read = ref_reader("webdataset")
+    for s in range(5):
+        assert read(str(tmp_path / f"{s}.tar"), f"k{s}.jpg") == (b"image %d" % s, "jpg")
+    assert scanned == ["0.tar", "1.tar", "2.tar", "3.tar", "4.tar"]
+    read(str(tmp_path / "4.tar"), "k4.jpg")  # kept
+    read(str(tmp_path / "3.tar"), "k3.jpg")  # kept
+    assert len(scanned) == 5
+    read(str(tmp_path / "0.tar"), "k0.jpg")  # dropped: indexed again, 4.tar goes
+    read(str(tmp_path / "3.tar"), "k3.jpg")
+    assert scanned[5:] == ["0.tar"]
+    read(str(tmp_path / "4.tar"), "k4.jpg")
+    assert scanned[5:] == ["0.tar", "4.tar"]
+    kept = [c for c in closure_values(read) if isinstance(c, dict)]
+    assert len(kept) == 1 and list(kept[0]) == [str(tmp_path / f"{s}.tar") for s in (3, 4)]
+
+
+def closure_values(fn: object) -> list[object]:
+    """What a reader's closures hold, nested ones included (the cache of tar indexes)."""
+    found: list[object] = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        value = cell.cell_contents
+        found.append(value)
+        if callable(value) and getattr(value, "__closure__", None):
+            found += closure_values(value)
+    return found
+
+
+def test_embed_of_a_webdataset_source_end_to_end(tmp_path: Path, small_chunks: int) -> None:
+    spec, expected = three_shards(tmp_path / "wds")
+    result = pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
+    assert result.images == 15 and result.errors == 0
+    meta = pairmine.open_embeddings(tmp_path / "e").meta
+    assert meta.column("key").to_pylist() == [e[0] for e in expected]
+    assert meta.column("label").to_pylist() == [e[3] for e in expected]
+    assert meta.column("member").to_pylist() == [e[2] for e in expected]
