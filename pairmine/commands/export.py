@@ -42,7 +42,8 @@ def command(pairs: Path, out: Path, config: ExportConfig, overwrite: bool) -> No
         rows += [("shards", f"{result.shards} ({result.resumed_shards} resumed)"),
                  ("size", f"{result.bytes / 1e6:,.1f} MB")]
         if result.pairs_view_shards:
-            rows.append(("pairs alone", f"{result.pairs_view_shards} shards, "
+            n = result.pairs_view_shards
+            rows.append(("pairs alone", f"{n} shard{'s' if n != 1 else ''}, "
                                         f"{result.pairs_view_bytes / 1e6:,.1f} MB"))
     rows += [
         ("skipped", f"{len(result.skipped)} images, {result.skipped_pairs} pairs"),
