@@ -217,6 +217,11 @@ def test_export_of_a_store_imported_without_images_is_one_line(tmp_path: Path) -
         line = one_error_line(output)
         assert "imported without image files" in line and "--image-column" in line
         assert not (tmp_path / fmt).exists()
+    # the report still draws its pages and says why the thumbnails are blank
+    code, output = run_cli(["show", str(tmp_path / "pairs"), str(tmp_path / "report")])
+    assert code == 0, output
+    assert "name no image file" in " ".join(output.split()) and "--image-root" not in output
+    assert (tmp_path / "report" / "index.html").is_file()
 
     images = tmp_path / "images"
     images.mkdir()

@@ -81,7 +81,11 @@ def command(pairs: Path, out: Path, per_view: int, page_size: int, thumb_px: int
         rows.append(("label mismatches", f"{result.mismatches:,} of {result.labelled:,}"))
     common.out.print(summary_table(f"report → {result.index}", rows))
     common.warn_empty_band(result.pairs, pairs=pairs)
-    if result.missing:
+    if result.missing and result.missing_files == len(result.missing):
+        console.print(f"[yellow]{len(result.missing)} images show as missing: their rows name "
+                      "no image file (the store was imported from embeddings alone)[/]",
+                      soft_wrap=True)
+    elif result.missing:
         console.print(f"[yellow]{len(result.missing)} images could not be read (e.g. "
                       f"{escape(result.missing[0])}); they show as missing: if they moved, "
                       "pass --image-root OLD=NEW[/]", soft_wrap=True)

@@ -48,6 +48,7 @@ class ShowResult:
     shown: int  # distinct pairs in the report
     images: int  # distinct images shown
     missing: list[str] = field(default_factory=list)  # keys whose image could not be read
+    missing_files: int = 0  # of those, rows that name no image file (imported without one)
     views: dict[str, int] = field(default_factory=dict)
     mismatches: int | None = None  # labelled pairs whose labels differ (whole store)
     labelled: int = 0
@@ -94,8 +95,9 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
     image_ids = np.unique(np.concatenate([a[chosen], b[chosen]]))
 
     thumbs_dir = out / THUMBS
-    images, missing = _thumbnails(emb, image_ids, lab, thumbs_dir, thumb_px=thumb_px,
-                                  inline=inline, progress=progress, roots=roots)
+    images, missing, unfiled = _thumbnails(emb, image_ids, lab, thumbs_dir,
+                                           thumb_px=thumb_px, inline=inline,
+                                           progress=progress, roots=roots)
     data = {
         "pageSize": page_size,
         "pairs": [[int(a[p]), int(b[p]), float(score[p]),
@@ -123,7 +125,7 @@ def show(pairs: str | Path, out: str | Path, *, per_view: int = 500, page_size: 
         thumb_px=thumb_px)
     stores.write_bytes_atomic(out / INDEX, page.encode("utf-8"))  # last: the report is complete
     return ShowResult(out=out, index=out / INDEX, pairs=int(a.size), shown=len(chosen),
-                      images=int(image_ids.size), missing=missing,
+                      images=int(image_ids.size), missing=missing, missing_files=unfiled,
                       views={k: len(v[0]) for k, v in views.items()},
                       mismatches=mismatches, labelled=labelled, selected=selected)
 
@@ -241,8 +243,9 @@ def _views(score: np.ndarray, same: np.ndarray, per_view: int, seed: int,
 
 def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Path, *,
                 thumb_px: int, inline: bool, progress: Progress | None,
-                roots: ImageRoots) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """One thumbnail per image id; returns the page's image table and the keys not read."""
+                roots: ImageRoots) -> tuple[dict[str, dict[str, Any]], list[str], int]:
+    """One thumbnail per image id; returns the page's image table, the keys not read and how
+    many of those have no image file at all (rows imported without one)."""
     from pairmine.sources import ref_reader
 
     kind = emb.manifest.get("source", {}).get("kind")
@@ -250,9 +253,10 @@ def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Pa
         raise StoreError(f"the embeddings store {emb.path} does not record its source kind",
                          "re-run embed with this pairmine version")
     read = ref_reader(str(kind))
-    meta = emb.meta.select(["key", "source", "member"]).take(ids).to_pylist()
+    meta = emb.take(ids, ["key", "source", "member"]).to_pylist()  # the shown rows only
     images: dict[str, dict[str, Any]] = {}
     missing: list[str] = []
+    unfiled = 0
     if not inline:
         folder.mkdir(parents=True, exist_ok=True)
     if progress is not None:
@@ -260,11 +264,13 @@ def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Pa
     for i, row in zip(ids.tolist(), meta, strict=True):
         src: str | None
         try:
-            data, ext = read(roots.apply(row["source"]), row["member"])
+            source = row["source"]  # None: a row imported without an image file
+            data, ext = read(roots.apply(source) if source else source, row["member"])
             data, ext = make_thumbnail(data, ext, thumb_px)
         except PairmineError as exc:
             log.warning("no thumbnail for %s: %s", row["key"], exc)
             missing.append(str(row["key"]))
+            unfiled += not source
             src = None
         else:
             if inline:
@@ -279,7 +285,7 @@ def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Pa
             progress.advance(1)
     if progress is not None:
         progress.finish()
-    return images, missing
+    return images, missing, unfiled
 
 
 def make_thumbnail(data: bytes, ext: str, px: int) -> tuple[bytes, str]:
