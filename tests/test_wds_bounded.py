@@ -221,3 +221,29 @@ def test_embed_of_a_webdataset_source_end_to_end(tmp_path: Path, small_chunks: i
     assert meta.column("key").to_pylist() == [e[0] for e in expected]
     assert meta.column("label").to_pylist() == [e[3] for e in expected]
     assert meta.column("member").to_pylist() == [e[2] for e in expected]
+
+
+def test_ref_reader_bounds_its_indexes_by_members_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3 tars of 4 images (and a json each, not indexed): a budget of 8 members keeps 2 tars
+    monkeypatch.setattr(wds_mod, "MAX_INDEXED_MEMBERS", 8)
+    scanned: list[str] = []
+    members = wds_mod._members
+
+    def counted(path: str) -> wds_mod.Scan:
+        scanned.append(Path(path).name)
+        return members(path)
+
+    monkeypatch.setattr(wds_mod, "_members", counted)
+    for s in range(3):
+        write_tar(tmp_path / f"{s}.tar", [m for i in range(4) for m in (
+            (f"k{s}{i}.json", b"{}"), (f"k{s}{i}.png", b"png %d %d" % (s, i)))])
+    read = ref_reader("webdataset")
+    for s in (0, 1, 2, 2, 1, 0):
+        for i in range(4):
+            assert read(str(tmp_path / f"{s}.tar"), f"k{s}{i}.png") == (
+                b"png %d %d" % (s, i), "png")
+    # 2 then 1 kept while 0 was dropped for 2: only 0 is indexed twice
+    assert scanned == ["0.tar", "1.tar", "2.tar", "0.tar"]
+    with pytest.raises(SourceError, match="has no member"):
+        read(str(tmp_path / "0.tar"), "k00.json")  # only images are indexed

@@ -38,6 +38,7 @@ from pairmine.sources.base import (
 from pairmine.sources.listing import CHUNK, ListingWriter, SpilledListing, spill_folder
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
@@ -501,17 +502,61 @@ class WebDatasetSource(ImageSource):
                 "labelled": self.labelled}
 
 
-MAX_INDEXED_TARS = 64  # tar indexes a ref reader keeps (least recently used dropped)
+# what a ref reader keeps of the tars it read (least recently used dropped first): a compact
+# index of each tar's image members, 24 bytes a member, so that an export reading images in
+# random order (a pair's positive, a shuffled export) re-indexes a tar only beyond ~8M images
+MAX_INDEXED_TARS = 1024
+MAX_INDEXED_MEMBERS = 8 << 20
+
+
+class _TarIndex(NamedTuple):
+    """A tar's image members by a 64-bit hash of their name, sorted: where each one's data
+    lies. A hash collision would hand back another member's bytes, which the export's sha256
+    check against embed's record catches (one in ~2^64 per pair of names of a tar)."""
+
+    hashes: np.ndarray  # int64, sorted
+    offsets: np.ndarray  # int64
+    sizes: np.ndarray  # int64
+
+    def find(self, name: str) -> tuple[int, int] | None:
+        import numpy as np
+
+        h = _name_hash(name)
+        i = int(np.searchsorted(self.hashes, h, side="right")) - 1  # the last, as tar reads
+        if i < 0 or int(self.hashes[i]) != h:
+            return None
+        return int(self.offsets[i]), int(self.sizes[i])
+
+
+def _name_hash(name: str) -> int:
+    import hashlib
+
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _tar_index(path: str) -> _TarIndex:
+    import numpy as np
+
+    images = [m for m in _members(path).members
+              if (split := _split(m.name)) is not None and split[1] in IMAGE_EXTS]
+    hashes = np.fromiter((_name_hash(m.name) for m in images), np.int64, len(images))
+    order = np.argsort(hashes, kind="stable")
+    return _TarIndex(hashes[order],
+                     np.fromiter((m.offset for m in images), np.int64, len(images))[order],
+                     np.fromiter((m.size for m in images), np.int64, len(images))[order])
 
 
 def tar_ref_reader() -> RefReader:
-    """Reads (tar path, member name) refs; indexes a tar on first use and keeps the indexes
-    of the ``MAX_INDEXED_TARS`` tars used last (an export may touch thousands of tars).
-    Safe to call from several threads (the export's fetcher does)."""
-    indexes: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+    """Reads (tar path, member name) refs of image members; indexes a tar on first use and
+    keeps the indexes of the tars used last, up to ``MAX_INDEXED_TARS`` tars and
+    ``MAX_INDEXED_MEMBERS`` members (an export may touch thousands of tars). Safe to call
+    from several threads (the export's fetcher does)."""
+    indexes: OrderedDict[str, _TarIndex] = OrderedDict()
+    held = [0]  # members in `indexes`
     lock = threading.Lock()
 
-    def indexed(source: str) -> dict[str, tuple[int, int]]:
+    def indexed(source: str) -> _TarIndex:
         with lock:
             index = indexes.get(source)
             if index is not None:
@@ -521,24 +566,28 @@ def tar_ref_reader() -> RefReader:
             raise SourceError(f"shard {source} no longer exists",
                               "was the source moved or deleted after embedding?")
         # read outside the lock: two threads may index one tar twice, never wait on each other
-        index = {m.name: (m.offset, m.size) for m in _members(source).members}
+        index = _tar_index(source)
         with lock:
-            indexes[source] = index
+            if source not in indexes:
+                indexes[source] = index
+                held[0] += len(index.hashes)
             indexes.move_to_end(source)
-            while len(indexes) > max(1, MAX_INDEXED_TARS):
-                indexes.popitem(last=False)
+            while len(indexes) > 1 and (len(indexes) > MAX_INDEXED_TARS
+                                        or held[0] > MAX_INDEXED_MEMBERS):
+                held[0] -= len(indexes.popitem(last=False)[1].hashes)
         return index
 
     def read(source: str, member: str | None) -> tuple[bytes, str]:
         if member is None:
             raise SourceError(f"a webdataset ref into {source} names no member")
         index = indexed(source)
-        if member not in index and escape_member(member) in index:
-            member = escape_member(member)  # a store from before names were escaped
-        if member not in index:
+        place = index.find(member)
+        if place is None and escape_member(member) != member:
+            place = index.find(escape_member(member))  # a store from before names were escaped
+        if place is None:
             raise SourceError(f"shard {source} has no member {member}",
                               "was the shard rewritten after embedding?")
-        offset, size = index[member]
+        offset, size = place
         try:
             with open(source, "rb") as f:
                 f.seek(offset)
