@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _memory import child_json, proc_status  # noqa: E402
 from _report import update_section  # noqa: E402
 
 DIM = 128
@@ -73,25 +73,14 @@ def write_store(out: Path, rows: int, shard_rows: int, seed: int = 0) -> Path:
     return out
 
 
-def _status() -> dict[str, float]:
-    wanted = {"VmRSS": "rss", "RssAnon": "anon", "VmHWM": "peak"}
-    out = {}
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            key = line.split(":", 1)[0]
-            if key in wanted:
-                out[wanted[key]] = int(line.split()[1]) / 1024
-    return out
-
-
 def child(store_path: Path) -> dict[str, Any]:
     """Run the steps in this (fresh) process; RSS after each, and its seconds."""
     from pairmine import stores
 
-    steps: dict[str, dict[str, float]] = {"start": _status()}
+    steps: dict[str, dict[str, float]] = {"start": proc_status()}
 
     def record(name: str, t0: float) -> None:
-        steps[name] = {**_status(), "s": time.perf_counter() - t0}
+        steps[name] = {**proc_status(), "s": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
     store = stores.open_embeddings(store_path)
@@ -125,9 +114,7 @@ def child(store_path: Path) -> dict[str, Any]:
 
 
 def measure(store: Path) -> dict[str, Any]:
-    run = subprocess.run([sys.executable, __file__, "--child", str(store)], check=True,
-                         capture_output=True, text=True)
-    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = child_json(__file__, [str(store)])
     return result
 
 

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _memory import child_json, proc_status  # noqa: E402
 from _report import update_section  # noqa: E402
 
 STEPS = ("open", "walk", "read")
@@ -82,17 +82,6 @@ def write_shards(folder: Path, samples: int, per_shard: int) -> str:
     return str(folder / f"{{{0:06d}..{shards - 1:06d}}}.tar")
 
 
-def _status() -> dict[str, float]:
-    wanted = {"VmRSS": "rss", "RssAnon": "anon", "VmHWM": "hwm"}
-    out = {}
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            key = line.split(":", 1)[0]
-            if key in wanted:
-                out[wanted[key]] = int(line.split()[1]) / 1024
-    return out
-
-
 class _Sampler:
     """The peak RssAnon of this process, sampled every 10 ms."""
 
@@ -104,10 +93,10 @@ class _Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, _status()["anon"])
+            self.peak = max(self.peak, proc_status()["anon"])
 
     def reset(self) -> None:
-        self.peak = _status()["anon"]
+        self.peak = proc_status()["anon"]
 
     def stop(self) -> None:
         self._stop.set()
@@ -126,10 +115,10 @@ def child(spec: str) -> dict[str, Any]:
     pa.array(["warm-up"])
 
     sampler = _Sampler()
-    steps: dict[str, dict[str, float]] = {"start": _status()}
+    steps: dict[str, dict[str, float]] = {"start": proc_status()}
 
     def record(name: str, t0: float) -> None:
-        steps[name] = {**_status(), "peak_anon": max(sampler.peak, _status()["anon"]),
+        steps[name] = {**proc_status(), "peak_anon": max(sampler.peak, proc_status()["anon"]),
                        "s": time.perf_counter() - t0}
         sampler.reset()
 
@@ -139,7 +128,7 @@ def child(spec: str) -> dict[str, Any]:
     record("open", t0)
     n = len(src)
     t0 = time.perf_counter()
-    refs = src.refs_listing()
+    refs: Any = src.refs_listing()  # a listing, or a table from a version before listings
     unlabelled = 0
     if hasattr(refs, "group"):
         for number in range(-(-refs.num_rows // GROUP)):
@@ -162,9 +151,7 @@ def child(spec: str) -> dict[str, Any]:
 
 def measure(spec: str, pythonpath: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONDONTWRITEBYTECODE="1")
-    run = subprocess.run([sys.executable, __file__, "--child", spec], check=True,
-                         capture_output=True, text=True, env=env)
-    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = child_json(__file__, [spec], env)
     return result
 
 
