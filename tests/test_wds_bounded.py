@@ -173,9 +173,8 @@ def test_opening_holds_memory_flat_in_the_samples(tmp_path: Path,
     assert peaks[16_000] - peaks[2_000] < 30 * 14_000, peaks
 
 
-def test_ref_reader_keeps_a_bounded_number_of_tar_indexes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wds_mod, "MAX_INDEXED_TARS", 2)
+def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the tars whose headers are scanned from now on, in order."""
     scanned: list[str] = []
     members = wds_mod._members
 
@@ -184,6 +183,13 @@ def test_ref_reader_keeps_a_bounded_number_of_tar_indexes(
         return members(path)
 
     monkeypatch.setattr(wds_mod, "_members", counted)
+    return scanned
+
+
+def test_ref_reader_keeps_a_bounded_number_of_tar_indexes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wds_mod, "MAX_INDEXED_TARS", 2)
+    scanned = count_scans(monkeypatch)
     for s in range(5):
         write_tar(tmp_path / f"{s}.tar", [(f"k{s}.jpg", b"image %d" % s)])
     read = ref_reader("webdataset")
@@ -227,14 +233,7 @@ def test_ref_reader_bounds_its_indexes_by_members_too(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 3 tars of 4 images (and a json each, not indexed): a budget of 8 members keeps 2 tars
     monkeypatch.setattr(wds_mod, "MAX_INDEXED_MEMBERS", 8)
-    scanned: list[str] = []
-    members = wds_mod._members
-
-    def counted(path: str) -> wds_mod.Scan:
-        scanned.append(Path(path).name)
-        return members(path)
-
-    monkeypatch.setattr(wds_mod, "_members", counted)
+    scanned = count_scans(monkeypatch)
     for s in range(3):
         write_tar(tmp_path / f"{s}.tar", [m for i in range(4) for m in (
             (f"k{s}{i}.json", b"{}"), (f"k{s}{i}.png", b"png %d %d" % (s, i)))])
