@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import io
 import pickle
-import tarfile
 from pathlib import Path
 
 import pytest
+from test_sources import write_tar
 
 import pairmine
 from pairmine.errors import SourceError
 from pairmine.sources import listing, open_source, ref_reader
 from pairmine.sources import wds as wds_mod
 from pairmine.sources.base import REFS_SCHEMA
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
 
 
 def png(seed: int) -> bytes:
