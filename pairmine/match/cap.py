@@ -9,9 +9,9 @@ from pairmine.progress import Progress
 from pairmine.stores import write_parquet_atomic
 
 
-def keep_best_per_image(blocks: list[Path], shards: list[Path], n: int, k: int,
+def keep_best_per_image(blocks: list[Path], shards: list[Path], k: int,
                         progress: Progress) -> None:
-    """Two passes over the block shards with memory O(N·K + one shard): find each image's K-th
+    """Two passes over the block shards with memory O(P + one shard): find each image's K-th
     best (score desc, other id asc), then write each block's kept pairs as the final shard.
     Final shards are written in block order and skipped when present, so resuming is safe."""
     import numpy as np
@@ -36,19 +36,26 @@ def keep_best_per_image(blocks: list[Path], shards: list[Path], n: int, k: int,
         keep = rank < k
         x, other, score = x[keep], other[keep], score[keep]
         progress.advance(1)
-    # the K-th best of each image that has at least K positives; the others keep everything
-    kth_score = np.full(n, -np.inf, dtype=np.float64)  # (N,)
-    kth_other = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)  # (N,)
+    # the K-th best of each image that has at least K positives (the others keep everything),
+    # by image id, sorted: O(images with K positives), never an array of N
     if len(x):
         starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
         ends = np.r_[starts[1:], len(x)]
-        full = (ends - starts) == k
-        last = ends[full] - 1
-        kth_score[x[last]] = score[last]
-        kth_other[x[last]] = other[last]
+        last = ends[(ends - starts) == k] - 1
+    else:
+        last = np.zeros(0, np.int64)
+    capped = x[last]  # (C,) sorted: x is sorted by image
+    kth_score = score[last].astype(np.float64)  # (C,)
+    kth_other = other[last]  # (C,)
+    del x, other, score
 
     def kept_by(img: np.ndarray, partner: np.ndarray, s: np.ndarray) -> np.ndarray:
-        ks, ko = kth_score[img], kth_other[img]
+        if not len(capped):  # no image has K positives: every pair stays
+            return np.ones(img.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(capped, img), len(capped) - 1)
+        full = capped[at] == img  # img has K positives: compare with its K-th best
+        ks = np.where(full, kth_score[at], -np.inf)
+        ko = np.where(full, kth_other[at], np.iinfo(np.int64).max)
         kept: np.ndarray = (s > ks) | ((s == ks) & (partner <= ko))
         return kept
 

@@ -251,7 +251,7 @@ def _run(run: Run, config: MatchConfig, job: MatchJob, store: Embeddings,
     found = sum(s["band"] for s in stats)
     if plan.max_per_anchor is not None:  # the blocks wrote their shards aside: cap into place
         blocks = [job.shard_path(i) for i in range(job.n_blocks)]
-        keep_best_per_image(blocks, shards, n, plan.max_per_anchor, progress)
+        keep_best_per_image(blocks, shards, plan.max_per_anchor, progress)
     t_cap = time.perf_counter() - t_cap
 
     # --- duplicates, statistics, manifest
