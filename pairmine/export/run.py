@@ -261,11 +261,11 @@ def write_webdataset(out: Path, plan: Plan, fetcher: Fetcher, config: ExportConf
             alone = replace(config, combined=False, shuffle=False)
             view_plan = make_plan(plan.pairs_path, combined=False, shuffle=False,
                                   seed=config.seed)
-            view, view_resumed, _ = _write_series(out, out / lay.PAIRS_VIEW_DIR, view_plan,
-                                                  fetcher, alone, skip_missing, progress)
+            # (its resumed shards are not counted: `resumed_shards` is of the combined ones)
+            view, _, _ = _write_series(out, out / lay.PAIRS_VIEW_DIR, view_plan, fetcher,
+                                       alone, skip_missing, progress)
             # the Ray executor's attempt records; the export's own .partial goes at finish
             shutil.rmtree(out / lay.PAIRS_VIEW_DIR / stores.PARTIAL_DIR, ignore_errors=True)
-            resumed += view_resumed
 
     # where every sample landed, from the indexes (this run's and resumed shards alike), one
     # shard at a time: a shard number per pair (and per image, combined), -1 where skipped
