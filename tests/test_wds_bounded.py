@@ -237,3 +237,89 @@ def test_ref_reader_bounds_its_indexes_by_members_too(
     assert scanned == ["0.tar", "1.tar", "2.tar", "0.tar"]
     with pytest.raises(SourceError, match="has no member"):
         read(str(tmp_path / "0.tar"), "k00.json")  # only images are indexed
+
+
+def tar_places(path: str) -> dict[str, tuple[int, int]]:
+    """Every member's (data offset, size), as tarfile reads them."""
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        return {m.name: (m.offset_data, m.size) for m in tf.getmembers()}
+
+
+def test_embed_records_where_each_image_lies(tmp_path: Path, small_chunks: int) -> None:
+    spec, expected = three_shards(tmp_path / "wds")
+    pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
+    emb = pairmine.open_embeddings(tmp_path / "e")
+    assert set(pairmine.stores.PLACE_COLUMNS) <= set(emb.meta_columns)
+    rows = emb.meta.to_pylist()
+    assert [(r["member_offset"], r["member_size"]) for r in rows] == [
+        tar_places(shard)[member] for _, shard, member, _, _ in expected]
+    with open(expected[7][1], "rb") as f:  # the place is the image's bytes
+        f.seek(rows[7]["member_offset"])
+        assert f.read(rows[7]["member_size"]) == expected[7][4]
+
+
+def test_a_recorded_place_is_read_without_indexing_the_tar(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tar(tmp_path / "0.tar", [("a.json", b"{}"), ("a.png", b"png a"), ("b.jpg", b"jpg b")])
+    places = tar_places(str(tmp_path / "0.tar"))
+    scanned = count_scans(monkeypatch)
+    read = ref_reader("webdataset")
+    assert read(str(tmp_path / "0.tar"), "b.jpg", place=places["b.jpg"]) == (b"jpg b", "jpg")
+    assert read(str(tmp_path / "0.tar"), "a.png", place=places["a.png"]) == (b"png a", "png")
+    assert scanned == []
+    # a place that does not hold that member (another member's, a shifted one, past the end):
+    # the header check refuses it and the tar is indexed as without a place
+    assert read(str(tmp_path / "0.tar"), "b.jpg", place=places["a.png"]) == (b"jpg b", "jpg")
+    assert scanned == ["0.tar"]
+    for wrong in [(places["b.jpg"][0] + 1, 5), (places["b.jpg"][0], 6), (10 ** 9, 5), (0, 5)]:
+        assert read(str(tmp_path / "0.tar"), "b.jpg", place=wrong) == (b"jpg b", "jpg")
+
+
+def test_a_rewritten_shard_is_read_by_name_again(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "0.tar"
+    write_tar(path, [("a.png", b"png a"), ("b.jpg", b"jpg b")])
+    old = tar_places(str(path))
+    write_tar(path, [("b.jpg", b"jpg b"), ("c.png", b"c"), ("a.png", b"png a")])  # reordered
+    read = ref_reader("webdataset")
+    assert read(str(path), "a.png", place=old["a.png"]) == (b"png a", "png")
+    assert read(str(path), "b.jpg", place=old["b.jpg"]) == (b"jpg b", "jpg")
+    path.unlink()
+    with pytest.raises(SourceError, match="no longer exists"):
+        read(str(path), "a.png", place=old["a.png"])
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_a_long_member_name_is_found_by_name(tmp_path: Path, fmt: str) -> None:
+    import tarfile
+
+    name = "d" * 120 + "/" + "k" * 110 + ".png"  # too long for the header's name fields
+    with tarfile.open(tmp_path / "0.tar", "w", format=tarfile.GNU_FORMAT if fmt == "gnu"
+                      else tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(name)
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"long"))
+    place = tar_places(str(tmp_path / "0.tar"))[name]
+    assert ref_reader("webdataset")(str(tmp_path / "0.tar"), name, place=place) == (b"long",
+                                                                                 "png")
+
+
+def test_export_of_a_webdataset_store_reads_by_place(tmp_path: Path, small_chunks: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, expected = three_shards(tmp_path / "wds")
+    pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
+    pairmine.match(tmp_path / "e", tmp_path / "p", min_score=-1.0, max_score=1.0)
+    scanned = count_scans(monkeypatch)
+    pairmine.export(tmp_path / "p", tmp_path / "x", fmt="webdataset", combined=True)
+    assert scanned == []  # no tar was indexed: every image was read at its place
+    by_key = {key: data for key, _, _, _, data in expected}
+    written = {}
+    for shard in sorted((tmp_path / "x").rglob("*.tar")):
+        for member, (offset, size) in tar_places(str(shard)).items():
+            with open(shard, "rb") as f:
+                f.seek(offset)
+                written[member] = f.read(size)
+    images = [data for member, data in written.items() if member.endswith((".png", ".jpg"))]
+    assert images and all(data in by_key.values() for data in images)

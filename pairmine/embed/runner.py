@@ -94,7 +94,7 @@ class ShardEncoder:
                                         self.job.device, r.draft, r.decode,
                                         r.max_image_pixels):
             vectors, ok_rows, bad_rows = self.encoder.encode_shard(batches, progress)
-            write_shard(self.job.out, k, vectors, ok_rows, bad_rows, self.refs)
+            write_shard(self.job.out, k, vectors, ok_rows, bad_rows, self.refs, self.src)
             computed += len(ok_rows)
         return computed
 

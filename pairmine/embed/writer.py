@@ -23,10 +23,12 @@ RUN_LOG = "runs.jsonl"  # one line per invocation (timings); the only file that 
 
 
 def write_shard(out: Path, k: int, vectors: np.ndarray, ok_rows: list[tuple[int, str]],
-                bad_rows: list[tuple[int, str]], refs: pa.Table) -> None:
+                bad_rows: list[tuple[int, str]], refs: pa.Table, src: ImageSource) -> None:
     """Shard ``k``: ``vectors`` (rows, dim) for the items ``ok_rows`` (item, sha256), and the
-    items ``bad_rows`` (item, reason) that gave no vector. The errors part comes first: the
-    store's shard writer writes the metadata last, which marks the shard complete."""
+    items ``bad_rows`` (item, reason) that gave no vector. Where the source says where its
+    images lie inside their files, the metadata records it (``stores.PLACE_COLUMNS``). The
+    errors part comes first: the store's shard writer writes the metadata last, which marks
+    the shard complete."""
     import pyarrow as pa
 
     errors = refs.take(pa.array([i for i, _ in bad_rows], type=pa.int64()))
@@ -45,6 +47,10 @@ def write_shard(out: Path, k: int, vectors: np.ndarray, ok_rows: list[tuple[int,
         "member": rows.column("member"), "label": rows.column("label"),
         "sha256": pa.array([d for _, d in ok_rows], type=pa.string()),
     }, schema=stores.META_SCHEMA())
+    places = src.places([i for i, _ in ok_rows])
+    if places is not None:
+        for name in stores.PLACE_COLUMNS:
+            meta = meta.append_column(pa.field(name, pa.int64()), places.column(name))
     stores.write_embedding_shard(out, k, vectors, meta)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from pairmine.errors import PairmineError, SourceError
 from pairmine.export.layout import normalise_ext
 from pairmine.export.plan import Catalogue
+from pairmine.sources import read_ref
 from pairmine.sources.roots import ImageRoots
 from pairmine.stores.export import Problem
 
@@ -68,8 +69,9 @@ class Fetcher:
             return known
         source = self._source(image_id)
         member = self._images.members[image_id]
+        place = self._images.place(image_id)
         try:
-            data, ext = self._read(source, member)
+            data, ext = read_ref(self._read, source, member, place)
         except Exception as exc:  # any failure to fetch one image is its problem
             # the common case, said in two words (an imported row may have no file at all)
             gone = source is not None and not os.path.lexists(source)

@@ -58,6 +58,9 @@ class Catalogue(Protocol):
     @property
     def sha256(self) -> Lookup: ...
 
+    def place(self, image_id: int) -> tuple[int, int] | None:
+        """Where the image lies inside its source (``stores.PLACE_COLUMNS``), if recorded."""
+
     def __len__(self) -> int: ...
 
 
@@ -70,6 +73,9 @@ class ListCatalogue:
     members: list[str | None]
     labels: list[int | None]
     sha256: list[str]
+
+    def place(self, image_id: int) -> tuple[int, int] | None:
+        return None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -106,6 +112,9 @@ class StoreCatalogue:
         self.members = _Column(self, "member")
         self.labels = _Column(self, "label")
         self.sha256 = _Column(self, "sha256")
+        # a store of a source read by offset records where each image lies
+        self._columns = META_COLUMNS + tuple(c for c in stores.PLACE_COLUMNS
+                                             if c in emb.meta_columns)
 
     def __len__(self) -> int:
         return len(self._emb)
@@ -133,8 +142,15 @@ class StoreCatalogue:
         import numpy as np
 
         ids = np.unique(ids)
-        table = self._emb.take(ids, list(META_COLUMNS))
-        return _Window(ids=ids, columns={c: table.column(c).to_pylist() for c in META_COLUMNS})
+        table = self._emb.take(ids, list(self._columns))
+        return _Window(ids=ids, columns={c: table.column(c).to_pylist() for c in self._columns})
+
+    def place(self, image_id: int) -> tuple[int, int] | None:
+        offset_column, size_column = stores.PLACE_COLUMNS
+        if size_column not in self._columns:
+            return None
+        offset, size = self.value(offset_column, image_id), self.value(size_column, image_id)
+        return None if offset is None or size is None else (int(offset), int(size))
 
     def value(self, column: str, image_id: int) -> Any:
         import numpy as np

@@ -246,14 +246,16 @@ def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Pa
                 roots: ImageRoots) -> tuple[dict[str, dict[str, Any]], list[str], int]:
     """One thumbnail per image id; returns the page's image table, the keys not read and how
     many of those have no image file at all (rows imported without one)."""
-    from pairmine.sources import ref_reader
+    from pairmine import stores
+    from pairmine.sources import read_ref, ref_reader
 
     kind = emb.manifest.get("source", {}).get("kind")
     if not kind:
         raise StoreError(f"the embeddings store {emb.path} does not record its source kind",
                          "re-run embed with this pairmine version")
     read = ref_reader(str(kind))
-    meta = emb.take(ids, ["key", "source", "member"]).to_pylist()  # the shown rows only
+    places = [c for c in stores.PLACE_COLUMNS if c in emb.meta_columns]
+    meta = emb.take(ids, ["key", "source", "member", *places]).to_pylist()  # shown rows only
     images: dict[str, dict[str, Any]] = {}
     missing: list[str] = []
     unfiled = 0
@@ -265,7 +267,8 @@ def _thumbnails(emb: Embeddings, ids: np.ndarray, lab: Labels | None, folder: Pa
         src: str | None
         try:
             source = row["source"]  # None: a row imported without an image file
-            data, ext = read(roots.apply(source) if source else source, row["member"])
+            data, ext = read_ref(read, roots.apply(source) if source else source,
+                                 row["member"], stores.row_place(row))
             data, ext = make_thumbnail(data, ext, thumb_px)
         except PairmineError as exc:
             log.warning("no thumbnail for %s: %s", row["key"], exc)

@@ -6,9 +6,10 @@ from pairmine.sources.base import (
     RefReader,
     SourceKind,
     open_source,
+    read_ref,
     ref_reader,
     register_source,
 )
 
-__all__ = ["SOURCES", "ImageSource", "RefReader", "SourceKind", "open_source", "ref_reader",
-           "register_source"]
+__all__ = ["SOURCES", "ImageSource", "RefReader", "SourceKind", "open_source", "read_ref",
+           "ref_reader", "register_source"]

@@ -373,7 +373,8 @@ def _detect_stl(spec: str) -> bool:
 def _array_reader(load: Any, pixels: Any) -> RefReader:
     arrays: dict[str, np.ndarray] = {}
 
-    def read(source: str, member: str | None) -> tuple[bytes, str]:
+    def read(source: str, member: str | None, /, *,
+             place: tuple[int, int] | None = None) -> tuple[bytes, str]:
         import numpy as np
 
         arr = arrays.get(source)

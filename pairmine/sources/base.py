@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pairmine.errors import ConfigError, SourceError
 from pairmine.registry import Builtin, Registry
@@ -57,8 +57,22 @@ def no_images(where: str, hint: str | None = None) -> SourceError:
     return SourceError(f"no images found in {where}", hint)
 
 
-# (source, member) -> (original bytes, ext): fetches one image again from its meta columns
-RefReader = Callable[[str, "str | None"], "tuple[bytes, str]"]
+class RefReader(Protocol):
+    """Fetches one image again from its meta columns: (source, member) -> (original bytes,
+    ext). ``place`` is the store's (``member_offset``, ``member_size``) of the row where it has
+    them (``stores.PLACE_COLUMNS``), a hint the reader may use instead of looking the member
+    up; callers pass it only when it is known, so a two-argument reader serves stores
+    without those columns."""
+
+    def __call__(self, source: str, member: str | None, /, *,
+                 place: tuple[int, int] | None = None) -> tuple[bytes, str]: ...
+
+
+def read_ref(read: RefReader, source: Any, member: str | None,
+             place: tuple[int, int] | None) -> tuple[bytes, str]:
+    """``read(source, member)``, with the place hint only when there is one (a plugin's
+    two-argument reader never gets it: its stores have no place columns)."""
+    return read(source, member) if place is None else read(source, member, place=place)
 
 
 class ImageSource(ABC):
@@ -88,6 +102,12 @@ class ImageSource(ABC):
     def ext(self, index: int) -> str:
         """File extension of the encoded bytes, without dot (``jpg``, ``png``...)."""
         return "png"
+
+    def places(self, indices: Sequence[int]) -> pa.Table | None:
+        """Where the images ``indices`` lie inside their ``source`` (``stores.PLACE_COLUMNS``:
+        byte offset and size), for kinds read by offset; None for the others. The embed stage
+        records them in the store, so that export and show read by offset, never by index."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this source."""
@@ -168,7 +188,8 @@ def plain_file_reader() -> RefReader:
     Regular files only, but no size cap: the file passed embed's cap (whatever it was set to)
     already. A file missing now was there at embed time: it vanished."""
 
-    def read(source: str, member: str | None) -> tuple[bytes, str]:
+    def read(source: str, member: str | None, /, *,
+             place: tuple[int, int] | None = None) -> tuple[bytes, str]:
         try:
             data = read_file(source, max_bytes=sys.maxsize)
         except ImageFileMissing:

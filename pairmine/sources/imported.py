@@ -22,7 +22,8 @@ def _refuse(spec: str, labels: bool) -> object:
 def imported_reader() -> RefReader:
     read_file = plain_file_reader()
 
-    def read(source: str | None, member: str | None) -> tuple[bytes, str]:
+    def read(source: str | None, member: str | None, /, *,
+             place: tuple[int, int] | None = None) -> tuple[bytes, str]:
         if not source:
             # short: export lists this once per image it could not read
             raise SourceError("imported without an image file",

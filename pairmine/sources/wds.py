@@ -22,7 +22,7 @@ import tarfile
 import threading
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from pairmine.errors import SourceError
@@ -167,6 +167,21 @@ def _octal(field: bytes) -> int:
         raise _NotPlain from None
 
 
+def _header(block: bytes) -> tuple[bytes, int, str]:
+    """(type flag, data size, name) of a ustar/GNU/v7 header block. _NotPlain when the
+    block is short, its checksum is wrong or its size is base-256."""
+    if len(block) < 512:
+        raise _NotPlain
+    # the checksum counts its own 8 bytes as spaces (8 * 32 = 256)
+    if _octal(block[148:156]) != sum(block) - sum(block[148:156]) + 256:
+        raise _NotPlain
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    prefix = block[345:500].split(b"\0", 1)[0]
+    if prefix:  # ustar splits long paths into prefix/name
+        name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+    return block[156:157], _octal(block[124:136]), name
+
+
 def _scan_plain(path: str) -> Scan:
     """Read ustar/GNU/v7 headers directly: ~10x faster than tarfile, which parses every
     field of every header in Python. Anything unusual raises _NotPlain."""
@@ -180,17 +195,7 @@ def _scan_plain(path: str) -> Scan:
             if not block or block == _ZERO_BLOCK:
                 # end of archive (tarfile also accepts a missing end marker)
                 return Scan(out, skipped)
-            if len(block) < 512:
-                raise _NotPlain
-            # the checksum counts its own 8 bytes as spaces (8 * 32 = 256)
-            if _octal(block[148:156]) != sum(block) - sum(block[148:156]) + 256:
-                raise _NotPlain
-            kind = block[156:157]
-            size = _octal(block[124:136])
-            name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            prefix = block[345:500].split(b"\0", 1)[0]
-            if prefix:  # ustar splits long paths into prefix/name
-                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+            kind, size, name = _header(block)
             if kind in _REGULAR and not (kind == b"\0" and name.endswith("/")):
                 out.append(Member(escape_member(name), pos + 512, size))
                 pos += 512 + -(-size // 512) * 512
@@ -494,6 +499,17 @@ class WebDatasetSource(ImageSource):
     def ext(self, index: int) -> str:
         return IMAGE_EXTS[int(self._places.value("ext", index))]
 
+    def places(self, indices: Sequence[int]) -> pa.Table:
+        import pyarrow as pa
+
+        from pairmine.stores import PLACE_COLUMNS
+
+        rows = self._places.take(list(indices)) if len(indices) else None
+        offset, size = PLACE_COLUMNS
+        if rows is None:
+            return pa.table({offset: pa.array([], pa.int64()), size: pa.array([], pa.int64())})
+        return pa.table({offset: rows.column("offset"), size: rows.column("size")})
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "shards": len(self.shards), "shard_paths": list(self.shards),
                 "samples": len(self), "skipped_without_image": self.without_image,
@@ -577,9 +593,16 @@ def tar_ref_reader() -> RefReader:
                 held[0] -= len(indexes.popitem(last=False)[1].hashes)
         return index
 
-    def read(source: str, member: str | None) -> tuple[bytes, str]:
+    def read(source: str, member: str | None, /, *,
+             place: tuple[int, int] | None = None) -> tuple[bytes, str]:
         if member is None:
             raise SourceError(f"a webdataset ref into {source} names no member")
+        split = _split(member)
+        ext = split[1] if split else "bin"
+        if place is not None:
+            data = _read_at(source, member, *place)
+            if data is not None:
+                return data, ext
         index = indexed(source)
         place = index.find(member)
         if place is None and escape_member(member) != member:
@@ -596,10 +619,34 @@ def tar_ref_reader() -> RefReader:
             raise SourceError(f"shard {source} no longer exists") from None
         if len(data) != size:
             raise SourceError(f"shard {source} ends inside {member}")
-        split = _split(member)
-        return data, split[1] if split else "bin"
+        return data, ext
 
     return read
+
+
+def _read_at(source: str, member: str, offset: int, size: int) -> bytes | None:
+    """The bytes of ``member`` read at its recorded place, or None when the tar header just
+    before them does not describe exactly that member (the shard was rewritten, or its name
+    is too long for the header's name field): the caller then looks it up by name."""
+    if offset < 512 or size < 0:
+        return None
+    try:
+        with open(source, "rb") as f:
+            f.seek(offset - 512)
+            block = f.read(512 + size)
+    except FileNotFoundError:
+        raise SourceError(f"shard {source} no longer exists",
+                          "was the source moved or deleted after embedding?") from None
+    if len(block) != 512 + size:
+        return None
+    try:
+        kind, recorded_size, name = _header(block[:512])
+    except _NotPlain:
+        return None
+    if kind not in _REGULAR or recorded_size != size \
+            or member not in (escape_member(name), name):
+        return None
+    return block[512:]
 
 
 register_source(SourceKind(

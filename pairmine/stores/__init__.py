@@ -33,6 +33,7 @@ from pairmine.stores.embeddings import (
     ERRORS_SCHEMA,
     META_DIR,
     META_SCHEMA,
+    PLACE_COLUMNS,
     Embeddings,
     EmbeddingShard,
     EmbeddingsManifest,
@@ -47,6 +48,7 @@ from pairmine.stores.embeddings import (
     read_codes,
     read_meta,
     read_vectors,
+    row_place,
     write_embedding_shard,
 )
 from pairmine.stores.export import (
@@ -116,6 +118,7 @@ __all__ = [
     "PAIRS_FORMAT",
     "PAIRS_SCHEMA",
     "PARTIAL_DIR",
+    "PLACE_COLUMNS",
     "RUN_FILE",
     "SUBSET_FILE",
     "TEMPORARY_NAME",
@@ -150,6 +153,7 @@ __all__ = [
     "read_meta",
     "read_vectors",
     "remove_temporaries",
+    "row_place",
     "save_npy_atomic",
     "sha256_file",
     "shard_name",

@@ -16,7 +16,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -383,7 +383,8 @@ class Embeddings:
             order.append(pos)
         if not parts:
             schema = META_SCHEMA()
-            fields = [schema.field(c) if c in schema.names else pa.field(c, pa.string())
+            fields = [schema.field(c) if c in schema.names
+                      else pa.field(c, pa.int64() if c in PLACE_COLUMNS else pa.string())
                       for c in cols]
             return pa.schema(fields).empty_table()
         with memory_step(f"reading the metadata of {ids.size} rows of {self.path}", OOM_HINT):
@@ -404,7 +405,7 @@ class Embeddings:
         if not tables:
             return META_SCHEMA().empty_table()
         with memory_step(f"reading the whole metadata table of {self.path}", OOM_HINT):
-            return pa.concat_tables(tables)
+            return pa.concat_tables(tables, promote_options="default")
 
     # ---- content codes --------------------------------------------------------------------
 
@@ -640,7 +641,8 @@ def META_SCHEMA() -> pa.Schema:
 
     ``source`` is the absolute path of the file that holds the image (an image file, a tar
     shard, a CIFAR batch); ``member`` says where inside it (tar member name, array row) and is
-    null for plain image files.
+    null for plain image files. Sources read by offset (WebDataset tars) add the optional
+    :data:`PLACE_COLUMNS`.
     """
     import pyarrow as pa
 
@@ -652,6 +654,20 @@ def META_SCHEMA() -> pa.Schema:
         ("label", pa.int64()),
         ("sha256", pa.string()),
     ])
+
+
+# Optional metadata columns (int64): where the image's bytes lie inside ``source``, byte offset
+# and size, for sources whose images are members of a container read by offset (WebDataset
+# tars). A later reader (export, show) seeks there instead of indexing the container first:
+# an index of every tar of a 100M-image source does not fit in memory, and a bounded one,
+# read in random order (a pair's positive), would re-index a tar on almost every image.
+PLACE_COLUMNS = ("member_offset", "member_size")
+
+
+def row_place(row: Mapping[str, Any]) -> tuple[int, int] | None:
+    """A metadata row's (``member_offset``, ``member_size``), or None when it has none."""
+    offset, size = (row.get(name) for name in PLACE_COLUMNS)
+    return None if offset is None or size is None else (int(offset), int(size))
 
 
 def ERRORS_SCHEMA() -> pa.Schema:
