@@ -67,7 +67,7 @@ def run_mode(mode: str, picked: list[tuple[str, str, tuple[int, int]]], samples:
         indexed[0] += 1
         return members(path)
 
-    wds._members = counted  # type: ignore[assignment]
+    wds._members = counted
     wds.MAX_INDEXED_MEMBERS = max(1, int(samples * fraction)) if mode == "name-budget" \
         else max(wds.MAX_INDEXED_MEMBERS, samples)
     wds.MAX_INDEXED_TARS = max(wds.MAX_INDEXED_TARS, samples)

@@ -22,7 +22,7 @@ import tarfile
 import threading
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from pairmine.errors import SourceError
@@ -134,19 +134,36 @@ _SKIPPED_KINDS = {b"1": "hard link", b"2": "symlink", b"3": "character device",
 
 
 class Scan(NamedTuple):
-    members: list[Member]  # the regular-file members, in order
-    skipped: Counter[str]  # the other non-folder members, by kind ("symlink": 2)
+    members: Iterator[Member]  # the regular-file members, in order, read as they are asked for
+    skipped: Counter[str]  # the other non-folder members, by kind: complete once members is
 
 
 def _members(path: str) -> Scan:
     """The regular-file members of an uncompressed tar, in order (what ``tarfile`` lists as
-    ``isreg()``, with its ``name``, ``offset_data`` and ``size``), and the others counted."""
+    ``isreg()``, with its ``name``, ``offset_data`` and ``size``), and the others counted.
+    Streamed: a tar of a million samples is never held as a list of its members."""
+    skipped: Counter[str] = Counter()
+    return Scan(_stream_members(path, skipped), skipped)
+
+
+def _stream_members(path: str, skipped: Counter[str]) -> Iterator[Member]:
+    given = 0
+    plain: Counter[str] = Counter()
     try:
-        return _scan_plain(path)
+        for member in _scan_plain(path, plain):
+            yield member
+            given += 1
     except FileNotFoundError:
         raise SourceError(f"shard {path} does not exist") from None
     except _NotPlain:
-        return _scan_tarfile(path)
+        # a header the fast scanner leaves to tarfile: tarfile reads the tar again from the
+        # start, and the members given already (the same ones: the fast scanner only reads
+        # the headers it reads exactly as tarfile does) are passed over
+        for number, member in enumerate(_scan_tarfile(path, skipped)):
+            if number >= given:
+                yield member
+        return
+    skipped.update(plain)
 
 
 class _NotPlain(Exception):
@@ -182,22 +199,19 @@ def _header(block: bytes) -> tuple[bytes, int, str]:
     return block[156:157], _octal(block[124:136]), name
 
 
-def _scan_plain(path: str) -> Scan:
+def _scan_plain(path: str, skipped: Counter[str]) -> Iterator[Member]:
     """Read ustar/GNU/v7 headers directly: ~10x faster than tarfile, which parses every
     field of every header in Python. Anything unusual raises _NotPlain."""
-    out: list[Member] = []
-    skipped: Counter[str] = Counter()
     with open(path, "rb") as f:
         pos = 0
         while True:
             f.seek(pos)
             block = f.read(512)
             if not block or block == _ZERO_BLOCK:
-                # end of archive (tarfile also accepts a missing end marker)
-                return Scan(out, skipped)
+                return  # end of archive (tarfile also accepts a missing end marker)
             kind, size, name = _header(block)
             if kind in _REGULAR and not (kind == b"\0" and name.endswith("/")):
-                out.append(Member(escape_member(name), pos + 512, size))
+                yield Member(escape_member(name), pos + 512, size)
                 pos += 512 + -(-size // 512) * 512
             elif kind in _NO_DATA or kind == b"\0":
                 if kind in _SKIPPED_KINDS:
@@ -207,14 +221,12 @@ def _scan_plain(path: str) -> Scan:
                 raise _NotPlain
 
 
-def _scan_tarfile(path: str) -> Scan:
+def _scan_tarfile(path: str, skipped: Counter[str]) -> Iterator[Member]:
     try:
         tf = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the `with` below
     except tarfile.ReadError as exc:
         raise SourceError(f"{path} is not an uncompressed tar file ({exc})",
                           "WebDataset shards are read by offset: decompress them first") from None
-    out: list[Member] = []
-    skipped: Counter[str] = Counter()
     with tf:
         while True:
             try:
@@ -222,11 +234,11 @@ def _scan_tarfile(path: str) -> Scan:
             except tarfile.TarError as exc:
                 raise SourceError(f"shard {path} is corrupt: {exc}") from None
             if info is None:
-                return Scan(out, skipped)
+                return
             # tarfile keeps every header it reads; we keep only (name, offset, size)
             tf.members = []  # type: ignore[attr-defined]
             if info.isreg() and not info.issparse():
-                out.append(Member(escape_member(info.name), info.offset_data, info.size))
+                yield Member(escape_member(info.name), info.offset_data, info.size)
             elif info.issparse():
                 skipped["sparse file"] += 1
             elif not info.isdir():
@@ -241,7 +253,7 @@ def _places_schema() -> pa.Schema:
                       ("ext", pa.int8())])  # ext: index into IMAGE_EXTS
 
 
-def _samples(path: str, members: list[Member], counts: Counter[str]) -> Iterator[
+def _samples(path: str, members: Iterable[Member], counts: Counter[str]) -> Iterator[
         tuple[str, dict[str, Member]]]:
     """The samples of one shard's members, in order: (``__key__``, its members by ext).
     Members outside any sample are counted as ``counts["ignored"]``."""
@@ -288,7 +300,6 @@ class _Stream:
 
     def shard(self, shard: int, path: str) -> None:
         scan = _members(path)
-        self.skipped.update(scan.skipped)
         keys, sources, names, labels, shards, offsets, sizes, exts = self._rows
         with open(path, "rb") as f:  # for cls members: a few bytes each
             for key, group in _samples(path, scan.members, self.counts):
@@ -314,6 +325,7 @@ class _Stream:
                 exts.append(IMAGE_EXTS.index(ext))
                 if len(keys) >= min(CHUNK, BATCH):
                     self.flush()
+        self.skipped.update(scan.skipped)  # counted as the members were read
 
     def flush(self) -> None:
         import pyarrow as pa
@@ -554,13 +566,17 @@ def _name_hash(name: str) -> int:
 def _tar_index(path: str) -> _TarIndex:
     import numpy as np
 
-    images = [m for m in _members(path).members
-              if (split := _split(m.name)) is not None and split[1] in IMAGE_EXTS]
-    hashes = np.fromiter((_name_hash(m.name) for m in images), np.int64, len(images))
-    order = np.argsort(hashes, kind="stable")
-    return _TarIndex(hashes[order],
-                     np.fromiter((m.offset for m in images), np.int64, len(images))[order],
-                     np.fromiter((m.size for m in images), np.int64, len(images))[order])
+    hashes, offsets, sizes = array("q"), array("q"), array("q")  # 24 bytes a member
+    for m in _members(path).members:
+        split = _split(m.name)
+        if split is not None and split[1] in IMAGE_EXTS:
+            hashes.append(_name_hash(m.name))
+            offsets.append(m.offset)
+            sizes.append(m.size)
+    keys = np.frombuffer(hashes, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    return _TarIndex(keys[order], np.frombuffer(offsets, dtype=np.int64)[order],
+                     np.frombuffer(sizes, dtype=np.int64)[order])
 
 
 def tar_ref_reader() -> RefReader:
