@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 HEAD = "# Benchmarks\n\nEvery figure here was written by a script in `benchmarks/`; each section " \
@@ -20,3 +22,24 @@ def update_section(doc: Path, name: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text, encoding="utf-8")
+
+
+def machine() -> str:
+    """The CPU as a benchmark section names it: model, SIMD level (the bf16 units decide which
+    precision is fastest), cores, OS."""
+    model = platform.processor() or platform.machine()
+    simd = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    for line in info.splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            simd = (", AMX" if "amx_bf16" in flags else ", AVX-512 BF16" if "avx512_bf16" in flags
+                    else ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags
+                    else "")
+            break
+    return f"{model}{simd}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"

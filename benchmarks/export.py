@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import update_section  # noqa: E402
+from _report import machine, update_section  # noqa: E402
 
 
 def make_jpegs(root: Path, n: int) -> None:
@@ -315,23 +314,6 @@ def memory(rows: list[int], n_pairs: int, real: int, work: Path, modes: list[str
     return "\n".join(lines)
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    simd = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    for line in info.splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            simd = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
-            break
-    return f"{model}{simd}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -363,7 +345,7 @@ def main() -> None:
         modes = ([] if args.report_only else ["ray"] if args.ray_only
                  else ["local", "ray"] if args.ray else ["local"])
         table = memory(args.memory_rows, args.pairs, args.real_images, work, modes)
-        text = (f"Machine: {machine()} (AVX-512 BF16); other jobs were loading it, so "
+        text = (f"Machine: {machine()}; other jobs were loading it, so "
                 "read wall times as rough; date "
                 f"{time.strftime('%Y-%m-%d')}; each row is a run of `python "
                 "benchmarks/export.py --memory-rows ROWS --pairs 200000 --work DIR` (local) or "

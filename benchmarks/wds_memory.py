@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _memory import child_json, proc_status  # noqa: E402
-from _report import update_section  # noqa: E402
+from _report import machine, update_section  # noqa: E402
 
 STEPS = ("open", "walk", "read")
 GROUP = 65536
@@ -208,19 +207,12 @@ def main() -> None:
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     compared = (f" `--compare` ran the same children on `{versions[1][1]}` (row "
                 f"`{versions[1][0]}`)." if len(versions) > 1 else "")
     body = (
         "## WebDataset source memory: what a process holds after opening and walking one\n\n"
         f"`python benchmarks/wds_memory.py{' --compare ' + versions[1][1] if compared else ''}`"
-        f" ({time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} CPUs{args.note}). Synthetic "
+        f" ({time.strftime('%Y-%m-%d')}, {machine()}{args.note}). Synthetic "
         f"shards of {args.shard_samples:,} samples (a `.jpg` of 200 to 500 bytes and a `.cls` "
         "each). One fresh process per size and code; each cell: RssAnon after the step "
         "(cumulative) with the step's sampled peak, and its seconds. `open` indexes every "

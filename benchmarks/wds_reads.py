@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shutil
 import sys
@@ -38,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import update_section  # noqa: E402
+from _report import machine, update_section  # noqa: E402
 from wds_memory import write_shards  # noqa: E402
 
 MODES = ("place", "name", "name-budget")
@@ -80,17 +78,6 @@ def run_mode(mode: str, picked: list[tuple[str, str, tuple[int, int]]], samples:
     seconds = time.perf_counter() - start
     return {"mode": mode, "reads": len(picked), "seconds": seconds,
             "reads_per_s": len(picked) / seconds, "tars_indexed": indexed[0], "bytes": total}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -135,7 +122,7 @@ def main() -> None:
 
 `python benchmarks/wds_reads.py --samples {args.samples} --shard-samples {args.shard_samples} \
 --reads {args.reads} --budget-fraction {args.budget_fraction:g}`, {time.strftime('%Y-%m-%d')}, \
-{cpu_model()}, {os.cpu_count()} CPUs{', ' + args.note if args.note else ''}.
+{machine()}{', ' + args.note if args.note else ''}.
 
 {args.reads:,} samples drawn at random from {args.samples:,} synthetic images in {shards:,} \
 tars of {args.shard_samples:,} (img2dataset's layout), read again one by one in one thread, \

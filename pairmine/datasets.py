@@ -193,6 +193,8 @@ class TableItems:
     def __init__(self, export: Export, kinds: tuple[str, ...]) -> None:
         self.source_kind = export.manifest.source_kind
         self.refs: list[tuple[str, str | None, str | None, str | None]] = []
+        # where each image lies in its tar (exports of WebDataset sources), else None
+        self.places: list[tuple[tuple[int, int] | None, tuple[int, int] | None]] = []
         self.labels: list[int | None] = []
         self.kinds: list[str] = []
         self.keys: list[str] = []
@@ -201,6 +203,8 @@ class TableItems:
             t = export.pairs().to_pydict()
             self.refs += list(zip(t["source_a"], t["member_a"], t["source_b"], t["member_b"],
                                   strict=True))
+            self.places += list(zip(stores.table_places(t, "_a"), stores.table_places(t, "_b"),
+                                   strict=True))
             self.labels += t["label_a"]
             self.keys += [f"pair {a}-{b}" for a, b in zip(t["a"], t["b"], strict=True)]
             self.kinds += ["pair"] * len(t["a"])
@@ -208,6 +212,7 @@ class TableItems:
             t = images.to_pydict()
             self.refs += [(s, m, None, None) for s, m in zip(t["source"], t["member"],
                                                               strict=True)]
+            self.places += [(place, None) for place in stores.table_places(t, "")]
             self.labels += t["label"]
             self.keys += t["key"]
             self.kinds += ["image"] * len(t["id"])
@@ -221,9 +226,13 @@ class TableItems:
             from pairmine.sources import ref_reader
 
             self._reader = ref_reader(self.source_kind)
+        from pairmine.sources import read_ref
+
         src_a, mem_a, src_b, mem_b = self.refs[index]
-        data_a = self._reader(src_a, mem_a)[0]
-        return data_a, None if src_b is None else self._reader(src_b, mem_b)[0]
+        place_a, place_b = self.places[index]
+        data_a = read_ref(self._reader, src_a, mem_a, place_a)[0]
+        return data_a, None if src_b is None else read_ref(self._reader, src_b, mem_b,
+                                                           place_b)[0]
 
     def info(self, index: int) -> dict[str, Any]:
         src_a, _, src_b, _ = self.refs[index]

@@ -346,3 +346,32 @@ def test_one_large_tar_is_read_without_a_list_of_its_members(
         tracemalloc.stop()
         del src
     assert peaks[16_000] - peaks[2_000] < 30 * 14_000, peaks
+
+
+def test_a_parquet_export_carries_the_places_its_readers_use(
+        tmp_path: Path, small_chunks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, expected = three_shards(tmp_path / "wds")
+    pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
+    pairmine.match(tmp_path / "e", tmp_path / "p", min_score=-1.0, max_score=1.0)
+    pairmine.export(tmp_path / "p", tmp_path / "x", fmt="parquet", combined=True)
+    exp = pairmine.stores.open_export(tmp_path / "x")
+    pairs, images = exp.pairs().to_pylist(), exp.images()
+    assert images is not None
+    for row in pairs:
+        for side in "ab":
+            place = (row[f"member_offset_{side}"], row[f"member_size_{side}"])
+            assert place == tar_places(row[f"source_{side}"])[row[f"member_{side}"]]
+    for row in images.to_pylist():
+        assert (row["member_offset"], row["member_size"]) == \
+            tar_places(row["source"])[row["member"]]
+    scanned = count_scans(monkeypatch)
+    from pairmine.datasets import SPPSDataset
+
+    dataset = SPPSDataset(tmp_path / "x")
+    by_member = {member: data for _, _, member, _, data in expected}
+    for i in range(len(dataset)):
+        first, second = dataset.raw(i)
+        assert first in by_member.values() and (second is None or second in by_member.values())
+    result = pairmine.verify(tmp_path / "x")
+    assert not result.problems and result.sources == 15
+    assert scanned == []  # the trainer's reader and verify read at the places, no tar indexed

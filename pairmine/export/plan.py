@@ -73,9 +73,10 @@ class ListCatalogue:
     members: list[str | None]
     labels: list[int | None]
     sha256: list[str]
+    places: list[tuple[int, int] | None] | None = None
 
     def place(self, image_id: int) -> tuple[int, int] | None:
-        return None
+        return None if self.places is None else self.places[image_id]
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -36,7 +36,7 @@ def write_pairs_table(target: Path, plan: Plan, keep: np.ndarray,
         for lo in range(0, ids.shape[0], ROWS_PER_GROUP):
             yield _pairs_group(plan, ids[lo:lo + ROWS_PER_GROUP], shard)
 
-    return _write_groups(target, lay.SPPS_SCHEMA(), groups())
+    return _write_groups(target, lay.SPPS_SCHEMA(_places(plan)), groups())
 
 
 def write_images_table(target: Path, plan: Plan, keep: Any,
@@ -51,7 +51,7 @@ def write_images_table(target: Path, plan: Plan, keep: Any,
             if ids.shape[0]:
                 yield _images_group(plan, ids, shard)
 
-    return _write_groups(target, lay.IMAGES_SCHEMA(), groups())
+    return _write_groups(target, lay.IMAGES_SCHEMA(_places(plan)), groups())
 
 
 def _write_groups(target: Path, schema: pa.Schema, groups: Iterator[pa.Table]) -> int:
@@ -73,12 +73,23 @@ def _write_groups(target: Path, schema: pa.Schema, groups: Iterator[pa.Table]) -
     return rows
 
 
+def _places(plan: Plan) -> bool:
+    """Does the store record where each image lies (``stores.PLACE_COLUMNS``)? Then the
+    tables carry it too: a trainer reads a tar member at its offset, without indexing."""
+    return all(c in plan.embeddings().meta_columns for c in stores.PLACE_COLUMNS)
+
+
+def _meta_columns(plan: Plan) -> tuple[str, ...]:
+    return META_COLUMNS + (stores.PLACE_COLUMNS if _places(plan) else ())
+
+
 def _metadata(plan: Plan, ids: np.ndarray) -> tuple[np.ndarray, pa.Table]:
-    """The sorted unique ``ids`` and their metadata rows (key, source, member, label, sha256)."""
+    """The sorted unique ``ids`` and their metadata rows (key, source, member, label, sha256,
+    and the places where the store has them)."""
     import numpy as np
 
     unique = np.unique(ids)
-    return unique, plan.embeddings().take(unique, list(META_COLUMNS))
+    return unique, plan.embeddings().take(unique, list(_meta_columns(plan)))
 
 
 def _shard_names(shard: np.ndarray | None, rows: np.ndarray) -> list[str | None]:
@@ -103,7 +114,7 @@ def _pairs_group(plan: Plan, pair_ids: np.ndarray, shard: np.ndarray | None) -> 
     at_b = pa.array(np.searchsorted(unique, b), type=pa.int64())
     columns: dict[str, Any] = {"pair_id": pair_ids, "a": a, "b": b,
                                "score": plan.pair_score[pair_ids]}
-    for name in ("key", "source", "member", "label", "sha256"):
+    for name in _meta_columns(plan):
         column = meta.column(name)
         columns[f"{name}_a"] = column.take(at_a)
         columns[f"{name}_b"] = column.take(at_b)
@@ -112,7 +123,7 @@ def _pairs_group(plan: Plan, pair_ids: np.ndarray, shard: np.ndarray | None) -> 
                              [lay.pair_key(i) for i in pair_ids.tolist()])
     if columns["sample_key"] is None:
         columns["sample_key"] = [None] * int(pair_ids.shape[0])
-    schema = lay.SPPS_SCHEMA()
+    schema = lay.SPPS_SCHEMA(_places(plan))
     return pa.table({f.name: _typed(columns[f.name], f.type) for f in schema}, schema=schema)
 
 
@@ -121,12 +132,12 @@ def _images_group(plan: Plan, image_ids: np.ndarray, shard: np.ndarray | None) -
 
     _, meta = _metadata(plan, image_ids)  # ids ascending: rows in the same order
     columns: dict[str, Any] = {"id": image_ids}
-    for name in ("key", "source", "member", "label", "sha256"):
+    for name in _meta_columns(plan):
         columns[name] = meta.column(name)
     columns["shard"] = _shard_names(shard, image_ids)
     columns["sample_key"] = ([None] * int(image_ids.shape[0]) if shard is None else
                              [lay.image_key(i) for i in image_ids.tolist()])
-    schema = lay.IMAGES_SCHEMA()
+    schema = lay.IMAGES_SCHEMA(_places(plan))
     return pa.table({f.name: _typed(columns[f.name], f.type) for f in schema}, schema=schema)
 
 

@@ -352,34 +352,40 @@ def verify_parquet(out: Path, manifest: dict[str, Any], result: VerifyResult,
     progress.start("verify sources", total=None, unit="images")
     for batch in pq.ParquetFile(out / lay.SPPS_FILE).iter_batches():
         cols = batch.to_pydict()
-        refs: dict[int, tuple[str, str, str | None, str]] = {}
+        refs: dict[int, Ref] = {}
         for side in ("a", "b"):
-            for i, key, src, member, sha in zip(cols[side], cols[f"key_{side}"],
-                                                cols[f"source_{side}"], cols[f"member_{side}"],
-                                                cols[f"sha256_{side}"], strict=True):
+            for i, key, src, member, sha, place in zip(
+                    cols[side], cols[f"key_{side}"], cols[f"source_{side}"],
+                    cols[f"member_{side}"], cols[f"sha256_{side}"],
+                    stores.table_places(cols, f"_{side}"), strict=True):
                 if i not in seen:
-                    refs[i] = (key, src, member, sha)
+                    refs[i] = (key, src, member, sha, place)
         seen.update(refs)
         _check_sources(info.source_kind, refs, result, problems, progress)
     if lay.IMAGES_FILE in files:
         for batch in pq.ParquetFile(out / lay.IMAGES_FILE).iter_batches():
             cols = batch.to_pydict()
-            refs = {i: (key, src, member, sha) for i, key, src, member, sha in zip(
+            refs = {i: (key, src, member, sha, place) for i, key, src, member, sha, place in zip(
                 cols["id"], cols["key"], cols["source"], cols["member"], cols["sha256"],
-                strict=True) if i not in seen}  # each image once in images.parquet
+                stores.table_places(cols, ""), strict=True)
+                    if i not in seen}  # each image once in images.parquet
             _check_sources(info.source_kind, refs, result, problems, progress)
     progress.finish()
     result.problems.extend(text for _, text in sorted(problems))
 
 
-def _check_sources(kind: str, refs: dict[int, tuple[str, str, str | None, str]],
-                   result: VerifyResult, problems: list[tuple[int, str]],
-                   progress: Progress) -> None:
-    """Re-read and hash the images ``refs`` (id -> key, source, member, sha256)."""
+# an image a Parquet export refers to: key, source, member, sha256 and its place, if any
+Ref = tuple[str, str, str | None, str, tuple[int, int] | None]
+
+
+def _check_sources(kind: str, refs: dict[int, Ref], result: VerifyResult,
+                   problems: list[tuple[int, str]], progress: Progress) -> None:
+    """Re-read and hash the images ``refs`` (id -> key, source, member, sha256, place)."""
     ids = sorted(refs)
     catalogue = ListCatalogue(keys=[refs[i][0] for i in ids], sources=[refs[i][1] for i in ids],
                               members=[refs[i][2] for i in ids], labels=[None] * len(ids),
-                              sha256=[refs[i][3] for i in ids])
+                              sha256=[refs[i][3] for i in ids],
+                              places=[refs[i][4] for i in ids])
     fetcher = Fetcher(kind, catalogue, cache_bytes=0)
     with Prefetcher(fetcher.get, 0, len(ids)) as ahead:
         for local in range(len(ids)):

@@ -63,6 +63,7 @@ from pairmine.stores.export import (
     ExportShard,
     ShardIndex,
     open_export,
+    table_places,
 )
 from pairmine.stores.lock import LOCK_FILE, StoreLock
 from pairmine.stores.pairs import (
@@ -172,5 +173,5 @@ __all__ += [
 # the export store
 __all__ += [
     "IMAGES_FILE", "IMAGES_SCHEMA", "INDEX_SCHEMA", "SPPS_FILE", "SPPS_SCHEMA", "Export",
-    "ExportManifest", "ExportShard", "ShardIndex", "open_export",
+    "ExportManifest", "ExportShard", "ShardIndex", "open_export", "table_places",
 ]

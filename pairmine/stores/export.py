@@ -11,13 +11,14 @@ fields, resume metadata, member name rules) live with the writer, ``pairmine.exp
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pairmine.errors import StoreError
+from pairmine.stores.embeddings import PLACE_COLUMNS
 from pairmine.stores.run import MANIFEST, damaged, read_json, read_manifest
 
 if TYPE_CHECKING:
@@ -112,15 +113,18 @@ def INDEX_SCHEMA() -> pa.Schema:
     ])
 
 
-def SPPS_SCHEMA() -> pa.Schema:
+def SPPS_SCHEMA(places: bool = False) -> pa.Schema:
     """``spps.parquet``: one row per pair, ordered by ``pair_id``.
 
     ``source_*``/``member_*`` say where the original image lives (as in the embeddings
     store); ``shard``/``sample_key`` where the pair landed (null for the parquet format).
+    With ``places`` (a store that records them: WebDataset sources) the
+    ``member_offset_*``/``member_size_*`` columns follow, where the image's bytes lie in its
+    tar.
     """
     import pyarrow as pa
 
-    return pa.schema([
+    return _with_places(places, ("_a", "_b"), pa.schema([
         ("pair_id", pa.int64()),
         ("a", pa.int64()),
         ("b", pa.int64()),
@@ -137,14 +141,15 @@ def SPPS_SCHEMA() -> pa.Schema:
         ("sha256_b", pa.string()),
         ("shard", pa.string()),
         ("sample_key", pa.string()),
-    ])
+    ]))
 
 
-def IMAGES_SCHEMA() -> pa.Schema:
-    """``images.parquet`` (combined exports): one row per original image, ordered by id."""
+def IMAGES_SCHEMA(places: bool = False) -> pa.Schema:
+    """``images.parquet`` (combined exports): one row per original image, ordered by id;
+    with ``places``, ``member_offset`` and ``member_size`` follow (see :func:`SPPS_SCHEMA`)."""
     import pyarrow as pa
 
-    return pa.schema([
+    return _with_places(places, ("",), pa.schema([
         ("id", pa.int64()),
         ("key", pa.string()),
         ("source", pa.string()),
@@ -153,7 +158,27 @@ def IMAGES_SCHEMA() -> pa.Schema:
         ("sha256", pa.string()),
         ("shard", pa.string()),
         ("sample_key", pa.string()),
-    ])
+    ]))
+
+
+def table_places(columns: Mapping[str, list[Any]], side: str) -> list[tuple[int, int] | None]:
+    """Each row's (``member_offset``, ``member_size``) on one side (``""``, ``"_a"``,
+    ``"_b"``) of an export table read as lists (``to_pydict()``); Nones when the table has no
+    place columns (an export of a source that records none, or of an older store)."""
+    offset, size = (f"{name}{side}" for name in PLACE_COLUMNS)
+    if offset not in columns or size not in columns:
+        return [None] * len(columns[f"source{side}"])
+    return [None if o is None or n is None else (int(o), int(n))
+            for o, n in zip(columns[offset], columns[size], strict=True)]
+
+
+def _with_places(places: bool, sides: tuple[str, ...], schema: pa.Schema) -> pa.Schema:
+    import pyarrow as pa
+
+    if not places:
+        return schema
+    return pa.schema(list(schema) + [pa.field(name + side, pa.int64())
+                                     for name in PLACE_COLUMNS for side in sides])
 
 
 # ---------------------------------------------------------------------------------------------
