@@ -92,8 +92,10 @@ class _Column:
 
 @dataclass
 class _Window:
-    ids: np.ndarray  # sorted unique image ids
     columns: dict[str, list[Any]]
+    # image id -> its row in columns: a dict, because the reader threads look up several
+    # columns of every image under the GIL, and a scalar np.searchsorted costs ~50x more
+    rows: dict[int, int]
 
 
 class StoreCatalogue:
@@ -144,7 +146,8 @@ class StoreCatalogue:
 
         ids = np.unique(ids)
         table = self._emb.take(ids, list(self._columns))
-        return _Window(ids=ids, columns={c: table.column(c).to_pylist() for c in self._columns})
+        return _Window(columns={c: table.column(c).to_pylist() for c in self._columns},
+                       rows={i: row for row, i in enumerate(ids.tolist())})
 
     def place(self, image_id: int) -> tuple[int, int] | None:
         offset_column, size_column = stores.PLACE_COLUMNS
@@ -159,9 +162,9 @@ class StoreCatalogue:
         with self._lock:
             windows = list(reversed(self._windows.values()))
         for window in windows:
-            i = int(np.searchsorted(window.ids, image_id))
-            if i < window.ids.shape[0] and int(window.ids[i]) == image_id:
-                return window.columns[column][i]
+            row = window.rows.get(image_id)
+            if row is not None:
+                return window.columns[column][row]
         if not 0 <= image_id < len(self._emb):
             raise IndexError(image_id)
         return self._read(np.asarray([image_id], dtype=np.int64)).columns[column][0]
@@ -190,7 +193,7 @@ class _OrderView:
             raise IndexError(key)
         if isinstance(self._plan.images, StoreCatalogue):
             self._plan.images.touch(position)
-        return int(self._plan.kinds_refs(position, position + 1)[self._which][0])
+        return self._plan.kind_ref(position)[self._which]
 
 
 @dataclass
@@ -244,6 +247,14 @@ class Plan:
         image = order < self.n_images
         kinds = np.where(image, SAMPLE_IMAGE, SAMPLE_PAIR).astype(np.uint8)
         return kinds, np.where(image, order, order - self.n_images)
+
+    def kind_ref(self, position: int) -> tuple[int, int]:
+        """:meth:`kinds_refs` of one position, without arrays (asked for every sample)."""
+        order = position if self.permutation is None else int(self.permutation[position])
+        if not self.combined:
+            return SAMPLE_PAIR, order
+        return (SAMPLE_IMAGE, order) if order < self.n_images else \
+            (SAMPLE_PAIR, order - self.n_images)
 
     def image_ids(self, start: int, stop: int) -> np.ndarray:
         """Every image id the samples at ``[start, stop)`` use (repeats allowed)."""

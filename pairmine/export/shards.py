@@ -479,12 +479,12 @@ def _make_pair(plan: Plan, fetcher: Fetcher, pair_id: int) -> Sample | list[Prob
     assert isinstance(first, Original) and isinstance(second, Original)
     img = plan.images
     score = float(plan.pair_score[pair_id])
+    key_a, key_b, label_a, label_b = img.keys[a], img.keys[b], img.labels[a], img.labels[b]
     payload = {"kind": lay.KIND_PAIR, "pair_id": pair_id, "score": score, "a": a, "b": b,
-               "key_a": img.keys[a], "key_b": img.keys[b], "label_a": img.labels[a],
-               "label_b": img.labels[b]}
+               "key_a": key_a, "key_b": key_b, "label_a": label_a, "label_b": label_b}
     return Sample(key=lay.pair_key(pair_id), kind=lay.KIND_PAIR, pair_id=pair_id, a=a, b=b,
-                  score=score, key_a=img.keys[a], key_b=img.keys[b], label_a=img.labels[a],
-                  label_b=img.labels[b], first=first, second=second,
+                  score=score, key_a=key_a, key_b=key_b, label_a=label_a,
+                  label_b=label_b, first=first, second=second,
                   first_name=f"{lay.ANCHOR}.{first.ext}",
                   second_name=f"{lay.POSITIVE}.{second.ext}", json=sample_json(payload))
 
@@ -493,12 +493,11 @@ def _make_image(plan: Plan, fetcher: Fetcher, image_id: int) -> Sample | list[Pr
     first = fetcher.get(image_id)
     if isinstance(first, Problem):
         return [first]
-    img = plan.images
-    payload = {"kind": lay.KIND_IMAGE, "id": image_id, "key": img.keys[image_id],
-               "label": img.labels[image_id]}
+    key, label = plan.images.keys[image_id], plan.images.labels[image_id]
+    payload = {"kind": lay.KIND_IMAGE, "id": image_id, "key": key, "label": label}
     return Sample(key=lay.image_key(image_id), kind=lay.KIND_IMAGE, pair_id=None, a=image_id,
-                  b=None, score=None, key_a=img.keys[image_id], key_b=None,
-                  label_a=img.labels[image_id], label_b=None, first=first, second=None,
+                  b=None, score=None, key_a=key, key_b=None,
+                  label_a=label, label_b=None, first=first, second=None,
                   first_name=f"{lay.IMAGE}.{first.ext}", second_name=None,
                   json=sample_json(payload))
 
