@@ -375,3 +375,16 @@ def test_a_parquet_export_carries_the_places_its_readers_use(
     result = pairmine.verify(tmp_path / "x")
     assert not result.problems and result.sources == 15
     assert scanned == []  # the trainer's reader and verify read at the places, no tar indexed
+
+
+def test_show_reads_a_webdataset_store_by_place(tmp_path: Path, small_chunks: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from pairmine.quality.report import show
+
+    spec, _ = three_shards(tmp_path / "wds")
+    pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
+    pairmine.match(tmp_path / "e", tmp_path / "p", min_score=-1.0, max_score=1.0)
+    scanned = count_scans(monkeypatch)
+    result = show(tmp_path / "p", tmp_path / "page", inline=True)
+    assert result.images == 15 and not result.missing
+    assert scanned == []  # every thumbnail read at its place
