@@ -260,6 +260,15 @@ def test_embed_records_where_each_image_lies(tmp_path: Path, small_chunks: int) 
         assert f.read(rows[7]["member_size"]) == expected[7][4]
 
 
+def mined(root: Path) -> list[tuple[str, str, str, int | None, bytes]]:
+    """:func:`three_shards` under ``root/wds``, embedded (``root/e``, toy encoder) and matched
+    over the whole cosine range (``root/p``); the samples expected."""
+    spec, expected = three_shards(root / "wds")
+    pairmine.embed(spec, root / "e", encoder="toy:0", workers=0, shard_size=6)
+    pairmine.match(root / "e", root / "p", min_score=-1.0, max_score=1.0)
+    return expected
+
+
 def test_a_recorded_place_is_read_without_indexing_the_tar(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_tar(tmp_path / "0.tar", [("a.json", b"{}"), ("a.png", b"png a"), ("b.jpg", b"jpg b")])
@@ -308,9 +317,7 @@ def test_a_long_member_name_is_found_by_name(tmp_path: Path, fmt: str) -> None:
 
 def test_export_of_a_webdataset_store_reads_by_place(tmp_path: Path, small_chunks: int,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    spec, expected = three_shards(tmp_path / "wds")
-    pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
-    pairmine.match(tmp_path / "e", tmp_path / "p", min_score=-1.0, max_score=1.0)
+    expected = mined(tmp_path)
     scanned = count_scans(monkeypatch)
     pairmine.export(tmp_path / "p", tmp_path / "x", fmt="webdataset", combined=True)
     assert scanned == []  # no tar was indexed: every image was read at its place
@@ -350,9 +357,7 @@ def test_one_large_tar_is_read_without_a_list_of_its_members(
 
 def test_a_parquet_export_carries_the_places_its_readers_use(
         tmp_path: Path, small_chunks: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec, expected = three_shards(tmp_path / "wds")
-    pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
-    pairmine.match(tmp_path / "e", tmp_path / "p", min_score=-1.0, max_score=1.0)
+    expected = mined(tmp_path)
     pairmine.export(tmp_path / "p", tmp_path / "x", fmt="parquet", combined=True)
     exp = pairmine.stores.open_export(tmp_path / "x")
     pairs, images = exp.pairs().to_pylist(), exp.images()
@@ -381,9 +386,7 @@ def test_show_reads_a_webdataset_store_by_place(tmp_path: Path, small_chunks: in
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from pairmine.quality.report import show
 
-    spec, _ = three_shards(tmp_path / "wds")
-    pairmine.embed(spec, tmp_path / "e", encoder="toy:0", workers=0, shard_size=6)
-    pairmine.match(tmp_path / "e", tmp_path / "p", min_score=-1.0, max_score=1.0)
+    mined(tmp_path)
     scanned = count_scans(monkeypatch)
     result = show(tmp_path / "p", tmp_path / "page", inline=True)
     assert result.images == 15 and not result.missing
