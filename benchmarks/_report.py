@@ -27,19 +27,9 @@ def update_section(doc: Path, name: str, body: str) -> None:
 def machine() -> str:
     """The CPU as a benchmark section names it: model, SIMD level (the bf16 units decide which
     precision is fastest), cores, OS."""
-    model = platform.processor() or platform.machine()
-    simd = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    for line in info.splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            simd = (", AMX" if "amx_bf16" in flags else ", AVX-512 BF16" if "avx512_bf16" in flags
-                    else ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags
-                    else "")
-            break
-    return f"{model}{simd}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    from pairmine.runtime import cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    simd = (", AMX" if "amx_bf16" in flags else ", AVX-512 BF16" if "avx512_bf16" in flags
+            else ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else "")
+    return f"{cpu_model()}{simd}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"

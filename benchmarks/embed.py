@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tarfile
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import update_section  # noqa: E402
+from _report import machine, update_section  # noqa: E402
 
 
 def make_jpegs(root: Path, n: int) -> None:
@@ -102,10 +101,9 @@ def run(workload: str, n: int, device: str, workers: int | None, batch: int,
 
     import pairmine
     from pairmine.encoders import load_encoder
-    from pairmine.runtime import cpu_count, resolve_device, resolve_precision
+    from pairmine.runtime import cpu_count, resolve_device
 
     device = resolve_device(device)
-    precision = resolve_precision("auto", device)
     cores = cpu_count()
     workers = workers if workers is not None else (min(16, cores) if device == "cuda"
                                                    else max(1, cores // 2))
@@ -136,11 +134,14 @@ def run(workload: str, n: int, device: str, workers: int | None, batch: int,
             spec = f"torchvision:resnet50:{weights}"
         enc = load_encoder(spec)
         dec = decode_only(source, enc.preprocess, workers if device == "cuda" else cores, batch)
-        mod = model_only(enc, device, precision, batch, max(n, 4 * batch))
         t = time.perf_counter()
         res = pairmine.embed(source, tmp / "store", encoder=spec, batch_size=batch,
                              workers=workers, device=device, decode=decode)
         e2e = res.images / (time.perf_counter() - t)
+        # the model alone in the precision embed chose (on a CPU with bf16 units, by a timed
+        # trial): the limit must describe the same arithmetic as the end-to-end run
+        precision = res.precision
+        mod = model_only(enc, device, precision, batch, max(n, 4 * batch))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     limit = min(dec, mod) if device == "cuda" else 1.0 / (1.0 / dec + 1.0 / mod)
@@ -194,7 +195,8 @@ def write_table(rows: list[dict[str, object]], dev: str, name: str, title: str,
                 write: bool, load: tuple[float, float]) -> None:
     from pairmine.runtime import device_name
 
-    lines = [f"Machine: {device_name(str(dev))}, {platform.platform()}; "
+    gpu = f"{device_name(str(dev))} GPU, " if str(dev).startswith("cuda") else ""
+    lines = [f"Machine: {gpu}{machine()}; "
              f"date {time.strftime('%Y-%m-%d')}; 1-min load average {load[0]:.1f} at the "
              f"start, {load[1]:.1f} at the end; command: `python benchmarks/embed.py "
              f"{' '.join(sys.argv[1:])}`", "",

@@ -61,6 +61,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_has_fast_bf16() -> bool:
     """True where bf16 matmul runs natively (AVX-512 BF16 or AMX). On AVX2-only CPUs torch
     emulates bf16 about 100× slower than fp32, so it must never be picked there."""
@@ -288,10 +303,8 @@ def prefer_passive_waits() -> None:
 
 
 def device_name(device: str) -> str:
-    import platform
-
     import torch
 
     if device.startswith("cuda"):
         return str(torch.cuda.get_device_name(torch.device(device)))
-    return f"{platform.processor() or platform.machine()} ({cpu_count()} cores)"
+    return f"{cpu_model()} ({cpu_count()} cores)"
